@@ -1,0 +1,112 @@
+"""The data model: history events, commands, failures, retry policies, statuses, wire messages.
+
+Everything here is a frozen dataclass or an enum, free of I/O, shared by the engine, the
+codec, the runtime and the client.
+"""
+
+from flowmesh.model._commands import (
+    Command,
+    CompleteWorkflow,
+    ScheduleActivity,
+    ScheduleChildWorkflow,
+    StartTimer,
+    TerminateChildren,
+)
+from flowmesh.model._events import (
+    HISTORY_EVENT_TYPES,
+    ActivityCompleted,
+    ActivityFailed,
+    ActivityScheduled,
+    ChildWorkflowCompleted,
+    ChildWorkflowFailed,
+    ChildWorkflowScheduled,
+    EventRaised,
+    HistoryEvent,
+    ParentRef,
+    PatchRecorded,
+    StepStarted,
+    TimerCreated,
+    TimerFired,
+    WorkflowCompleted,
+    WorkflowResumed,
+    WorkflowStarted,
+    WorkflowSuspended,
+    WorkflowTerminated,
+)
+from flowmesh.model._failures import FailureDetails
+from flowmesh.model._messages import (
+    MESSAGE_TYPES,
+    ActivityResult,
+    ActivityTask,
+    ChildResult,
+    Control,
+    ControlAction,
+    Describe,
+    Message,
+    RaiseEvent,
+    StartAck,
+    StartWorkflow,
+    StateReply,
+    TimerDue,
+)
+from flowmesh.model._retry import RetryPolicy
+from flowmesh.model._state import PendingTask, WorkflowState
+from flowmesh.model._status import WorkflowStatus
+from flowmesh.model._values import (
+    MAX_VALUE_DEPTH,
+    check_app_id,
+    check_instance_id,
+    check_name,
+    check_value,
+)
+
+__all__ = [
+    "HISTORY_EVENT_TYPES",
+    "MAX_VALUE_DEPTH",
+    "MESSAGE_TYPES",
+    "ActivityCompleted",
+    "ActivityFailed",
+    "ActivityResult",
+    "ActivityScheduled",
+    "ActivityTask",
+    "ChildResult",
+    "ChildWorkflowCompleted",
+    "ChildWorkflowFailed",
+    "ChildWorkflowScheduled",
+    "Command",
+    "CompleteWorkflow",
+    "Control",
+    "ControlAction",
+    "Describe",
+    "EventRaised",
+    "FailureDetails",
+    "HistoryEvent",
+    "Message",
+    "ParentRef",
+    "PatchRecorded",
+    "PendingTask",
+    "RaiseEvent",
+    "RetryPolicy",
+    "ScheduleActivity",
+    "ScheduleChildWorkflow",
+    "StartAck",
+    "StartTimer",
+    "StartWorkflow",
+    "StateReply",
+    "StepStarted",
+    "TerminateChildren",
+    "TimerCreated",
+    "TimerDue",
+    "TimerFired",
+    "WorkflowCompleted",
+    "WorkflowResumed",
+    "WorkflowStarted",
+    "WorkflowState",
+    "WorkflowStatus",
+    "WorkflowSuspended",
+    "WorkflowTerminated",
+    "check_app_id",
+    "check_instance_id",
+    "check_name",
+    "check_value",
+]

@@ -1,0 +1,67 @@
+"""Commands: what one replay step asks the runtime to do next."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from flowmesh.model._events import EventRaised
+from flowmesh.model._failures import FailureDetails
+from flowmesh.model._status import WorkflowStatus
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleActivity:
+    """Send activity ``name`` to ``app_id``'s work queue as task ``seq``."""
+
+    seq: int
+    name: str
+    app_id: str
+    input: object = None
+    attempt: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleChildWorkflow:
+    """Start child workflow ``name`` as ``instance_id`` on ``app_id``."""
+
+    seq: int
+    name: str
+    app_id: str
+    instance_id: str
+    input: object = None
+
+
+@dataclass(frozen=True, slots=True)
+class StartTimer:
+    """Arrange for ``TimerFired(seq)`` to be delivered at ``fire_at``."""
+
+    seq: int
+    fire_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CompleteWorkflow:
+    """End this execution.
+
+    For ``CONTINUED_AS_NEW`` the runtime starts a fresh history with ``output`` as the new input
+    and appends ``carried_events`` (unprocessed external events) after it.
+    """
+
+    status: WorkflowStatus
+    output: object = None
+    failure: FailureDetails | None = None
+    carried_events: tuple[EventRaised, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TerminateChildren:
+    """Terminate child ``instance_id`` on ``app_id`` (recursive terminate)."""
+
+    instance_id: str
+    app_id: str
+    reason: str = ""
+
+
+Command = ScheduleActivity | ScheduleChildWorkflow | StartTimer | CompleteWorkflow | TerminateChildren
+"""Anything a replay step can ask the runtime to do."""

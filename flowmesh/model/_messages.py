@@ -1,0 +1,160 @@
+"""Wire messages exchanged over the broker (see docs/protocol.md).
+
+Each message is a frozen dataclass; the codec wraps it in a versioned envelope that names its
+kind. Work queues (``fm.<app>.work``) carry :class:`StartWorkflow` and :class:`ActivityTask`;
+reply queues (``fm.<app>.reply``) carry everything that advances or inspects a workflow hosted
+by that app.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from flowmesh.model._events import ParentRef
+from flowmesh.model._failures import FailureDetails
+from flowmesh.model._state import WorkflowState
+
+
+@dataclass(frozen=True, slots=True)
+class StartWorkflow:
+    """Create and run workflow ``name`` as ``instance_id`` on ``app_id`` (the hosting app)."""
+
+    instance_id: str
+    name: str
+    app_id: str
+    input: object = None
+    parent: ParentRef | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityTask:
+    """Run activity ``name`` on ``app_id``; reply to ``host_app_id``'s reply queue.
+
+    ``(instance_id, seq, attempt)`` identifies the task; it is also the activity's idempotency
+    key, stable across redeliveries.
+    """
+
+    instance_id: str
+    host_app_id: str
+    app_id: str
+    seq: int
+    attempt: int
+    name: str
+    input: object = None
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityResult:
+    """Outcome of :class:`ActivityTask` ``(instance_id, seq, attempt)``: output or failure."""
+
+    instance_id: str
+    seq: int
+    attempt: int
+    output: object = None
+    failure: FailureDetails | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChildResult:
+    """A child workflow finished; sent to its parent's app reply queue."""
+
+    instance_id: str
+    seq: int
+    child_instance_id: str
+    output: object = None
+    failure: FailureDetails | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TimerDue:
+    """Durable timer ``seq`` of ``instance_id`` is due."""
+
+    instance_id: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class RaiseEvent:
+    """Deliver external event ``name`` with ``data`` to ``instance_id``."""
+
+    instance_id: str
+    name: str
+    data: object = None
+
+
+class ControlAction(StrEnum):
+    """Operator actions on an instance."""
+
+    SUSPEND = "suspend"
+    RESUME = "resume"
+    TERMINATE = "terminate"
+    PURGE = "purge"
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    """Suspend, resume, terminate or purge ``instance_id`` (children too when ``recursive``)."""
+
+    instance_id: str
+    action: ControlAction
+    reason: str = ""
+    recursive: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Describe:
+    """Ask for :class:`WorkflowState`; answered on the message's reply-to address.
+
+    With ``wait`` the answer is delayed until the instance reaches a terminal status (the
+    replica remembers the waiter in the store; the client re-asks if an answer is lost).
+    """
+
+    instance_id: str
+    wait: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StartAck:
+    """Answer to a :class:`StartWorkflow` that carried a reply-to address."""
+
+    instance_id: str
+    created: bool
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StateReply:
+    """Answer to :class:`Describe` (``state`` is None when the instance does not exist)."""
+
+    instance_id: str
+    state: WorkflowState | None = None
+    error: str = ""
+
+
+Message = (
+    StartWorkflow
+    | ActivityTask
+    | ActivityResult
+    | ChildResult
+    | TimerDue
+    | RaiseEvent
+    | Control
+    | Describe
+    | StartAck
+    | StateReply
+)
+"""Any message flowmesh puts on the wire."""
+
+MESSAGE_TYPES: tuple[type[Message], ...] = (
+    StartWorkflow,
+    ActivityTask,
+    ActivityResult,
+    ChildResult,
+    TimerDue,
+    RaiseEvent,
+    Control,
+    Describe,
+    StartAck,
+    StateReply,
+)

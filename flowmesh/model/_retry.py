@@ -1,0 +1,49 @@
+"""Retry policies for activities and child workflows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from flowmesh.model._failures import FailureDetails
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often and how fast to retry a failed activity or child workflow.
+
+    Attempt ``n`` (1-based) that fails is retried after
+    ``min(initial_interval * backoff_coefficient ** (n - 1), max_interval)`` using a durable
+    timer, until ``max_attempts`` attempts have run. Errors whose type is listed in
+    ``non_retryable_errors`` (qualified or bare class name), or raised as ``NonRetryableError``,
+    are not retried.
+    """
+
+    max_attempts: int = 3
+    initial_interval: timedelta = timedelta(seconds=1)
+    backoff_coefficient: float = 2.0
+    max_interval: timedelta | None = None
+    non_retryable_errors: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"RetryPolicy.max_attempts must be >= 1, got {self.max_attempts}")
+        if self.initial_interval <= timedelta(0):
+            raise ValueError("RetryPolicy.initial_interval must be positive")
+        if self.backoff_coefficient < 1.0:
+            raise ValueError("RetryPolicy.backoff_coefficient must be >= 1.0")
+        if self.max_interval is not None and self.max_interval < self.initial_interval:
+            raise ValueError("RetryPolicy.max_interval must be >= initial_interval")
+        # A list passed by the caller would make the frozen dataclass unhashable.
+        object.__setattr__(self, "non_retryable_errors", tuple(self.non_retryable_errors))
+
+    def next_delay(self, attempt: int, failure: FailureDetails) -> timedelta | None:
+        """Delay before the attempt after ``attempt`` failed with ``failure``; None to give up."""
+        if attempt >= self.max_attempts or failure.non_retryable:
+            return None
+        if any(failure.matches(name) for name in self.non_retryable_errors):
+            return None
+        seconds = self.initial_interval.total_seconds() * self.backoff_coefficient ** (attempt - 1)
+        if self.max_interval is not None:
+            seconds = min(seconds, self.max_interval.total_seconds())
+        return timedelta(seconds=seconds)

@@ -1,0 +1,49 @@
+"""The externally visible state of a workflow instance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from flowmesh.model._events import ParentRef
+from flowmesh.model._failures import FailureDetails
+from flowmesh.model._status import WorkflowStatus
+
+
+@dataclass(frozen=True, slots=True)
+class PendingTask:
+    """Something a workflow is waiting for, as shown by ``describe()`` and the CLI."""
+
+    kind: str  # "activity", "child_workflow", "timer", "event"
+    name: str
+    app_id: str = ""
+    seq: int = 0
+    since: datetime | None = None
+    detail: str = ""
+
+    def describe(self) -> str:
+        """One readable line, e.g. ``activity 'train' on app 'gpu-trainer' (seq 3)``."""
+        where = f" on app {self.app_id!r}" if self.app_id else ""
+        extra = f": {self.detail}" if self.detail else ""
+        return f"{self.kind} {self.name!r}{where} (seq {self.seq}){extra}"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowState:
+    """A snapshot of one workflow instance: what ``WorkflowHandle.describe()`` returns."""
+
+    instance_id: str
+    app_id: str
+    name: str
+    status: WorkflowStatus
+    input: object = None
+    output: object = None
+    failure: FailureDetails | None = None
+    custom_status: object = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    parent: ParentRef | None = None
+    waiting_on: tuple[PendingTask, ...] = ()
+    stall_reason: str = ""
+    history_length: int = 0
+    version: int = 0

@@ -1,0 +1,30 @@
+"""Lifecycle states of a workflow instance."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class WorkflowStatus(StrEnum):
+    """Where a workflow instance is in its life.
+
+    ``STALLED`` means the engine detected non-determinism (or another condition that needs an
+    operator) and stopped advancing the instance rather than diverging from its history.
+    """
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUSPENDED = "SUSPENDED"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    TERMINATED = "TERMINATED"
+    CONTINUED_AS_NEW = "CONTINUED_AS_NEW"
+    STALLED = "STALLED"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the instance will never advance again (continued-as-new runs anew)."""
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({WorkflowStatus.COMPLETED, WorkflowStatus.FAILED, WorkflowStatus.TERMINATED})

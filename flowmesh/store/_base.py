@@ -1,0 +1,119 @@
+"""The store interface: where an app keeps the histories of the workflows it hosts.
+
+Implementations: :mod:`flowmesh.store.memory` (in process) and :mod:`flowmesh.store.redis`
+(one atomic Lua script per commit). Both pass the same contract suite in ``tests/contract``.
+
+A store belongs to one app ID. The single-writer invariant lives here: :meth:`commit` applies
+only if the stored version equals ``expected_version``, and then atomically appends the events,
+replaces the state, records the outbox and updates the timers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from flowmesh.model import HistoryEvent, WorkflowState, WorkflowStatus
+from flowmesh.transport._base import Outgoing
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """A message a committed step must publish; removed once the broker confirmed it."""
+
+    instance_id: str
+    entry_id: str
+    message: Outgoing
+
+
+@dataclass(frozen=True, slots=True)
+class TimerEntry:
+    """A durable timer: deliver ``TimerDue(instance_id, seq)`` at ``fire_at``."""
+
+    instance_id: str
+    seq: int
+    fire_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRecord:
+    """A workflow instance as stored: its state (with ``version``) and full history."""
+
+    state: WorkflowState
+    history: tuple[HistoryEvent, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """One atomic step of one instance.
+
+    Applies only if the stored version is ``expected_version`` (0: the instance must not
+    exist); ``state.version`` must be ``expected_version + 1``. With ``replace_history`` the
+    history becomes ``append`` (continue-as-new), otherwise ``append`` is added to it.
+    """
+
+    instance_id: str
+    expected_version: int
+    state: WorkflowState
+    append: tuple[HistoryEvent, ...] = ()
+    replace_history: bool = False
+    outbox: tuple[OutboxEntry, ...] = ()
+    add_timers: tuple[TimerEntry, ...] = ()
+    cancel_timers: tuple[int, ...] = ()
+
+
+class WorkflowStore(Protocol):
+    """Histories, states, outbox, timers and result waiters of one app's workflows."""
+
+    async def load(self, instance_id: str) -> InstanceRecord | None:
+        """The instance's state and history, or None if it does not exist."""
+
+    async def load_state(self, instance_id: str) -> WorkflowState | None:
+        """The instance's state without its history (cheap), or None."""
+
+    async def commit(self, commit: Commit) -> None:
+        """Apply ``commit`` atomically or raise :class:`~flowmesh.VersionConflictError`."""
+
+    async def list_outbox(self, limit: int = 100) -> list[OutboxEntry]:
+        """Outbox entries of all instances, oldest commit first."""
+
+    async def remove_outbox(self, instance_id: str, entry_ids: Sequence[str]) -> None:
+        """Forget outbox entries that were published (idempotent)."""
+
+    async def claim_due_timers(
+        self, now: datetime, lease: timedelta, limit: int = 100
+    ) -> list[TimerEntry]:
+        """Timers due at ``now``, each postponed by ``lease`` so other replicas skip them.
+
+        A claimed timer stays stored until a commit cancels it, so a replica that dies after
+        claiming only delays it by ``lease``.
+        """
+
+    async def next_timer_at(self) -> datetime | None:
+        """When the earliest stored timer is due (None if there are no timers)."""
+
+    async def add_waiter(self, instance_id: str, address: str) -> WorkflowState | None:
+        """Atomically: if the instance is unfinished, remember ``address`` to notify.
+
+        Returns the current state (the caller answers at once if it is already terminal), or
+        None if the instance does not exist.
+        """
+
+    async def take_waiters(self, instance_id: str) -> list[str]:
+        """Remove and return the addresses waiting for ``instance_id``."""
+
+    async def purge(self, instance_id: str) -> bool:
+        """Delete everything about the instance; False if it did not exist."""
+
+    async def list_instances(
+        self, status: WorkflowStatus | None = None, limit: int = 100
+    ) -> list[WorkflowState]:
+        """States of stored instances, optionally filtered by status."""
+
+    async def check_safety(self) -> list[str]:
+        """Reasons the backing server may lose data (empty when configured safely)."""
+
+    async def close(self) -> None:
+        """Release connections."""
