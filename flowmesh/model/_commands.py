@@ -63,5 +63,7 @@ class TerminateChildren:
     reason: str = ""
 
 
-Command = ScheduleActivity | ScheduleChildWorkflow | StartTimer | CompleteWorkflow | TerminateChildren
+Command = (
+    ScheduleActivity | ScheduleChildWorkflow | StartTimer | CompleteWorkflow | TerminateChildren
+)
 """Anything a replay step can ask the runtime to do."""

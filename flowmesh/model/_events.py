@@ -200,4 +200,3 @@ HISTORY_EVENT_TYPES: tuple[type[HistoryEvent], ...] = (
 TaskResultEvent = (
     ActivityCompleted | ActivityFailed | ChildWorkflowCompleted | ChildWorkflowFailed | TimerFired
 )
-

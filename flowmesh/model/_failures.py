@@ -26,7 +26,11 @@ class FailureDetails:
     ) -> FailureDetails:
         """Describe ``exc`` with its qualified type name and formatted traceback."""
         kind = type(exc)
-        name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+        name = (
+            kind.__qualname__
+            if kind.__module__ == "builtins"
+            else f"{kind.__module__}.{kind.__qualname__}"
+        )
         stack = "".join(traceback.format_exception(exc))
         return cls(
             error_type=name,

@@ -66,8 +66,8 @@ def check_instance_id(instance_id: str) -> str:
     """
     if not isinstance(instance_id, str) or not _INSTANCE_ID.fullmatch(instance_id):
         raise InvalidInstanceIdError(
-            f"invalid instance ID {instance_id!r}: use 1-200 characters from A-Z a-z 0-9 . _ : @ -, "
-            "starting with a letter or digit"
+            f"invalid instance ID {instance_id!r}: use 1-200 characters from "
+            "A-Z a-z 0-9 . _ : @ -, starting with a letter or digit"
         )
     return instance_id
 

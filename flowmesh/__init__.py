@@ -1,0 +1,1 @@
+"""flowmesh: durable workflows that span many applications."""

@@ -1,0 +1,695 @@
+"""The replay executor: history in, commands out.
+
+A :class:`WorkflowExecution` is fed history events in order. Old events (``replaying=True``)
+rebuild the workflow's state by re-running its code; new events advance it. Code asks for
+work through :class:`WorkflowContext`, which allocates a sequence number per task and records
+a pending action; a ``...Scheduled`` event in history confirms the action at that ``seq``.
+An action history does not confirm is new and becomes a command. An action that contradicts
+history is non-determinism: the execution stalls with both sides in the reason.
+
+The module is pure: no I/O, no clock, no randomness, no asyncio. The coroutine of the
+workflow function is stepped by hand with ``send``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, assert_never
+
+from flowmesh._errors import ActivityFailedError, ChildWorkflowFailedError, NonDeterminismError
+from flowmesh.engine._context import ContinueAsNew, Logger, WorkflowContext
+from flowmesh.engine._outcome import StepOutcome
+from flowmesh.engine._tasks import Task
+from flowmesh.model import (
+    ActivityCompleted,
+    ActivityFailed,
+    ActivityScheduled,
+    ChildWorkflowCompleted,
+    ChildWorkflowFailed,
+    ChildWorkflowScheduled,
+    Command,
+    CompleteWorkflow,
+    EventRaised,
+    FailureDetails,
+    HistoryEvent,
+    ParentRef,
+    PatchRecorded,
+    PendingTask,
+    RetryPolicy,
+    ScheduleActivity,
+    ScheduleChildWorkflow,
+    StartTimer,
+    StepStarted,
+    TerminateChildren,
+    TimerCreated,
+    TimerFired,
+    WorkflowCompleted,
+    WorkflowResumed,
+    WorkflowStarted,
+    WorkflowStatus,
+    WorkflowSuspended,
+    WorkflowTerminated,
+    check_value,
+)
+
+WorkflowFunction = Callable[[WorkflowContext, Any], Coroutine[Any, Any, Any]]
+"""An ``async def workflow(ctx, input)`` function."""
+
+WorkflowResolver = Callable[[str], WorkflowFunction | None]
+"""Looks a workflow function up by its registered name."""
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class _Stall(Exception):  # noqa: N818 - internal control flow, never escapes the executor
+    """Stops the execution: history and code disagree, or the workflow cannot run."""
+
+
+@dataclass(slots=True)
+class _OpenTask:
+    """A scheduled task waiting for its result event."""
+
+    kind: str  # "activity" | "child_workflow" | "timer"
+    action: ScheduleActivity | ScheduleChildWorkflow | StartTimer
+    task: Task[Any]
+    scheduled_at: datetime
+
+
+def _describe_action(action: Command | HistoryEvent) -> str:
+    match action:
+        case ScheduleActivity(name=name, app_id=app) | ActivityScheduled(name=name, app_id=app):
+            return f"activity {name!r} on app {app!r}"
+        case (
+            ScheduleChildWorkflow(name=name, app_id=app)
+            | ChildWorkflowScheduled(name=name, app_id=app)
+        ):
+            return f"child workflow {name!r} on app {app!r}"
+        case StartTimer() | TimerCreated():
+            return "a durable timer"
+        case _:
+            return type(action).__name__
+
+
+def _matches(action: Command, event: HistoryEvent) -> bool:
+    match action, event:
+        case ScheduleActivity(), ActivityScheduled():
+            return (action.name, action.app_id) == (event.name, event.app_id)
+        case ScheduleChildWorkflow(), ChildWorkflowScheduled():
+            return (action.name, action.app_id, action.instance_id) == (
+                event.name,
+                event.app_id,
+                event.instance_id,
+            )
+        case StartTimer(), TimerCreated():
+            return True
+        case _:
+            return False
+
+
+def _scheduled_event(action: Command) -> HistoryEvent:
+    match action:
+        case ScheduleActivity():
+            return ActivityScheduled(
+                action.seq, action.name, action.app_id, action.input, action.attempt
+            )
+        case ScheduleChildWorkflow():
+            return ChildWorkflowScheduled(
+                action.seq, action.name, action.app_id, action.instance_id, action.input
+            )
+        case StartTimer():
+            return TimerCreated(action.seq, action.fire_at)
+        case _:
+            raise AssertionError(f"{action!r} is not a schedulable action")
+
+
+class WorkflowExecution:
+    """The replayed state of one workflow execution; feed it events, collect outcomes.
+
+    Keep one alive between steps to apply only new events (the runtime's per-replica cache),
+    or build a fresh one and replay the whole history: both give the same outcome.
+    """
+
+    def __init__(self, resolve: WorkflowResolver, *, logger: Logger | None = None) -> None:
+        self._resolve = resolve
+        self._logger: Logger = logger or logging.getLogger("flowmesh.workflow")
+        self.instance_id = ""
+        self.app_id = ""
+        self.name = ""
+        self.input: object = None
+        self.parent: ParentRef | None = None
+        self.current_time = _EPOCH
+        self.is_replaying = True
+        self.custom_status: object = None
+        self._context: WorkflowContext | None = None
+        self._coroutine: Coroutine[Any, Any, Any] | None = None
+        self._awaiting: Task[Any] | None = None
+        self._next_seq = 0
+        self._actions: dict[int, Command] = {}  # scheduled by code, not yet confirmed by history
+        self._open: dict[int, _OpenTask] = {}
+        self._event_waiters: dict[str, deque[Task[Any]]] = {}
+        self._event_buffer: dict[str, deque[EventRaised]] = {}
+        self._suspended_buffer: list[HistoryEvent] = []
+        self._suspended = False
+        self._patches_recorded: set[str] = set()
+        self._patch_decisions: dict[str, bool] = {}
+        self._new_patches: list[PatchRecorded] = []
+        self._cancelled_timers: list[int] = []
+        self._completion: CompleteWorkflow | None = None
+        self._completion_recorded = False
+        self._stall_reason = ""
+        self._children: dict[str, str] = {}  # child instance -> app, for recursive terminate
+        self._terminate_children: list[TerminateChildren] = []
+
+    # -- public driving API ----------------------------------------------------------------------
+
+    @property
+    def status(self) -> WorkflowStatus:
+        """Where the execution stands after the events fed so far."""
+        if self._stall_reason:
+            return WorkflowStatus.STALLED
+        if self._completion is not None:
+            return self._completion.status
+        if self._suspended:
+            return WorkflowStatus.SUSPENDED
+        return WorkflowStatus.RUNNING if self._coroutine is not None else WorkflowStatus.PENDING
+
+    def replay(self, history: Iterable[HistoryEvent]) -> None:
+        """Rebuild state from events already committed to history."""
+        events = list(history)
+        self._patches_recorded.update(e.name for e in events if isinstance(e, PatchRecorded))
+        self.is_replaying = True
+        for event in events:
+            if self._stall_reason:
+                return
+            self._guarded(event)
+
+    def step(self, new_events: Iterable[HistoryEvent]) -> StepOutcome:
+        """Apply new events and return what to commit and which commands to send.
+
+        Afterwards the execution reflects history plus ``outcome.append``, so it can be kept
+        and fed the next step's events directly (valid only if that commit succeeds).
+        """
+        self.is_replaying = False
+        accepted: list[HistoryEvent] = []
+        dropped: list[HistoryEvent] = []
+        for event in new_events:
+            if self._stall_reason:
+                # Keep what arrived: once the code is fixed, replay applies it.
+                if not isinstance(event, StepStarted):
+                    accepted.append(event)
+                continue
+            if self._completion is not None and not isinstance(event, StepStarted):
+                dropped.append(event)
+                continue
+            if self._guarded(event):
+                accepted.append(event)
+            else:
+                dropped.append(event)
+        return self._collect(accepted, dropped)
+
+    # -- event processing ------------------------------------------------------------------------
+
+    def _guarded(self, event: HistoryEvent) -> bool:
+        try:
+            return self._process(event)
+        except _Stall as stall:
+            self._stall_reason = str(stall)
+            self._close_coroutine()
+            return True
+
+    def _process(self, event: HistoryEvent) -> bool:
+        """Apply one event; False if it is a duplicate or stray and must not be recorded."""
+        if (
+            self._suspended
+            and not isinstance(
+                event,
+                StepStarted
+                | WorkflowResumed
+                | WorkflowTerminated
+                | WorkflowSuspended
+                | WorkflowCompleted,
+            )
+            and not isinstance(
+                event, ActivityScheduled | ChildWorkflowScheduled | TimerCreated | PatchRecorded
+            )
+        ):
+            if isinstance(event, EventRaised) or self._is_open_result(event):
+                self._suspended_buffer.append(event)
+                return True
+            return False
+        match event:
+            case StepStarted(timestamp=timestamp):
+                self.current_time = timestamp
+                return True
+            case WorkflowStarted():
+                return self._start(event)
+            case ActivityScheduled() | ChildWorkflowScheduled() | TimerCreated():
+                self._confirm(event)
+                return True
+            case ActivityCompleted(seq=seq, output=output):
+                return self._resolve_open(seq, "activity", output, None)
+            case ActivityFailed(seq=seq, failure=failure):
+                return self._resolve_open(seq, "activity", None, failure)
+            case ChildWorkflowCompleted(seq=seq, output=output):
+                return self._resolve_open(seq, "child_workflow", output, None)
+            case ChildWorkflowFailed(seq=seq, failure=failure):
+                return self._resolve_open(seq, "child_workflow", None, failure)
+            case TimerFired(seq=seq):
+                return self._resolve_open(seq, "timer", None, None)
+            case EventRaised():
+                self._deliver_event(event)
+                return True
+            case PatchRecorded(name=name):
+                self._patches_recorded.add(name)
+                return True
+            case WorkflowSuspended():
+                if self._suspended or self._completion is not None:
+                    return False
+                self._suspended = True
+                return True
+            case WorkflowResumed():
+                if not self._suspended:
+                    return False
+                self._suspended = False
+                buffered, self._suspended_buffer = self._suspended_buffer, []
+                for held in buffered:
+                    self._process(held)
+                return True
+            case WorkflowTerminated(reason=reason, recursive=recursive):
+                if self._completion is not None:
+                    return False
+                self._terminate(reason, recursive)
+                return True
+            case WorkflowCompleted(status=status, output=output, failure=failure):
+                self._completion_recorded = True
+                if self._completion is None:
+                    # History says it ended; trust it (e.g. termination replayed from an old run).
+                    self._completion = CompleteWorkflow(status, output, failure)
+                    self._close_coroutine()
+                return True
+            case _:
+                assert_never(event)
+
+    def _is_open_result(self, event: HistoryEvent) -> bool:
+        match event:
+            case ActivityCompleted(seq=seq) | ActivityFailed(seq=seq):
+                return self._open_kind(seq) == "activity"
+            case ChildWorkflowCompleted(seq=seq) | ChildWorkflowFailed(seq=seq):
+                return self._open_kind(seq) == "child_workflow"
+            case TimerFired(seq=seq):
+                return self._open_kind(seq) == "timer"
+            case _:
+                return False
+
+    def _open_kind(self, seq: int) -> str:
+        open_task = self._open.get(seq)
+        return open_task.kind if open_task is not None else ""
+
+    def _start(self, event: WorkflowStarted) -> bool:
+        if self._coroutine is not None or self._completion is not None:
+            return False
+        self.instance_id, self.app_id, self.name = event.instance_id, event.app_id, event.name
+        self.input, self.parent = event.input, event.parent
+        function = self._resolve(event.name)
+        if function is None:
+            raise _Stall(f"workflow {event.name!r} is not registered on app {event.app_id!r}")
+        self._context = WorkflowContext(self, self._logger)
+        try:
+            coroutine: object = function(self._context, event.input)
+        except Exception as exc:  # a sync function that raised, or a bad signature
+            self._finish_failed(exc)
+            return True
+        if not isinstance(coroutine, Coroutine):
+            raise _Stall(f"workflow {event.name!r} must be an 'async def' function")
+        self._coroutine = coroutine
+        self._run()
+        return True
+
+    def _confirm(self, event: ActivityScheduled | ChildWorkflowScheduled | TimerCreated) -> None:
+        action = self._actions.pop(event.seq, None)
+        if action is None:
+            raise _Stall(
+                f"non-determinism at seq {event.seq}: history has {_describe_action(event)} "
+                "but the workflow code did not schedule it (code changed? guard new code "
+                "with ctx.is_patched())"
+            )
+        if not _matches(action, event):
+            raise _Stall(
+                f"non-determinism at seq {event.seq}: history has {_describe_action(event)} "
+                f"but the workflow code now asks for {_describe_action(action)}"
+            )
+
+    def _resolve_open(
+        self, seq: int, kind: str, output: object, failure: FailureDetails | None
+    ) -> bool:
+        open_task = self._open.get(seq)
+        if open_task is None or open_task.kind != kind:
+            return False  # duplicate, late (after timeout/retry) or stray: idempotent apply
+        del self._open[seq]
+        if failure is None:
+            open_task.task._complete(output)
+        else:
+            error_class = (
+                ChildWorkflowFailedError if kind == "child_workflow" else ActivityFailedError
+            )
+            what = _describe_action(open_task.action)
+            open_task.task._fail(
+                error_class(f"{what} failed: {failure.error_type}: {failure.message}", failure)
+            )
+        self._run()
+        return True
+
+    def _deliver_event(self, event: EventRaised) -> None:
+        key = event.name.casefold()
+        waiters = self._event_waiters.get(key)
+        if waiters:
+            waiters.popleft()._complete(event.data)
+            self._run()
+        else:
+            self._event_buffer.setdefault(key, deque()).append(event)
+
+    # -- stepping the coroutine ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        """Resume the workflow coroutine while the task it awaits is resolved."""
+        coroutine = self._coroutine
+        if coroutine is None or self._completion is not None or self._suspended:
+            return
+        while self._awaiting is None or self._awaiting.is_complete:
+            try:
+                yielded = coroutine.send(None)
+            except StopIteration as stop:
+                self._finish(stop.value)
+                return
+            except ContinueAsNew as signal:
+                self._continue_as_new(signal)
+                return
+            except _Stall:
+                raise
+            except Exception as exc:
+                self._finish_failed(exc)
+                return
+            if not isinstance(yielded, Task):
+                self._finish_failed(
+                    TypeError(
+                        f"workflow {self.name!r} awaited {yielded!r}, which is not a flowmesh "
+                        "task. Workflow code is replayed and must only await tasks from its "
+                        "WorkflowContext (use ctx.create_timer instead of asyncio.sleep, and "
+                        "activities for I/O)."
+                    )
+                )
+                return
+            self._awaiting = yielded
+
+    def _finish(self, output: object) -> None:
+        try:
+            check_value(output, f"output of workflow {self.name!r}")
+        except Exception as exc:
+            self._finish_failed(exc)
+            return
+        self._complete(CompleteWorkflow(WorkflowStatus.COMPLETED, output))
+
+    def _finish_failed(self, exc: BaseException) -> None:
+        self._complete(
+            CompleteWorkflow(
+                WorkflowStatus.FAILED, None, FailureDetails.from_exception(exc, app_id=self.app_id)
+            )
+        )
+
+    def _continue_as_new(self, signal: ContinueAsNew) -> None:
+        carried: list[EventRaised] = []
+        if signal.save_events:
+            carried = [e for queue in self._event_buffer.values() for e in queue]
+        self._complete(
+            CompleteWorkflow(
+                WorkflowStatus.CONTINUED_AS_NEW, signal.new_input, None, tuple(carried)
+            )
+        )
+
+    def _terminate(self, reason: str, recursive: bool) -> None:
+        if recursive:
+            self._terminate_children = [
+                TerminateChildren(o.action.instance_id, o.action.app_id, reason)
+                for o in self._open.values()
+                if isinstance(o.action, ScheduleChildWorkflow)
+            ]
+        self._close_coroutine()
+        self._complete(CompleteWorkflow(WorkflowStatus.TERMINATED, reason or "terminated"))
+
+    def _complete(self, completion: CompleteWorkflow) -> None:
+        self._completion = completion
+        self._close_coroutine()
+
+    def _close_coroutine(self) -> None:
+        coroutine, self._coroutine = self._coroutine, None
+        if coroutine is not None:
+            try:
+                coroutine.close()
+            except BaseException:
+                self._logger.warning("workflow code raised while being closed", exc_info=True)
+        self._awaiting = None
+
+    # -- called by WorkflowContext ---------------------------------------------------------------
+
+    def _allocate(
+        self,
+        kind: str,
+        make: Callable[[int], ScheduleActivity | ScheduleChildWorkflow | StartTimer],
+    ) -> Task[Any]:
+        seq = self._next_seq
+        self._next_seq += 1
+        action = make(seq)
+        task: Task[Any] = Task()
+        self._actions[seq] = action
+        self._open[seq] = _OpenTask(kind, action, task, self.current_time)
+        return task
+
+    def schedule_activity(
+        self, name: str, app_id: str, input_value: object, attempt: int, timeout: timedelta | None
+    ) -> Task[Any]:
+        """Allocate a seq for an activity attempt (raced against a timer with ``timeout``)."""
+        task = self._allocate(
+            "activity", lambda seq: ScheduleActivity(seq, name, app_id, input_value, attempt)
+        )
+        if timeout is None:
+            return task
+        seq = self._next_seq - 1
+        timer = self.schedule_timer(self.current_time + timeout)
+        return self._race_timeout(task, seq, timer, f"activity {name!r} on app {app_id!r}", timeout)
+
+    def schedule_child(
+        self, name: str, app_id: str, input_value: object, instance_id: str | None, attempt: int
+    ) -> Task[Any]:
+        """Allocate a seq for a child workflow; its ID defaults to ``<parent>:<seq>``."""
+
+        def make(seq: int) -> ScheduleChildWorkflow:
+            child_id = instance_id or f"{self.instance_id}:{seq}"
+            if instance_id is not None and attempt > 1:
+                child_id = f"{instance_id}-{attempt}"
+            self._children[child_id] = app_id
+            return ScheduleChildWorkflow(seq, name, app_id, child_id, input_value)
+
+        return self._allocate("child_workflow", make)
+
+    def schedule_timer(self, fire_at: datetime) -> Task[None]:
+        """Allocate a seq for a durable timer."""
+        return self._allocate("timer", lambda seq: StartTimer(seq, fire_at))
+
+    def wait_for_event(self, name: str, timeout: timedelta | None) -> Task[Any]:
+        """A task resolved by the next (or a buffered) external event called ``name``."""
+        key = name.casefold()
+        buffered = self._event_buffer.get(key)
+        task: Task[Any] = Task()
+        if buffered:
+            task._complete(buffered.popleft().data)
+            return task
+        self._event_waiters.setdefault(key, deque()).append(task)
+        if timeout is None:
+            return task
+        timer = self.schedule_timer(self.current_time + timeout)
+        result: Task[Any] = Task()
+        timer_seq = self._next_seq - 1
+
+        def on_event(done: Task[Any]) -> None:
+            if not result.is_complete:
+                self._cancel_timer(timer_seq)
+                result._complete(done.get_result())
+
+        def on_timer(_: Task[Any]) -> None:
+            if not result.is_complete:
+                waiters = self._event_waiters.get(key)
+                if waiters and task in waiters:
+                    waiters.remove(task)
+                result._fail(
+                    TimeoutError(f"external event {name!r} did not arrive within {timeout}")
+                )
+
+        task._on_complete(on_event)
+        timer._on_complete(on_timer)
+        return result
+
+    def schedule_with_retry(
+        self, start_attempt: Callable[[int], Task[Any]], policy: RetryPolicy | None
+    ) -> Task[Any]:
+        """Run ``start_attempt(1)``; on failure wait per ``policy`` and start the next attempt."""
+        first = start_attempt(1)
+        if policy is None:
+            return first
+        result: Task[Any] = Task()
+
+        def attempt_done(attempt: int, done: Task[Any]) -> None:
+            error = done.get_exception()
+            if error is None:
+                result._complete(done.get_result())
+                return
+            failure = getattr(error, "failure", None)
+            if not isinstance(failure, FailureDetails):
+                failure = FailureDetails.from_exception(error)
+            delay = policy.next_delay(attempt, failure)
+            if delay is None:
+                result._fail(error)
+                return
+            timer = self.schedule_timer(self.current_time + delay)
+            timer._on_complete(lambda _: start(attempt + 1))
+
+        def start(attempt: int) -> None:
+            task = first if attempt == 1 else start_attempt(attempt)
+            task._on_complete(lambda done: attempt_done(attempt, done))
+
+        start(1)
+        return result
+
+    def is_patched(self, name: str) -> bool:
+        """See :meth:`WorkflowContext.is_patched`; decided once per execution."""
+        decided = self._patch_decisions.get(name)
+        if decided is not None:
+            return decided
+        if name in self._patches_recorded:
+            decision = True
+        elif self.is_replaying:
+            decision = False
+        else:
+            decision = True
+            self._patches_recorded.add(name)
+            self._new_patches.append(PatchRecorded(name))
+        self._patch_decisions[name] = decision
+        return decision
+
+    def _race_timeout(
+        self, task: Task[Any], task_seq: int, timer: Task[None], what: str, timeout: timedelta
+    ) -> Task[Any]:
+        timer_seq = self._next_seq - 1
+        result: Task[Any] = Task()
+
+        def on_task(done: Task[Any]) -> None:
+            if result.is_complete:
+                return
+            self._cancel_timer(timer_seq)
+            error = done.get_exception()
+            if error is None:
+                result._complete(done.get_result())
+            else:
+                result._fail(error)
+
+        def on_timer(_: Task[None]) -> None:
+            if result.is_complete:
+                return
+            self._open.pop(task_seq, None)  # a late result is now stray and will be dropped
+            failure = FailureDetails("TimeoutError", f"{what} did not finish within {timeout}")
+            result._fail(ActivityFailedError(f"{what} timed out after {timeout}", failure))
+
+        task._on_complete(on_task)
+        timer._on_complete(on_timer)
+        return result
+
+    def _cancel_timer(self, seq: int) -> None:
+        if self._open.pop(seq, None) is not None:
+            self._cancelled_timers.append(seq)
+
+    # -- outcome ---------------------------------------------------------------------------------
+
+    def _collect(self, accepted: list[HistoryEvent], dropped: list[HistoryEvent]) -> StepOutcome:
+        commands: list[Command] = []
+        append = list(accepted)
+        if not self._stall_reason:
+            append.extend(self._new_patches)
+            for seq in sorted(self._actions):
+                action = self._actions[seq]
+                append.append(_scheduled_event(action))
+                commands.append(action)
+            self._actions.clear()
+            commands.extend(self._terminate_children)
+            if self._completion is not None and not self._completion_recorded:
+                completion = self._completion
+                append.append(
+                    WorkflowCompleted(completion.status, completion.output, completion.failure)
+                )
+                commands.append(completion)
+                self._completion_recorded = True
+        self._new_patches = []
+        self._terminate_children = []
+        cancelled, self._cancelled_timers = tuple(self._cancelled_timers), []
+        if all(isinstance(e, StepStarted) for e in append):
+            append = []
+        final = self._completion
+        return StepOutcome(
+            append=tuple(append),
+            commands=tuple(commands),
+            status=self.status,
+            output=final.output if final else None,
+            failure=final.failure if final else None,
+            custom_status=self.custom_status,
+            waiting_on=self.waiting_on(),
+            cancelled_timers=cancelled,
+            stall_reason=self._stall_reason,
+            dropped=tuple(dropped),
+        )
+
+    def waiting_on(self) -> tuple[PendingTask, ...]:
+        """What the workflow currently waits for, for ``describe()``."""
+        if self._completion is not None:
+            return ()
+        pending = [_pending_task(seq, o) for seq, o in sorted(self._open.items())]
+        pending.extend(
+            PendingTask("event", name) for name, waiters in self._event_waiters.items() if waiters
+        )
+        return tuple(pending)
+
+    def child_instances(self) -> dict[str, str]:
+        """Child instance ID -> app ID of every child this execution started."""
+        return dict(self._children)
+
+
+def _pending_task(seq: int, open_task: _OpenTask) -> PendingTask:
+    action = open_task.action
+    match action:
+        case ScheduleActivity(name=name, app_id=app_id):
+            return PendingTask("activity", name, app_id, seq, open_task.scheduled_at)
+        case ScheduleChildWorkflow(name=name, app_id=app_id, instance_id=child):
+            return PendingTask("child_workflow", name, app_id, seq, open_task.scheduled_at, child)
+        case StartTimer(fire_at=fire_at):
+            return PendingTask(
+                "timer", "timer", "", seq, open_task.scheduled_at, f"fires at {fire_at.isoformat()}"
+            )
+        case _:
+            assert_never(action)
+
+
+def replay_step(
+    resolve: WorkflowResolver,
+    history: Iterable[HistoryEvent],
+    new_events: Iterable[HistoryEvent],
+    *,
+    logger: Logger | None = None,
+) -> StepOutcome:
+    """Replay ``history`` from scratch, apply ``new_events`` and return the outcome."""
+    execution = WorkflowExecution(resolve, logger=logger)
+    execution.replay(history)
+    return execution.step(new_events)
+
+
+__all__ = ["NonDeterminismError", "WorkflowExecution", "WorkflowFunction", "replay_step"]
