@@ -20,6 +20,7 @@ Every error flowmesh raises derives from :class:`FlowmeshError`::
     ├── NonRetryableError           raised by an activity to stop retries
     ├── StoreError                  the workflow store failed
     │   └── VersionConflictError    another writer committed first (single-writer check)
+    ├── AppUnavailableError         no replica of an app answered in time (also a TimeoutError)
     └── TransportError              the broker failed
         ├── PublishTimeoutError     no publisher confirm in time
         └── UnroutableError         the broker could not route a mandatory message
@@ -136,3 +137,7 @@ class PublishTimeoutError(TransportError):
 
 class UnroutableError(TransportError):
     """The broker returned a mandatory message: no queue is bound for its destination."""
+
+
+class AppUnavailableError(FlowmeshError, TimeoutError):
+    """No replica of the app answered a request in time (is one running?)."""

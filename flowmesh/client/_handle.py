@@ -1,0 +1,88 @@
+"""``WorkflowHandle``: control and observe one workflow instance through the broker."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from flowmesh._errors import WorkflowFailedError, WorkflowNotFoundError
+from flowmesh.model import Control, ControlAction, Describe, RaiseEvent, WorkflowState, WorkflowStatus, check_value
+
+if TYPE_CHECKING:
+    from flowmesh.client._client import Client
+
+
+class WorkflowHandle:
+    """A reference to workflow ``instance_id`` hosted by ``app_id``."""
+
+    def __init__(self, client: Client, instance_id: str, app_id: str) -> None:
+        self._client = client
+        self.instance_id = instance_id
+        self.app_id = app_id
+
+    def __repr__(self) -> str:
+        return f"WorkflowHandle({self.instance_id!r}, app_id={self.app_id!r})"
+
+    async def describe(self) -> WorkflowState:
+        """The instance's current state; raises :class:`WorkflowNotFoundError` if unknown."""
+        state = await self._client._request_state(self.app_id, Describe(self.instance_id))
+        if state is None:
+            raise WorkflowNotFoundError(f"no workflow {self.instance_id!r} on app {self.app_id!r}")
+        return state
+
+    async def wait(self, timeout: float | None = None) -> WorkflowState:
+        """Wait until the instance finishes (or stalls) and return its final state."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(
+                    f"workflow {self.instance_id!r} on app {self.app_id!r} did not finish within {timeout}s"
+                )
+            # Re-ask periodically: a completion notice lost with a replica is then re-sent.
+            window = self._client.options.wait_poll_interval
+            if remaining is not None:
+                window = min(window, remaining)
+            state = await self._client._request_state(
+                self.app_id, Describe(self.instance_id, wait=True), timeout=window, missing_ok=True
+            )
+            if state is None:
+                continue
+            if state.status.is_terminal or state.status is WorkflowStatus.STALLED:
+                return state
+
+    async def result(self, timeout: float | None = None) -> object:
+        """The workflow's output; raises :class:`WorkflowFailedError` if it failed,
+        was terminated or stalled, and ``TimeoutError`` after ``timeout`` seconds."""
+        state = await self.wait(timeout)
+        if state.status is WorkflowStatus.COMPLETED:
+            return state.output
+        detail = state.failure.message if state.failure else (state.stall_reason or str(state.output))
+        raise WorkflowFailedError(
+            f"workflow {self.instance_id!r} ended {state.status.value}: {detail}", state.failure
+        )
+
+    async def raise_event(self, name: str, data: object = None) -> None:
+        """Send external event ``name`` with ``data`` to the instance."""
+        check_value(data, f"data of event {name!r}")
+        await self._client._send(self.app_id, RaiseEvent(self.instance_id, name, data))
+
+    async def suspend(self, reason: str = "") -> None:
+        """Pause the instance: results and events are kept but not applied until resumed."""
+        await self._client._send(self.app_id, Control(self.instance_id, ControlAction.SUSPEND, reason))
+
+    async def resume(self, reason: str = "") -> None:
+        """Continue a suspended instance."""
+        await self._client._send(self.app_id, Control(self.instance_id, ControlAction.RESUME, reason))
+
+    async def terminate(self, reason: str = "", *, recursive: bool = True) -> None:
+        """Stop the instance now (and its children on any app when ``recursive``)."""
+        await self._client._send(
+            self.app_id, Control(self.instance_id, ControlAction.TERMINATE, reason, recursive)
+        )
+
+    async def purge(self, *, recursive: bool = True) -> None:
+        """Delete a finished instance's history and state (and its children's)."""
+        await self._client._send(
+            self.app_id, Control(self.instance_id, ControlAction.PURGE, "", recursive)
+        )

@@ -1,0 +1,162 @@
+"""The activity runner: executes activity tasks from an app's work queue.
+
+A task is acked only after its result was published (and confirmed) to the hosting app's
+reply queue, so a crash anywhere before that leads to redelivery: activities run at least
+once. Sync activities run in a bounded thread pool so long steps never block the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import structlog
+
+from flowmesh._app import App
+from flowmesh._errors import FlowmeshError, NonRetryableError, SerializationError
+from flowmesh.codec import Codec
+from flowmesh.model import ActivityResult, ActivityTask, FailureDetails
+from flowmesh.runtime._activity_context import ActivityContext
+from flowmesh.runtime._clock import Clock
+from flowmesh.runtime._options import WorkerOptions
+from flowmesh.transport import Delivery, Outgoing, QueueKind, Transport
+
+
+class ActivityRunner:
+    """Runs activities of one app and reports their results."""
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        transport: Transport,
+        codec: Codec,
+        clock: Clock,
+        options: WorkerOptions,
+        pool: ThreadPoolExecutor,
+        log: Any,
+    ) -> None:
+        self._app = app
+        self._transport = transport
+        self._codec = codec
+        self._clock = clock
+        self._options = options
+        self._pool = pool
+        self._log = log
+        self._running = 0
+        self.completed = 0
+
+    @property
+    def busy(self) -> bool:
+        """True while an activity runs."""
+        return self._running > 0
+
+    async def handle(self, delivery: Delivery, task: ActivityTask) -> None:
+        """Run ``task`` (or fail it as poison), publish the result, then ack."""
+        with structlog.contextvars.bound_contextvars(
+            instance_id=task.instance_id, task=f"{task.name}#{task.seq}", attempt=task.attempt
+        ):
+            function = self._app.activities.get(task.name)
+            if function is None:
+                await self._wait_for_deployment(delivery, task)
+                return
+            if delivery.delivery_count > self._options.max_deliveries:
+                failure = FailureDetails(
+                    "flowmesh.PoisonTaskError",
+                    f"activity {task.name!r} was delivered {delivery.delivery_count} times without "
+                    "finishing; its worker process probably crashes on it",
+                    app_id=self._app.app_id,
+                )
+                self._log.error("poison activity task failed", deliveries=delivery.delivery_count)
+                await self._reply(task, None, failure)
+                await delivery.ack()
+                return
+            self._running += 1
+            try:
+                output, failure = await self._execute(function, task)
+            finally:
+                self._running -= 1
+            await self._reply(task, output, failure)
+            await delivery.ack()
+            self.completed += 1
+
+    async def _execute(self, function: Any, task: ActivityTask) -> tuple[object, FailureDetails | None]:
+        context = ActivityContext(
+            instance_id=task.instance_id,
+            seq=task.seq,
+            attempt=task.attempt,
+            name=task.name,
+            app_id=self._app.app_id,
+            host_app_id=task.host_app_id,
+            heartbeat_sink=self._heartbeat_sink(task),
+        )
+        try:
+            if inspect.iscoroutinefunction(function):
+                output = await function(context, task.input)
+            else:
+                loop = asyncio.get_running_loop()
+                call = functools.partial(contextvars.copy_context().run, function, context, task.input)
+                output = await loop.run_in_executor(self._pool, call)
+        except NonRetryableError as exc:
+            return None, FailureDetails.from_exception(exc, app_id=self._app.app_id, non_retryable=True)
+        except Exception as exc:
+            self._log.info("activity raised", error=f"{type(exc).__name__}: {exc}")
+            return None, FailureDetails.from_exception(exc, app_id=self._app.app_id)
+        return output, None
+
+    async def _reply(self, task: ActivityTask, output: object, failure: FailureDetails | None) -> None:
+        result = ActivityResult(task.instance_id, task.seq, task.attempt, output, failure)
+        try:
+            body = self._codec.encode_message(result)
+        except SerializationError as exc:
+            # The output cannot travel: report that as the activity's (non-retryable) failure.
+            failure = FailureDetails.from_exception(exc, app_id=self._app.app_id, non_retryable=True)
+            body = self._codec.encode_message(
+                ActivityResult(task.instance_id, task.seq, task.attempt, None, failure)
+            )
+        await self._transport.publish(
+            [
+                Outgoing(
+                    task.host_app_id,
+                    QueueKind.REPLY,
+                    body,
+                    f"result:{task.instance_id}#{task.seq}/{task.attempt}",
+                )
+            ]
+        )
+
+    def _heartbeat_sink(self, task: ActivityTask) -> Any:
+        loop = asyncio.get_running_loop()
+        log = self._log.bind(instance_id=task.instance_id, task=f"{task.name}#{task.seq}")
+
+        def sink(details: object) -> None:
+            # Called from the activity's thread: hop to the loop, which owns the logger config.
+            loop.call_soon_threadsafe(functools.partial(log.info, "heartbeat", details=details))
+
+        return sink
+
+    async def _wait_for_deployment(self, delivery: Delivery, task: ActivityTask) -> None:
+        """An activity this app does not register: keep the task, retry with backoff.
+
+        The task is republished (not requeued) so waiting does not count as a failed
+        delivery in the poison-message limit.
+        """
+        delay = min(2.0 ** min(delivery.delivery_count, 10), self._options.unknown_name_max_backoff)
+        self._log.warning(
+            "activity not registered here; task kept for a deployment that has it",
+            activity=task.name,
+            retry_in=delay,
+        )
+        await self._clock.sleep(delay)
+        try:
+            await self._transport.publish(
+                [Outgoing(self._app.app_id, QueueKind.WORK, delivery.body, delivery.message_id)]
+            )
+        except FlowmeshError:
+            await delivery.requeue()
+            return
+        await delivery.ack()

@@ -1,0 +1,61 @@
+"""``ActivityContext``: what an activity function receives as its first argument."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+
+class ActivityContext:
+    """Identity of the running activity task, and a way to report progress.
+
+    Activities run at least once: a crash before the result is confirmed reruns them.
+    ``idempotency_key`` is stable across those redeliveries, so side effects can be
+    deduplicated by the systems they touch (e.g. a payment provider's idempotency header).
+    """
+
+    __slots__ = (
+        "_heartbeat_sink",
+        "app_id",
+        "attempt",
+        "host_app_id",
+        "instance_id",
+        "name",
+        "seq",
+    )
+
+    def __init__(
+        self,
+        *,
+        instance_id: str,
+        seq: int,
+        attempt: int,
+        name: str,
+        app_id: str,
+        host_app_id: str,
+        heartbeat_sink: Callable[[object], None] | None = None,
+    ) -> None:
+        self.instance_id = instance_id
+        self.seq = seq
+        self.attempt = attempt
+        self.name = name
+        self.app_id = app_id
+        self.host_app_id = host_app_id
+        self._heartbeat_sink = heartbeat_sink
+
+    @property
+    def task_id(self) -> str:
+        """``<instance>#<seq>``: identifies this task within its workflow."""
+        return f"{self.instance_id}#{self.seq}"
+
+    @property
+    def idempotency_key(self) -> str:
+        """``<host app>/<instance>#<seq>/<attempt>``: the same on every redelivery."""
+        return f"{self.host_app_id}/{self.task_id}/{self.attempt}"
+
+    def heartbeat(self, details: object = None) -> None:
+        """Report progress (thread-safe; callable from sync activities in the thread pool).
+
+        The worker logs the latest details and keeps the task's broker delivery alive.
+        """
+        if self._heartbeat_sink is not None:
+            self._heartbeat_sink(details)

@@ -1,0 +1,44 @@
+"""Tunable settings of a worker replica, grouped in one frozen dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    """How a worker replica consumes, retries and sweeps.
+
+    Defaults suit production; the embedded test environment stretches the polling intervals
+    because nothing outside its process can create timers or leave outbox entries behind.
+    """
+
+    concurrency: int = 16
+    """Activities running at once in this replica (also the work queue prefetch)."""
+    reply_prefetch: int = 256
+    """Unsettled reply-queue deliveries; results for one instance are applied in batches."""
+    max_deliveries: int = 5
+    """An activity task delivered more often than this (its worker kept dying) fails."""
+    conflict_retries: int = 20
+    """Attempts of one step when other replicas keep committing first."""
+    timer_poll_interval: float = 1.0
+    """Longest sleep of the timer poller (seconds): bounds how late another replica's timer fires."""
+    timer_lease: timedelta = timedelta(seconds=30)
+    """How long a claimed timer is hidden from other replicas before it can fire again."""
+    outbox_sweep_interval: float = 5.0
+    """How often committed-but-unpublished messages are looked for (after a crash)."""
+    unknown_name_max_backoff: float = 30.0
+    """Longest wait before retrying a task whose activity/workflow is not registered here."""
+    execution_cache_size: int = 10_000
+    """Live workflow executions kept per replica so a step replays only new events."""
+    drain_timeout: float = 30.0
+    """On shutdown, how long in-flight work may finish before it is handed back."""
+    publish_retries: int = 3
+    """Immediate attempts to publish a step's outbox before leaving it to the sweeper."""
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        if self.max_deliveries < 1:
+            raise ValueError("max_deliveries must be >= 1")

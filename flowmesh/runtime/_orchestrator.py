@@ -1,0 +1,410 @@
+"""The orchestrator: advances the workflows an app hosts.
+
+Every message that concerns a hosted instance (start, activity/child results, due timers,
+events, control) lands in that instance's mailbox. One drain task per instance takes the whole
+mailbox at once and runs one step for it: replay (or reuse the cached execution), apply the
+new events, commit history + state + outbox + timers atomically with a version check, publish
+the outbox, then ack the deliveries. Batching is what keeps a fan-in of hundreds of results
+cheap, and the per-instance task means this replica never races itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from flowmesh._app import App
+from flowmesh._errors import FlowmeshError, SerializationError, VersionConflictError
+from flowmesh.codec import Codec
+from flowmesh.engine import StepOutcome, WorkflowExecution
+from flowmesh.model import (
+    ChildWorkflowScheduled,
+    CompleteWorkflow,
+    Control,
+    ControlAction,
+    Describe,
+    FailureDetails,
+    HistoryEvent,
+    Message,
+    ParentRef,
+    StartAck,
+    StartWorkflow,
+    StateReply,
+    StepStarted,
+    WorkflowStarted,
+    WorkflowState,
+    WorkflowStatus,
+)
+from flowmesh.runtime._clock import Clock
+from flowmesh.runtime._log import get_logger
+from flowmesh.runtime._options import WorkerOptions
+from flowmesh.runtime._outbox import publish_outbox
+from flowmesh.runtime._translate import (
+    build_commit,
+    build_state,
+    command_messages,
+    message_to_event,
+    new_timers,
+    open_timer_seqs,
+)
+from flowmesh.store import WorkflowStore
+from flowmesh.transport import Delivery, Outgoing, QueueKind, Transport
+
+
+@dataclass(slots=True)
+class _Inbound:
+    delivery: Delivery
+    message: Message
+    done: asyncio.Future[None]
+
+
+@dataclass(slots=True)
+class _Live:
+    """A cached execution: valid while the store's version equals ``version``."""
+
+    execution: WorkflowExecution
+    state: WorkflowState
+    history: list[HistoryEvent] = field(default_factory=list)
+
+
+class Orchestrator:
+    """Runs workflow steps for one app; safe to run in any number of replicas."""
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        store: WorkflowStore,
+        transport: Transport,
+        codec: Codec,
+        clock: Clock,
+        options: WorkerOptions,
+        on_timer_added: Callable[[datetime], None] = lambda _: None,
+    ) -> None:
+        self._app = app
+        self._store = store
+        self._transport = transport
+        self._codec = codec
+        self._clock = clock
+        self._options = options
+        self._on_timer_added = on_timer_added
+        self._mailboxes: dict[str, list[_Inbound]] = {}
+        self._drains: dict[str, asyncio.Task[None]] = {}
+        self._cache: OrderedDict[str, _Live] = OrderedDict()
+        self._log = get_logger(app_id=app.app_id)
+
+    @property
+    def busy(self) -> bool:
+        """True while any step is in progress."""
+        return bool(self._drains)
+
+    # -- entry points ----------------------------------------------------------------------------
+
+    async def handle(self, delivery: Delivery, message: Message) -> None:
+        """Process one decoded message for a hosted instance; returns once it is settled."""
+        if isinstance(message, Describe):
+            await self._describe(delivery, message)
+            return
+        if (
+            isinstance(message, StartWorkflow)
+            and message.name not in self._app.workflows
+            and not delivery.reply_to
+        ):
+            # A child start from another workflow: a newer deployment may add the workflow,
+            # so the start waits (with backoff) instead of being dropped.
+            await self._retry_later(delivery, f"workflow {message.name!r} is not registered")
+            return
+        instance_id = getattr(message, "instance_id", "")
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._mailboxes.setdefault(instance_id, []).append(_Inbound(delivery, message, done))
+        if instance_id not in self._drains:
+            # A fresh context: the drain serves many deliveries, so it must not inherit the
+            # log bindings (task, attempt) of whichever delivery happened to start it.
+            self._drains[instance_id] = asyncio.create_task(
+                self._drain(instance_id),
+                name=f"flowmesh-step-{instance_id}",
+                context=contextvars.Context(),
+            )
+        await done
+
+    async def _drain(self, instance_id: str) -> None:
+        try:
+            while batch := self._mailboxes.pop(instance_id, None):
+                with structlog.contextvars.bound_contextvars(instance_id=instance_id):
+                    await self._run_batch(instance_id, batch)
+        finally:
+            del self._drains[instance_id]
+
+    async def _run_batch(self, instance_id: str, batch: list[_Inbound]) -> None:
+        try:
+            await self._advance(instance_id, batch)
+        except Exception as exc:
+            # Store or broker trouble: nothing was acked, so the broker redelivers later.
+            self._cache.pop(instance_id, None)
+            self._log.warning("step failed; deliveries requeued", instance_id=instance_id, error=str(exc))
+            await asyncio.gather(*(item.delivery.requeue() for item in batch), return_exceptions=True)
+        for item in batch:
+            if not item.done.done():
+                item.done.set_result(None)
+
+    # -- one step --------------------------------------------------------------------------------
+
+    async def _advance(self, instance_id: str, batch: list[_Inbound]) -> None:
+        for _ in range(self._options.conflict_retries):
+            try:
+                settled = await self._try_step(instance_id, batch)
+            except VersionConflictError:
+                self._cache.pop(instance_id, None)
+                continue
+            await asyncio.gather(*(d.ack() for d in settled))
+            return
+        raise FlowmeshError(f"gave up on {instance_id} after {self._options.conflict_retries} conflicts")
+
+    async def _try_step(self, instance_id: str, batch: list[_Inbound]) -> list[Delivery]:
+        """Run one step; returns the deliveries to ack (all, unless some wait for a retry)."""
+        live = await self._load(instance_id)
+        now = self._clock.now()
+        events: list[HistoryEvent] = [StepStarted(now)]
+        to_ack: list[Delivery] = []
+        replies: list[tuple[Delivery, Message]] = []
+        purge: Control | None = None
+        for item in batch:
+            message = item.message
+            if isinstance(message, StartWorkflow):
+                self._admit_start(live, message, item.delivery, events, replies)
+            elif isinstance(message, Control) and message.action is ControlAction.PURGE:
+                purge = message
+            elif live is None and not any(isinstance(e, WorkflowStarted) for e in events):
+                self._log.warning(
+                    "message for unknown instance dropped",
+                    instance_id=instance_id,
+                    kind=type(message).__name__,
+                )
+            else:
+                event = message_to_event(message)
+                if event is not None:
+                    events.append(event)
+            to_ack.append(item.delivery)
+
+        if purge is not None:
+            await self._purge(instance_id, live, purge)
+            return to_ack
+        if len(events) == 1:
+            await self._send_replies(replies)
+            return to_ack
+
+        if live is None:
+            live = _Live(WorkflowExecution(self._resolve, logger=self._log), _blank_state(instance_id, self._app.app_id))
+        outcome = live.execution.step(events)
+        if outcome.changed:
+            await self._commit(instance_id, live, outcome, now)
+        await self._send_replies(replies)
+        return to_ack
+
+    def _admit_start(
+        self,
+        live: _Live | None,
+        message: StartWorkflow,
+        delivery: Delivery,
+        events: list[HistoryEvent],
+        replies: list[tuple[Delivery, Message]],
+    ) -> None:
+        """Turn a start into a WorkflowStarted event, or answer why it cannot start."""
+        exists = live is not None or any(isinstance(e, WorkflowStarted) for e in events)
+        if exists:
+            if delivery.reply_to:
+                status = live.state.status.value if live else "PENDING"
+                error = f"workflow instance {message.instance_id!r} already exists (status {status})"
+                replies.append((delivery, StartAck(message.instance_id, False, error)))
+            return  # a duplicate start (redelivery, or retried child start) changes nothing
+        if message.name not in self._app.workflows:
+            # Only client starts get here (see handle): refuse them clearly, write nothing.
+            error = f"workflow {message.name!r} is not registered on app {self._app.app_id!r}"
+            replies.append((delivery, StartAck(message.instance_id, False, error)))
+            return
+        events.append(
+            WorkflowStarted(message.name, message.instance_id, self._app.app_id, message.input, message.parent)
+        )
+        if delivery.reply_to:
+            replies.append((delivery, StartAck(message.instance_id, True)))
+
+    async def _commit(self, instance_id: str, live: _Live, outcome: StepOutcome, now: datetime) -> None:
+        execution = live.execution
+        history = live.history
+        append = list(outcome.append)
+        replace = False
+        commands = list(outcome.commands)
+        continued = next(
+            (c for c in commands if isinstance(c, CompleteWorkflow) and c.status is WorkflowStatus.CONTINUED_AS_NEW),
+            None,
+        )
+        cancel = list(outcome.cancelled_timers)
+        if outcome.status.is_terminal or continued is not None:
+            cancel.extend(open_timer_seqs([*history, *append]))
+        if continued is not None:
+            # Start the next run right away, in the same atomic commit.
+            restart: list[HistoryEvent] = [
+                StepStarted(now),
+                WorkflowStarted(execution.name, instance_id, self._app.app_id, continued.output, execution.parent),
+                *continued.carried_events,
+            ]
+            execution = WorkflowExecution(self._resolve, logger=self._log)
+            next_outcome = execution.step(restart)
+            append = list(next_outcome.append)
+            commands = [c for c in commands if c is not continued] + list(next_outcome.commands)
+            outcome = next_outcome
+            replace = True
+            history = []
+        try:
+            messages = command_messages(
+                commands,
+                instance_id=instance_id,
+                app_id=self._app.app_id,
+                parent=execution.parent,
+                encode=self._codec.encode_message,
+            )
+        except SerializationError as exc:
+            # Defensive: the engine checks values at the call site, so this means a size limit.
+            raise FlowmeshError(f"cannot encode a message of {instance_id}: {exc}") from exc
+        version = live.state.version + 1
+        state = build_state(
+            live.state if live.state.version else None,
+            outcome,
+            instance_id=instance_id,
+            app_id=self._app.app_id,
+            name=execution.name,
+            input_value=execution.input,
+            parent=execution.parent,
+            now=now,
+            version=version,
+            history_length=len(history) + len(append),
+        )
+        timers = new_timers(instance_id, commands)
+        commit = build_commit(
+            instance_id=instance_id,
+            expected_version=live.state.version,
+            state=state,
+            append=append,
+            replace_history=replace,
+            messages=messages,
+            timers=timers,
+            cancel_timers=cancel,
+        )
+        await self._store.commit(commit)
+        history = [*history, *append]
+        self._remember(instance_id, _Live(execution, state, history))
+        for timer in timers:
+            self._on_timer_added(timer.fire_at)
+        self._log.debug("step committed", instance_id=instance_id, version=version, status=state.status.value)
+        await publish_outbox(self._transport, self._store, commit.outbox, self._options.publish_retries, self._log)
+        if state.status.is_terminal or state.status is WorkflowStatus.STALLED:
+            await self._notify_waiters(instance_id, state)
+
+    # -- loading and caching ---------------------------------------------------------------------
+
+    def _resolve(self, name: str) -> Any:
+        return self._app.workflows.get(name)
+
+    async def _load(self, instance_id: str) -> _Live | None:
+        cached = self._cache.get(instance_id)
+        if cached is not None:
+            self._cache.move_to_end(instance_id)
+            return cached
+        record = await self._store.load(instance_id)
+        if record is None:
+            return None
+        execution = WorkflowExecution(self._resolve, logger=self._log)
+        execution.replay(record.history)
+        return _Live(execution, record.state, list(record.history))
+
+    def _remember(self, instance_id: str, live: _Live) -> None:
+        if live.state.status.is_terminal:
+            self._cache.pop(instance_id, None)
+            return
+        self._cache[instance_id] = live
+        self._cache.move_to_end(instance_id)
+        while len(self._cache) > self._options.execution_cache_size:
+            self._cache.popitem(last=False)
+
+    # -- replies, purge, waiters -----------------------------------------------------------------
+
+    async def _send_replies(self, replies: Sequence[tuple[Delivery, Message]]) -> None:
+        for delivery, reply in replies:
+            await self._transport.send_reply(
+                delivery.reply_to, delivery.correlation_id, self._codec.encode_message(reply)
+            )
+
+    async def _describe(self, delivery: Delivery, message: Describe) -> None:
+        try:
+            if message.wait:
+                state = await self._store.add_waiter(message.instance_id, delivery.reply_to)
+                if state is not None and not _finished(state):
+                    return  # answered when the instance finishes
+            else:
+                state = await self._store.load_state(message.instance_id)
+            if delivery.reply_to:
+                reply = StateReply(message.instance_id, state)
+                await self._transport.send_reply(
+                    delivery.reply_to, delivery.correlation_id, self._codec.encode_message(reply)
+                )
+        finally:
+            await delivery.ack()
+
+    async def _notify_waiters(self, instance_id: str, state: WorkflowState) -> None:
+        waiters = await self._store.take_waiters(instance_id)
+        if not waiters:
+            return
+        body = self._codec.encode_message(StateReply(instance_id, state))
+        for address in waiters:
+            await self._transport.send_reply(address, "wait:" + instance_id, body)
+
+    async def _purge(self, instance_id: str, live: _Live | None, message: Control) -> None:
+        if live is None:
+            return
+        if not live.state.status.is_terminal:
+            self._log.warning(
+                "purge refused: instance is not finished",
+                instance_id=instance_id,
+                status=live.state.status.value,
+            )
+            return
+        if message.recursive:
+            children = [e for e in live.history if isinstance(e, ChildWorkflowScheduled)]
+            await self._transport.publish(
+                [
+                    Outgoing(
+                        c.app_id,
+                        QueueKind.REPLY,
+                        self._codec.encode_message(Control(c.instance_id, ControlAction.PURGE, recursive=True)),
+                    )
+                    for c in children
+                ]
+            )
+        await self._store.purge(instance_id)
+        self._cache.pop(instance_id, None)
+        self._log.info("instance purged", instance_id=instance_id)
+
+    async def _retry_later(self, delivery: Delivery, reason: str) -> None:
+        """Hold a delivery we cannot serve yet, then hand it back (backoff by delivery count)."""
+        delay = min(2.0 ** (delivery.delivery_count - 1), self._options.unknown_name_max_backoff)
+        self._log.warning("task waits for a deployment that registers it", reason=reason, retry_in=delay)
+        await self._clock.sleep(delay)
+        await delivery.requeue()
+
+
+def _finished(state: WorkflowState) -> bool:
+    return state.status.is_terminal or state.status is WorkflowStatus.STALLED
+
+
+def _blank_state(instance_id: str, app_id: str) -> WorkflowState:
+    return WorkflowState(instance_id=instance_id, app_id=app_id, name="", status=WorkflowStatus.PENDING)
+
+
+__all__ = ["FailureDetails", "Orchestrator", "ParentRef"]

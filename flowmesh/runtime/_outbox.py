@@ -1,0 +1,90 @@
+"""Publishing committed outbox entries, and sweeping up entries a crash left behind."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from flowmesh._errors import FlowmeshError
+from flowmesh.runtime._clock import Clock
+from flowmesh.store import OutboxEntry, WorkflowStore
+from flowmesh.transport import Transport
+
+
+async def publish_outbox(
+    transport: Transport,
+    store: WorkflowStore,
+    entries: Sequence[OutboxEntry],
+    attempts: int,
+    log: Any,
+) -> bool:
+    """Publish ``entries`` (confirmed) and forget them; True on success.
+
+    On failure the entries stay in the store and :class:`OutboxRelay` publishes them later,
+    which is why receivers must tolerate duplicates.
+    """
+    if not entries:
+        return True
+    for attempt in range(1, attempts + 1):
+        try:
+            await transport.publish([entry.message for entry in entries])
+            break
+        except FlowmeshError as exc:
+            log.warning("outbox publish failed", attempt=attempt, error=str(exc))
+            if attempt == attempts:
+                return False
+            await asyncio.sleep(0.05 * attempt)
+    by_instance: dict[str, list[str]] = {}
+    for entry in entries:
+        by_instance.setdefault(entry.instance_id, []).append(entry.entry_id)
+    for instance_id, entry_ids in by_instance.items():
+        await store.remove_outbox(instance_id, entry_ids)
+    return True
+
+
+class OutboxRelay:
+    """Republishes outbox entries that stayed unpublished for a whole sweep interval.
+
+    Entries seen in two consecutive sweeps were left behind by a crash or a broker outage
+    between commit and publish; fresh entries are left to the replica that committed them.
+    """
+
+    def __init__(
+        self,
+        store: WorkflowStore,
+        transport: Transport,
+        clock: Clock,
+        *,
+        interval: float,
+        log: Any,
+        batch: int = 500,
+    ) -> None:
+        self._store = store
+        self._transport = transport
+        self._clock = clock
+        self._interval = interval
+        self._log = log
+        self._batch = batch
+        self._seen: set[tuple[str, str]] = set()
+
+    async def sweep(self) -> int:
+        """One sweep; returns how many entries it republished."""
+        entries = await self._store.list_outbox(self._batch)
+        stale = [e for e in entries if (e.instance_id, e.entry_id) in self._seen]
+        self._seen = {(e.instance_id, e.entry_id) for e in entries} - {
+            (e.instance_id, e.entry_id) for e in stale
+        }
+        if stale and await publish_outbox(self._transport, self._store, stale, 1, self._log):
+            self._log.info("republished outbox entries left by an earlier step", count=len(stale))
+            return len(stale)
+        return 0
+
+    async def run(self) -> None:
+        """Sweep forever (cancel to stop)."""
+        while True:
+            await self._clock.sleep(self._interval)
+            try:
+                await self.sweep()
+            except FlowmeshError as exc:
+                self._log.warning("outbox sweep failed", error=str(exc))

@@ -1,0 +1,90 @@
+"""The timer poller: turns due durable timers into ``TimerDue`` messages.
+
+Timers live in the store. Any replica may claim a due timer; the claim hides it from other
+replicas for a lease, and the step that applies ``TimerFired`` removes it. So a timer fires
+once in history even if it is published twice (a replica died mid-claim, or leases overlap).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from flowmesh._errors import FlowmeshError
+from flowmesh.codec import Codec
+from flowmesh.model import TimerDue
+from flowmesh.runtime._clock import Clock
+from flowmesh.runtime._options import WorkerOptions
+from flowmesh.store import WorkflowStore
+from flowmesh.transport import Outgoing, QueueKind, Transport
+
+
+class TimerPoller:
+    """Publishes due timers of one app to its own reply queue."""
+
+    def __init__(
+        self,
+        app_id: str,
+        store: WorkflowStore,
+        transport: Transport,
+        codec: Codec,
+        clock: Clock,
+        options: WorkerOptions,
+        log: Any,
+    ) -> None:
+        self._app_id = app_id
+        self._store = store
+        self._transport = transport
+        self._codec = codec
+        self._clock = clock
+        self._options = options
+        self._log = log
+        self._wake = asyncio.Event()
+
+    def notify(self) -> None:
+        """A timer was just created here: re-check how long to sleep."""
+        self._wake.set()
+
+    async def fire_due(self) -> int:
+        """Claim and publish every due timer; returns how many were published."""
+        total = 0
+        while True:
+            due = await self._store.claim_due_timers(self._clock.now(), self._options.timer_lease)
+            if not due:
+                return total
+            await self._transport.publish(
+                [
+                    Outgoing(
+                        self._app_id,
+                        QueueKind.REPLY,
+                        self._codec.encode_message(TimerDue(t.instance_id, t.seq)),
+                        f"timer:{t.instance_id}#{t.seq}",
+                    )
+                    for t in due
+                ]
+            )
+            total += len(due)
+
+    async def run(self) -> None:
+        """Poll forever (cancel to stop)."""
+        while True:
+            self._wake.clear()
+            try:
+                await self.fire_due()
+                next_at = await self._store.next_timer_at()
+            except FlowmeshError as exc:
+                self._log.warning("timer poll failed", error=str(exc))
+                next_at = None
+            wait = self._options.timer_poll_interval
+            if next_at is not None:
+                wait = min(wait, max((next_at - self._clock.now()).total_seconds(), 0.0))
+            await self._sleep_or_wake(wait)
+
+    async def _sleep_or_wake(self, seconds: float) -> None:
+        sleeper = asyncio.ensure_future(self._clock.sleep(seconds))
+        waker = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            waker.cancel()

@@ -1,0 +1,191 @@
+"""Translations between wire messages, history events, engine outcomes and store commits.
+
+Pure functions: the orchestrator does the I/O around them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+from flowmesh.engine import StepOutcome
+from flowmesh.model import (
+    ActivityCompleted,
+    ActivityFailed,
+    ActivityResult,
+    ActivityTask,
+    ChildResult,
+    ChildWorkflowCompleted,
+    ChildWorkflowFailed,
+    Command,
+    CompleteWorkflow,
+    Control,
+    ControlAction,
+    EventRaised,
+    FailureDetails,
+    HistoryEvent,
+    Message,
+    ParentRef,
+    RaiseEvent,
+    ScheduleActivity,
+    ScheduleChildWorkflow,
+    StartTimer,
+    StartWorkflow,
+    TerminateChildren,
+    TimerCreated,
+    TimerDue,
+    TimerFired,
+    WorkflowResumed,
+    WorkflowState,
+    WorkflowStatus,
+    WorkflowSuspended,
+    WorkflowTerminated,
+)
+from flowmesh.store import Commit, OutboxEntry, TimerEntry
+from flowmesh.transport import Outgoing, QueueKind
+
+
+def message_to_event(message: Message) -> HistoryEvent | None:
+    """The history event a reply-queue message contributes, or None if it adds none."""
+    match message:
+        case ActivityResult(seq=seq, output=output, failure=None):
+            return ActivityCompleted(seq, output)
+        case ActivityResult(seq=seq, failure=failure) if failure is not None:
+            return ActivityFailed(seq, failure)
+        case ChildResult(seq=seq, output=output, failure=None):
+            return ChildWorkflowCompleted(seq, output)
+        case ChildResult(seq=seq, failure=failure) if failure is not None:
+            return ChildWorkflowFailed(seq, failure)
+        case TimerDue(seq=seq):
+            return TimerFired(seq)
+        case RaiseEvent(name=name, data=data):
+            return EventRaised(name, data)
+        case Control(action=ControlAction.SUSPEND, reason=reason):
+            return WorkflowSuspended(reason)
+        case Control(action=ControlAction.RESUME, reason=reason):
+            return WorkflowResumed(reason)
+        case Control(action=ControlAction.TERMINATE, reason=reason, recursive=recursive):
+            return WorkflowTerminated(reason, recursive)
+        case _:
+            return None
+
+
+Encode = Callable[[Message], bytes]
+
+
+def command_messages(
+    commands: Sequence[Command],
+    *,
+    instance_id: str,
+    app_id: str,
+    parent: ParentRef | None,
+    encode: Encode,
+) -> list[Outgoing]:
+    """The messages a step's commands send (timers and continue-as-new are handled apart)."""
+    out: list[Outgoing] = []
+    for command in commands:
+        match command:
+            case ScheduleActivity(seq=seq, name=name, app_id=target, input=value, attempt=attempt):
+                task = ActivityTask(instance_id, app_id, target, seq, attempt, name, value)
+                out.append(
+                    Outgoing(target, QueueKind.WORK, encode(task), f"{instance_id}#{seq}/{attempt}")
+                )
+            case ScheduleChildWorkflow(seq=seq, name=name, app_id=target, instance_id=child):
+                start = StartWorkflow(
+                    child, name, target, command.input, ParentRef(instance_id, app_id, seq)
+                )
+                out.append(Outgoing(target, QueueKind.WORK, encode(start), f"start:{child}"))
+            case TerminateChildren(instance_id=child, app_id=target, reason=reason):
+                control = Control(child, ControlAction.TERMINATE, reason, recursive=True)
+                out.append(Outgoing(target, QueueKind.REPLY, encode(control)))
+            case CompleteWorkflow(status=status, output=output, failure=failure) if (
+                parent is not None and status.is_terminal
+            ):
+                if failure is None and status is not WorkflowStatus.COMPLETED:
+                    failure = FailureDetails(
+                        "WorkflowTerminated",
+                        f"child workflow {instance_id} was terminated: {output}",
+                    )
+                    output = None
+                result = ChildResult(parent.instance_id, parent.seq, instance_id, output, failure)
+                out.append(
+                    Outgoing(parent.app_id, QueueKind.REPLY, encode(result), f"child:{instance_id}")
+                )
+            case StartTimer() | CompleteWorkflow():
+                pass
+    return out
+
+
+def new_timers(instance_id: str, commands: Sequence[Command]) -> tuple[TimerEntry, ...]:
+    """Durable timers the step's commands create."""
+    return tuple(
+        TimerEntry(instance_id, c.seq, c.fire_at) for c in commands if isinstance(c, StartTimer)
+    )
+
+
+def open_timer_seqs(history: Sequence[HistoryEvent]) -> tuple[int, ...]:
+    """Timers created in ``history`` that have not fired (cancelled when the workflow ends)."""
+    created = {e.seq for e in history if isinstance(e, TimerCreated)}
+    fired = {e.seq for e in history if isinstance(e, TimerFired)}
+    return tuple(sorted(created - fired))
+
+
+def build_state(
+    previous: WorkflowState | None,
+    outcome: StepOutcome,
+    *,
+    instance_id: str,
+    app_id: str,
+    name: str,
+    input_value: object,
+    parent: ParentRef | None,
+    now: datetime,
+    version: int,
+    history_length: int,
+) -> WorkflowState:
+    """The instance state recorded with a step's commit."""
+    return WorkflowState(
+        instance_id=instance_id,
+        app_id=app_id,
+        name=name,
+        status=outcome.status,
+        input=input_value,
+        output=outcome.output,
+        failure=outcome.failure,
+        custom_status=outcome.custom_status,
+        created_at=previous.created_at if previous and previous.created_at else now,
+        updated_at=now,
+        parent=parent,
+        waiting_on=outcome.waiting_on,
+        stall_reason=outcome.stall_reason,
+        history_length=history_length,
+        version=version,
+    )
+
+
+def build_commit(
+    *,
+    instance_id: str,
+    expected_version: int,
+    state: WorkflowState,
+    append: Sequence[HistoryEvent],
+    replace_history: bool,
+    messages: Sequence[Outgoing],
+    timers: Sequence[TimerEntry],
+    cancel_timers: Sequence[int],
+) -> Commit:
+    """Assemble the atomic commit of one step; outbox entry IDs are unique per version."""
+    outbox = tuple(
+        OutboxEntry(instance_id, f"{state.version}:{index}", message)
+        for index, message in enumerate(messages)
+    )
+    return Commit(
+        instance_id=instance_id,
+        expected_version=expected_version,
+        state=state,
+        append=tuple(append),
+        replace_history=replace_history,
+        outbox=outbox,
+        add_timers=tuple(timers),
+        cancel_timers=tuple(sorted(set(cancel_timers))),
+    )
