@@ -1,0 +1,135 @@
+"""Key layout and small encodings of the Redis store (documented in docs/redis-keys.md).
+
+Every key of an app lives under ``<prefix>:{<app_id>}:`` - the braces are a Redis Cluster hash
+tag, so all of an app's keys hash to one slot and a Lua script may touch any of them.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit, urlunsplit
+
+# msgpack ships no type information; "unused-ignore" keeps this valid if stubs appear.
+import msgpack  # type: ignore[import-untyped,unused-ignore]
+from msgpack.exceptions import UnpackException  # type: ignore[import-untyped,unused-ignore]
+
+from flowmesh._errors import DecodeError
+from flowmesh.model import WorkflowStatus
+from flowmesh.transport._base import Outgoing, QueueKind
+
+# Instance IDs never contain "|" (see check_instance_id), so it safely separates the fields of
+# a timer member.
+_SEP = "|"
+
+
+class RedisKeys:
+    """Names of the Redis keys of one app."""
+
+    def __init__(self, prefix: str, app_id: str) -> None:
+        self.base = f"{prefix}:{{{app_id}}}:"
+        self.index = self.base + "idx"
+        self.outbox_index = self.base + "outbox"
+        self.timers = self.base + "timers"
+        self.seq = self.base + "seq"
+        # All status indexes, passed to scripts that may move an instance between them.
+        self.status_indexes = tuple(f"{self.index}:{status.value}" for status in WorkflowStatus)
+
+    def instance(self, instance_id: str) -> str:
+        """Hash with the version ``v``, encoded state ``s`` and ``status``."""
+        return f"{self.base}i:{instance_id}"
+
+    def history(self, instance_id: str) -> str:
+        """List of encoded history events."""
+        return f"{self.base}h:{instance_id}"
+
+    def outbox(self, instance_id: str) -> str:
+        """Hash entry_id -> encoded pending message."""
+        return f"{self.base}o:{instance_id}"
+
+    def timer_members(self, instance_id: str) -> str:
+        """Hash seq -> the instance's member in the app-wide timers zset."""
+        return f"{self.base}t:{instance_id}"
+
+    def waiters(self, instance_id: str) -> str:
+        """Set of reply addresses waiting for the instance's result."""
+        return f"{self.base}w:{instance_id}"
+
+    def status_index(self, status: WorkflowStatus) -> str:
+        """Zset of the instances currently in ``status``."""
+        return f"{self.index}:{status.value}"
+
+    def per_instance(self, instance_id: str) -> list[str]:
+        """The five per-instance keys, in the order the Lua scripts expect them."""
+        return [
+            self.instance(instance_id),
+            self.history(instance_id),
+            self.outbox(instance_id),
+            self.timer_members(instance_id),
+            self.waiters(instance_id),
+        ]
+
+
+def timer_member(instance_id: str, seq: int, fire_ms: int) -> str:
+    """Member of the timers zset; carries the original fire time, which the score does not."""
+    return f"{instance_id}{_SEP}{seq}{_SEP}{fire_ms}"
+
+
+def parse_timer_member(member: bytes) -> tuple[str, int, int]:
+    """``(instance_id, seq, fire_ms)`` from a timers zset member."""
+    try:
+        instance_id, seq, fire_ms = member.decode().rsplit(_SEP, 2)
+        return instance_id, int(seq), int(fire_ms)
+    except ValueError as exc:
+        raise DecodeError(f"malformed timer member {member!r} in the Redis store") from exc
+
+
+def encode_outgoing(message: Outgoing, order: tuple[int, int]) -> bytes:
+    """A pending outbox message as a msgpack map.
+
+    ``order`` is (commit version, position in the commit): hash fields have no order, and the
+    outbox must be published in commit order.
+    """
+    packed: bytes = msgpack.packb(
+        {
+            "app_id": message.app_id,
+            "kind": message.kind.value,
+            "body": message.body,
+            "message_id": message.message_id,
+            "reply_to": message.reply_to,
+            "correlation_id": message.correlation_id,
+            "order": order,
+        },
+        use_bin_type=True,
+    )
+    return packed
+
+
+def decode_outgoing(data: bytes) -> tuple[tuple[int, int], Outgoing]:
+    """Inverse of :func:`encode_outgoing`."""
+    try:
+        fields = msgpack.unpackb(data, raw=False)
+        version, position = fields["order"]
+        message = Outgoing(
+            app_id=fields["app_id"],
+            kind=QueueKind(fields["kind"]),
+            body=fields["body"],
+            message_id=fields["message_id"],
+            reply_to=fields["reply_to"],
+            correlation_id=fields["correlation_id"],
+        )
+    except (ValueError, KeyError, TypeError, UnpackException) as exc:
+        raise DecodeError(f"malformed outbox entry in the Redis store: {exc}") from exc
+    return (int(version), int(position)), message
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    netloc = f"{parts.username or ''}:***@{host}"
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -1,0 +1,253 @@
+"""An in-process :class:`~flowmesh.store.WorkflowStore` for the embedded backend and tests.
+
+It has the same semantics as the Redis store, down to the details a caller can observe:
+
+* times are kept as integer milliseconds since the epoch (UTC), so a timer's ``fire_at`` comes
+  back truncated to the millisecond, exactly as it does from Redis;
+* the outbox is listed instance by instance, ordered by each instance's oldest pending
+  commit, and within an instance in commit order;
+* ``list_instances`` returns the most recently created instances first;
+* due timers are claimed in order of due time, ties broken by ``"<instance>|<seq>"``.
+
+Every method completes without awaiting anything, so on one event loop each call is atomic,
+which is what the Redis store gets from running each operation as one Lua script.
+
+The small helpers at the top (millisecond conversion and commit validation) are shared with
+:mod:`flowmesh.store.redis` so both stores agree on them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from flowmesh._errors import VersionConflictError
+from flowmesh.model import HistoryEvent, WorkflowState, WorkflowStatus, check_instance_id
+from flowmesh.store._base import Commit, InstanceRecord, OutboxEntry, TimerEntry
+from flowmesh.transport._base import Outgoing
+
+__all__ = ["MemoryStore"]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+def _epoch_ms(moment: datetime) -> int:
+    """Milliseconds since the epoch; a naive datetime is taken to be UTC (as events are)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // _MS
+
+
+def _from_epoch_ms(ms: int) -> datetime:
+    """The aware UTC datetime ``ms`` milliseconds after the epoch (exact, no float rounding)."""
+    return _EPOCH + timedelta(milliseconds=ms)
+
+
+def _lease_ms(lease: timedelta) -> int:
+    if lease < timedelta(0):
+        raise ValueError(f"a timer lease cannot be negative, got {lease}")
+    return lease // _MS
+
+
+def _check_commit(commit: Commit) -> None:
+    """Reject a malformed commit before it touches the store (a caller bug, not a conflict).
+
+    The instance ID becomes part of Redis keys and timer members, hence the syntax check; the
+    rest guards the invariants the engine relies on when it reloads what it wrote.
+    """
+    instance_id = check_instance_id(commit.instance_id)
+    if commit.expected_version < 0:
+        raise ValueError(f"expected_version must be >= 0, got {commit.expected_version}")
+    if commit.state.instance_id != instance_id:
+        raise ValueError(
+            f"commit for {instance_id!r} carries the state of {commit.state.instance_id!r}"
+        )
+    if commit.state.version != commit.expected_version + 1:
+        raise ValueError(
+            f"commit for {instance_id!r}: state.version must be expected_version + 1 "
+            f"({commit.expected_version + 1}), got {commit.state.version}"
+        )
+    items: tuple[OutboxEntry | TimerEntry, ...] = (*commit.outbox, *commit.add_timers)
+    for item in items:
+        if item.instance_id != instance_id:
+            raise ValueError(
+                f"commit for {instance_id!r} carries {type(item).__name__} of {item.instance_id!r}"
+            )
+
+
+@dataclass(slots=True)
+class _Instance:
+    state: WorkflowState
+    history: list[HistoryEvent]
+    # Position in the instance index, from the store's sequence (creation order).
+    created_seq: int
+    waiters: set[str] = field(default_factory=set)
+    # entry_id -> ((commit version, position in commit), message): the commit order.
+    outbox: dict[str, tuple[tuple[int, int], Outgoing]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Timer:
+    due_ms: int  # when it may be claimed next: fire time, or claim time + lease
+    fire_ms: int  # the fire time the workflow asked for, reported to the claimer
+
+
+class MemoryStore:
+    """Workflow store that keeps everything in this process (lost when it exits).
+
+    Holds the frozen events and states it is given, never copies of them. One instance serves
+    one app ID and must be used from one event loop.
+    """
+
+    def __init__(self, app_id: str) -> None:
+        self.app_id = app_id
+        self._instances: dict[str, _Instance] = {}
+        self._timers: dict[tuple[str, int], _Timer] = {}
+        # instance -> sequence number of its oldest pending outbox commit.
+        self._outbox_index: dict[str, int] = {}
+        # One counter orders both instance creation and outbox commits, like the Redis store's.
+        self._seq = 0
+
+    def __repr__(self) -> str:
+        return f"MemoryStore(app_id={self.app_id!r}, instances={len(self._instances)})"
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    async def load(self, instance_id: str) -> InstanceRecord | None:
+        """The instance's state and history, or None if it does not exist."""
+        found = self._instances.get(instance_id)
+        if found is None:
+            return None
+        return InstanceRecord(state=found.state, history=tuple(found.history))
+
+    async def load_state(self, instance_id: str) -> WorkflowState | None:
+        """The instance's state without its history, or None."""
+        found = self._instances.get(instance_id)
+        return None if found is None else found.state
+
+    async def commit(self, commit: Commit) -> None:
+        """Apply ``commit`` atomically or raise :class:`~flowmesh.VersionConflictError`."""
+        _check_commit(commit)
+        instance_id = commit.instance_id
+        found = self._instances.get(instance_id)
+        stored_version = 0 if found is None else found.state.version
+        if stored_version != commit.expected_version:
+            raise VersionConflictError(
+                f"instance {instance_id!r}: expected version {commit.expected_version}, "
+                f"stored version {stored_version}"
+            )
+        # Validate everything that can fail before mutating, so a failure writes nothing.
+        fire_times = [(timer.seq, _epoch_ms(timer.fire_at)) for timer in commit.add_timers]
+
+        if found is None:
+            found = _Instance(state=commit.state, history=[], created_seq=self._next_seq())
+            self._instances[instance_id] = found
+        if commit.replace_history:
+            found.history = list(commit.append)
+        else:
+            found.history.extend(commit.append)
+        found.state = commit.state
+
+        for index, entry in enumerate(commit.outbox):
+            found.outbox[entry.entry_id] = ((commit.state.version, index), entry.message)
+        if found.outbox and instance_id not in self._outbox_index:
+            self._outbox_index[instance_id] = self._next_seq()
+
+        # Cancel before add, as the Lua script does: a commit may re-arm a cancelled seq.
+        for seq in commit.cancel_timers:
+            self._timers.pop((instance_id, seq), None)
+        for seq, fire_ms in fire_times:
+            self._timers[(instance_id, seq)] = _Timer(due_ms=fire_ms, fire_ms=fire_ms)
+
+    async def list_outbox(self, limit: int = 100) -> list[OutboxEntry]:
+        """Pending outbox entries: instances by oldest pending commit, each in commit order."""
+        entries: list[OutboxEntry] = []
+        if limit <= 0:
+            return entries
+        for instance_id in sorted(self._outbox_index, key=self._outbox_index.__getitem__):
+            if len(entries) >= limit:
+                break
+            pending = self._instances[instance_id].outbox
+            for entry_id, (_, message) in sorted(pending.items(), key=lambda kv: kv[1][0]):
+                entries.append(OutboxEntry(instance_id, entry_id, message))
+        return entries[:limit]
+
+    async def remove_outbox(self, instance_id: str, entry_ids: Sequence[str]) -> None:
+        """Forget published outbox entries; unknown IDs are ignored."""
+        found = self._instances.get(instance_id)
+        if found is None:
+            return
+        for entry_id in entry_ids:
+            found.outbox.pop(entry_id, None)
+        if not found.outbox:
+            self._outbox_index.pop(instance_id, None)
+
+    async def claim_due_timers(
+        self, now: datetime, lease: timedelta, limit: int = 100
+    ) -> list[TimerEntry]:
+        """Timers due at ``now`` (at most ``limit``), each postponed to ``now + lease``."""
+        now_ms = _epoch_ms(now)
+        until_ms = now_ms + _lease_ms(lease)
+        if limit <= 0:
+            return []
+        due = sorted(
+            (timer.due_ms, f"{instance_id}|{seq}", instance_id, seq, timer)
+            for (instance_id, seq), timer in self._timers.items()
+            if timer.due_ms <= now_ms
+        )[:limit]
+        claimed: list[TimerEntry] = []
+        for _, _, instance_id, seq, timer in due:
+            timer.due_ms = until_ms
+            claimed.append(TimerEntry(instance_id, seq, _from_epoch_ms(timer.fire_ms)))
+        return claimed
+
+    async def next_timer_at(self) -> datetime | None:
+        """When the earliest timer can next be claimed (its fire time, or its lease's end)."""
+        if not self._timers:
+            return None
+        return _from_epoch_ms(min(timer.due_ms for timer in self._timers.values()))
+
+    async def add_waiter(self, instance_id: str, address: str) -> WorkflowState | None:
+        """Remember ``address`` unless the instance is finished; its state, or None if absent."""
+        found = self._instances.get(instance_id)
+        if found is None:
+            return None
+        if not found.state.status.is_terminal:
+            found.waiters.add(address)
+        return found.state
+
+    async def take_waiters(self, instance_id: str) -> list[str]:
+        """Remove and return the addresses waiting for ``instance_id`` (sorted, like Redis's)."""
+        found = self._instances.get(instance_id)
+        if found is None:
+            return []
+        waiters, found.waiters = sorted(found.waiters), set()
+        return waiters
+
+    async def purge(self, instance_id: str) -> bool:
+        """Delete the instance, its history, outbox, timers and waiters; False if absent."""
+        if self._instances.pop(instance_id, None) is None:
+            return False
+        self._outbox_index.pop(instance_id, None)
+        for key in [key for key in self._timers if key[0] == instance_id]:
+            del self._timers[key]
+        return True
+
+    async def list_instances(
+        self, status: WorkflowStatus | None = None, limit: int = 100
+    ) -> list[WorkflowState]:
+        """States of stored instances, most recently created first, optionally by status."""
+        newest_first = sorted(self._instances.values(), key=lambda i: i.created_seq, reverse=True)
+        states = [i.state for i in newest_first if status is None or i.state.status is status]
+        return states[: max(limit, 0)]
+
+    async def check_safety(self) -> list[str]:
+        """Nothing to report: losing the data with the process is this store's documented nature."""
+        return []
+
+    async def close(self) -> None:
+        """Nothing to release; the data stays readable until the object is dropped."""

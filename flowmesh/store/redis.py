@@ -1,0 +1,398 @@
+"""The Redis :class:`~flowmesh.store.WorkflowStore`: one atomic Lua script per commit.
+
+Usage::
+
+    store = RedisStore(RedisStoreConfig(url="redis://127.0.0.1:6379/0", app_id="orders"), Codec())
+    await store.connect()       # creates the client and checks the server answers
+    ...
+    await store.close()
+
+or ``async with RedisStore(...) as store:``. The key layout is documented in
+``docs/redis-keys.md``.
+
+Round trips: ``commit`` is one ``EVALSHA``; ``load`` is one ``MULTI``/``EXEC`` (state and
+history read together, so they always belong to the same version). After a Redis restart the
+first call of each script costs two more (``NOSCRIPT``, ``SCRIPT LOAD``), done by redis-py.
+
+A commit whose reply was lost (the connection dropped after Redis applied it) and that is
+retried fails its version check and raises :class:`~flowmesh.VersionConflictError`: the caller
+reloads, finds its own events in the history, and carries on as after any conflict. Likewise a
+retried ``purge`` may answer False for an instance it did delete.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from collections.abc import Awaitable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import cache
+from types import TracebackType
+from typing import Any, Protocol, Self, cast
+from urllib.parse import urlsplit
+
+import redis.asyncio
+from redis.asyncio.client import Pipeline
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError, ResponseError
+
+from flowmesh._errors import ConfigurationError, StoreError, VersionConflictError
+from flowmesh.model import HistoryEvent, WorkflowState, WorkflowStatus, check_app_id
+from flowmesh.store._base import Commit, InstanceRecord, OutboxEntry, TimerEntry
+from flowmesh.store._redis_keys import (
+    RedisKeys,
+    decode_outgoing,
+    encode_outgoing,
+    mask_url,
+    parse_timer_member,
+    timer_member,
+)
+from flowmesh.store._redis_safety import SAFETY_SETTINGS, safety_warnings
+from flowmesh.store.memory import _check_commit, _epoch_ms, _from_epoch_ms, _lease_ms
+
+__all__ = ["RedisStore", "RedisStoreConfig", "StoreCodec"]
+
+_TERMINAL = tuple(status.value for status in WorkflowStatus if status.is_terminal)
+_URL_SCHEMES = ("redis", "rediss", "unix")
+
+
+class StoreCodec(Protocol):
+    """What the store needs from :class:`flowmesh.codec.Codec`."""
+
+    def encode_event(self, event: HistoryEvent, /) -> bytes:
+        """Bytes of one history event."""
+
+    def decode_event(self, data: bytes, /) -> HistoryEvent:
+        """A history event from :meth:`encode_event` bytes."""
+
+    def encode_state(self, state: WorkflowState, /) -> bytes:
+        """Bytes of a workflow state."""
+
+    def decode_state(self, data: bytes, /) -> WorkflowState:
+        """A workflow state from :meth:`encode_state` bytes."""
+
+
+@dataclass(frozen=True, slots=True)
+class RedisStoreConfig:
+    """Where and how one app keeps its workflows in Redis.
+
+    ``url`` is a redis-py URL (``redis://``, ``rediss://`` or ``unix://``); it is left out of
+    the repr because it may carry a password. Keys live under ``<key_prefix>:{<app_id>}:``.
+    Timeouts are in seconds; a command failing on a connection error or timeout is retried
+    ``retries`` times with jittered exponential backoff (0.1 s doubling, at most 2 s).
+    """
+
+    url: str = field(repr=False)
+    app_id: str
+    key_prefix: str = "fm"
+    socket_timeout: float = 10.0
+    connect_timeout: float = 5.0
+    retries: int = 3
+
+    def __post_init__(self) -> None:
+        try:
+            check_app_id(self.app_id)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from exc
+        if urlsplit(self.url).scheme not in _URL_SCHEMES:
+            raise ConfigurationError(
+                f"Redis URL {mask_url(self.url)!r} must start with redis://, rediss:// or unix://"
+            )
+        if not self.key_prefix or any(c in self.key_prefix for c in "{} \t\r\n"):
+            raise ConfigurationError(
+                f"key_prefix {self.key_prefix!r} must be non-empty, without braces or spaces "
+                "(braces would change the Redis Cluster hash tag)"
+            )
+        if self.socket_timeout <= 0 or self.connect_timeout <= 0:
+            raise ConfigurationError("socket_timeout and connect_timeout must be positive")
+        if self.retries < 0:
+            raise ConfigurationError(f"retries must be >= 0, got {self.retries}")
+
+    @property
+    def masked_url(self) -> str:
+        """``url`` with its password replaced by ``***``."""
+        return mask_url(self.url)
+
+
+@cache
+def _lua(name: str) -> str:
+    return importlib.resources.files(__package__).joinpath(f"{name}.lua").read_text("utf-8")
+
+
+class RedisStore:
+    """Workflow store of one app on a standalone Redis (the key layout is Cluster-ready).
+
+    The constructor does no I/O; call :meth:`connect` (or use ``async with``) first. Redis
+    errors surface as :class:`~flowmesh.StoreError` with the password masked.
+    """
+
+    def __init__(self, config: RedisStoreConfig, codec: StoreCodec) -> None:
+        self.config = config
+        self._codec = codec
+        self._keys = RedisKeys(config.key_prefix, config.app_id)
+        self._client: redis.asyncio.Redis | None = None
+        self._scripts: dict[str, AsyncScript] = {}
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self.config.masked_url!r}, app_id={self.config.app_id!r})"
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """Create the client and check that the server answers (idempotent)."""
+        if self._client is not None:
+            return
+        client = redis.asyncio.Redis.from_url(
+            self.config.url,
+            socket_timeout=self.config.socket_timeout,
+            socket_connect_timeout=self.config.connect_timeout,
+            # redis-py's default backoff waits up to 14 s over three retries; a worker would
+            # rather fail the step quickly and let the message be redelivered.
+            retry=Retry(ExponentialWithJitterBackoff(cap=2.0, base=0.1), self.config.retries),
+        )
+        try:
+            with self._translating("connect"):
+                await client.ping()
+        except StoreError:
+            await client.aclose()
+            raise
+        self._client = client
+        self._scripts = {
+            name: client.register_script(_lua(name))
+            for name in ("commit", "claim_timers", "add_waiter", "remove_outbox", "purge")
+        }
+
+    async def close(self) -> None:
+        """Close the connection pool (idempotent)."""
+        client, self._client = self._client, None
+        if client is not None:
+            with self._translating("close"):
+                await client.aclose()
+
+    @property
+    def _redis(self) -> redis.asyncio.Redis:
+        if self._client is None:
+            raise StoreError(f"{self!r} is not connected; call connect() first")
+        return self._client
+
+    async def _run(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        return await self._scripts[script](keys=keys, args=args, client=self._redis)
+
+    @contextmanager
+    def _translating(self, action: str) -> Iterator[None]:
+        """Turn redis-py errors into StoreError, never leaking the URL's password."""
+        try:
+            yield
+        except RedisError as exc:
+            detail = str(exc)
+            password = urlsplit(self.config.url).password
+            if password:
+                detail = detail.replace(password, "***")
+            raise StoreError(
+                f"Redis store at {self.config.masked_url} (app {self.config.app_id!r}): "
+                f"{action} failed: {type(exc).__name__}: {detail}"
+            ) from exc
+
+    async def load(self, instance_id: str) -> InstanceRecord | None:
+        """The instance's state and history (one MULTI/EXEC round trip), or None."""
+        pipe: Pipeline
+        with self._translating(f"load {instance_id!r}"):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hget(self._keys.instance(instance_id), "s")
+                pipe.lrange(self._keys.history(instance_id), 0, -1)
+                blob, events = await pipe.execute()
+        if blob is None:
+            return None
+        decode_event = self._codec.decode_event
+        return InstanceRecord(
+            state=self._codec.decode_state(blob),
+            history=tuple([decode_event(event) for event in events]),
+        )
+
+    async def load_state(self, instance_id: str) -> WorkflowState | None:
+        """The instance's state without its history, or None."""
+        with self._translating(f"load state of {instance_id!r}"):
+            # redis-py annotates hget as returning str, which is wrong without decode_responses.
+            blob = await cast(
+                "Awaitable[bytes | None]", self._redis.hget(self._keys.instance(instance_id), "s")
+            )
+        return None if blob is None else self._codec.decode_state(blob)
+
+    async def commit(self, commit: Commit) -> None:
+        """Apply ``commit`` in one EVALSHA or raise :class:`~flowmesh.VersionConflictError`."""
+        _check_commit(commit)
+        instance_id, state = commit.instance_id, commit.state
+        keys = [
+            *self._keys.per_instance(instance_id)[:4],
+            self._keys.index,
+            self._keys.outbox_index,
+            self._keys.timers,
+            self._keys.seq,
+            *self._keys.status_indexes,
+        ]
+        args: list[Any] = [
+            instance_id,
+            commit.expected_version,
+            state.version,
+            state.status.value,
+            self._codec.encode_state(state),
+            1 if commit.replace_history else 0,
+            len(commit.append),
+            *[self._codec.encode_event(event) for event in commit.append],
+            len(commit.outbox),
+        ]
+        for position, entry in enumerate(commit.outbox):
+            args += (entry.entry_id, encode_outgoing(entry.message, (state.version, position)))
+        args += (len(commit.cancel_timers), *commit.cancel_timers, len(commit.add_timers))
+        for timer in commit.add_timers:
+            fire_ms = _epoch_ms(timer.fire_at)
+            args += (timer.seq, timer_member(instance_id, timer.seq, fire_ms), fire_ms)
+
+        with self._translating(f"commit to {instance_id!r}"):
+            reply = await self._run("commit", keys, args)
+        if reply[0] == 0:
+            raise VersionConflictError(
+                f"instance {instance_id!r}: expected version {commit.expected_version}, "
+                f"stored version {reply[1]}"
+            )
+
+    async def list_outbox(self, limit: int = 100) -> list[OutboxEntry]:
+        """Pending outbox entries: instances by oldest pending commit, each in commit order."""
+        if limit <= 0:
+            return []
+        pipe: Pipeline
+        with self._translating("list outbox"):
+            # Every indexed instance has at least one entry, so `limit` instances suffice.
+            raw_ids = await self._redis.zrange(self._keys.outbox_index, 0, limit - 1)
+            instance_ids = [raw.decode() for raw in raw_ids]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for instance_id in instance_ids:
+                    pipe.hgetall(self._keys.outbox(instance_id))
+                pendings = await pipe.execute()
+        entries: list[OutboxEntry] = []
+        for instance_id, pending in zip(instance_ids, pendings, strict=True):
+            decoded = sorted(
+                (*decode_outgoing(blob), entry_id.decode()) for entry_id, blob in pending.items()
+            )
+            entries += (OutboxEntry(instance_id, entry_id, msg) for _, msg, entry_id in decoded)
+        return entries[:limit]
+
+    async def remove_outbox(self, instance_id: str, entry_ids: Sequence[str]) -> None:
+        """Forget published outbox entries; unknown IDs are ignored."""
+        if not entry_ids:
+            return
+        keys = [self._keys.outbox(instance_id), self._keys.outbox_index]
+        with self._translating(f"remove outbox entries of {instance_id!r}"):
+            await self._run("remove_outbox", keys, [instance_id, *entry_ids])
+
+    async def claim_due_timers(
+        self, now: datetime, lease: timedelta, limit: int = 100
+    ) -> list[TimerEntry]:
+        """Timers due at ``now`` (at most ``limit``), each postponed to ``now + lease``."""
+        now_ms = _epoch_ms(now)
+        until_ms = now_ms + _lease_ms(lease)
+        if limit <= 0:
+            return []
+        with self._translating("claim due timers"):
+            members = await self._run(
+                "claim_timers", [self._keys.timers], [now_ms, until_ms, limit]
+            )
+        claimed: list[TimerEntry] = []
+        for member in members:
+            instance_id, seq, fire_ms = parse_timer_member(member)
+            claimed.append(TimerEntry(instance_id, seq, _from_epoch_ms(fire_ms)))
+        return claimed
+
+    async def next_timer_at(self) -> datetime | None:
+        """When the earliest timer can next be claimed (its fire time, or its lease's end)."""
+        with self._translating("read next timer"):
+            first = await self._redis.zrange(self._keys.timers, 0, 0, withscores=True)
+        return _from_epoch_ms(int(first[0][1])) if first else None
+
+    async def add_waiter(self, instance_id: str, address: str) -> WorkflowState | None:
+        """Remember ``address`` unless the instance is finished; its state, or None if absent."""
+        keys = [self._keys.instance(instance_id), self._keys.waiters(instance_id)]
+        with self._translating(f"add waiter to {instance_id!r}"):
+            blob = await self._run("add_waiter", keys, [address, *_TERMINAL])
+        return None if blob is None else self._codec.decode_state(blob)
+
+    async def take_waiters(self, instance_id: str) -> list[str]:
+        """Remove and return the addresses waiting for ``instance_id``."""
+        key = self._keys.waiters(instance_id)
+        pipe: Pipeline
+        with self._translating(f"take waiters of {instance_id!r}"):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.smembers(key)
+                pipe.delete(key)
+                members, _ = await pipe.execute()
+        return sorted(member.decode() for member in members)
+
+    async def purge(self, instance_id: str) -> bool:
+        """Delete the instance, its history, outbox, timers and waiters; False if absent."""
+        keys = [
+            *self._keys.per_instance(instance_id),
+            self._keys.index,
+            self._keys.outbox_index,
+            self._keys.timers,
+            *self._keys.status_indexes,
+        ]
+        with self._translating(f"purge {instance_id!r}"):
+            existed = await self._run("purge", keys, [instance_id])
+        return bool(existed)
+
+    async def list_instances(
+        self, status: WorkflowStatus | None = None, limit: int = 100
+    ) -> list[WorkflowState]:
+        """States of stored instances, most recently created first, optionally by status."""
+        if limit <= 0:
+            return []
+        index = self._keys.index if status is None else self._keys.status_index(status)
+        pipe: Pipeline
+        with self._translating("list instances"):
+            raw_ids = await self._redis.zrevrange(index, 0, limit - 1)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for raw in raw_ids:
+                    pipe.hget(self._keys.instance(raw.decode()), "s")
+                blobs = await pipe.execute()
+        # An instance purged between the two round trips simply drops out.
+        return [self._codec.decode_state(blob) for blob in blobs if blob is not None]
+
+    async def check_safety(self) -> list[str]:
+        """Reasons the Redis server may lose data: eviction, no or weak persistence.
+
+        If the server refuses ``CONFIG`` (ACLs, managed Redis), says so instead of failing.
+        """
+        pipe: Pipeline
+        try:
+            with self._translating("check safety"):
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for name in SAFETY_SETTINGS:
+                        pipe.config_get(name)
+                    replies = await pipe.execute()
+        except StoreError as exc:
+            if not isinstance(exc.__cause__, ResponseError):
+                raise
+            return [
+                f"could not check the Redis server's persistence and eviction settings "
+                f"(CONFIG GET refused: {exc.__cause__}); make sure maxmemory-policy is "
+                "noeviction and AOF persistence (appendonly yes) is on"
+            ]
+        settings = {_text(name): _text(value) for reply in replies for name, value in reply.items()}
+        return safety_warnings(settings)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,456 @@
+"""One behavioural suite run against every WorkflowStore: the in-memory and the Redis one.
+
+The Redis variant uses a fresh app ID per test (so tests never see each other's keys) and
+deletes that app's keys afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from uuid import uuid4
+
+import pytest
+import redis.asyncio
+
+from flowmesh._errors import VersionConflictError
+from flowmesh.codec import Codec
+from flowmesh.model import (
+    ActivityCompleted,
+    ActivityScheduled,
+    EventRaised,
+    PendingTask,
+    StepStarted,
+    TimerCreated,
+    WorkflowStarted,
+    WorkflowState,
+    WorkflowStatus,
+)
+from flowmesh.store import Commit, OutboxEntry, TimerEntry, WorkflowStore
+from flowmesh.store.memory import MemoryStore
+from flowmesh.store.redis import RedisStore, RedisStoreConfig
+from flowmesh.transport._base import Outgoing, QueueKind
+
+StoreFactory = Callable[[], Awaitable[WorkflowStore]]
+"""Opens another handle ("replica") on the same app's stored data."""
+
+T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+LEASE = timedelta(seconds=30)
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.real_services)])
+async def stores(request: pytest.FixtureRequest) -> AsyncIterator[StoreFactory]:
+    """A factory of stores sharing one fresh app's data."""
+    app_id = f"s-{uuid4().hex[:8]}"
+    if request.param == "memory":
+        shared = MemoryStore(app_id)
+
+        async def same() -> WorkflowStore:
+            return shared
+
+        yield same
+        return
+
+    url: str = request.getfixturevalue("redis_url")
+    opened: list[RedisStore] = []
+
+    async def connect() -> WorkflowStore:
+        store = RedisStore(RedisStoreConfig(url=url, app_id=app_id), Codec())
+        await store.connect()
+        opened.append(store)
+        return store
+
+    try:
+        yield connect
+    finally:
+        for store in opened:
+            await store.close()
+        client = redis.asyncio.Redis.from_url(url)
+        try:
+            keys = [key async for key in client.scan_iter(match=f"fm:{{{app_id}}}:*")]
+            if keys:
+                await client.delete(*keys)
+        finally:
+            await client.aclose()
+
+
+@pytest.fixture
+async def store(stores: StoreFactory) -> WorkflowStore:
+    """One store of a fresh app."""
+    return await stores()
+
+
+def state(
+    instance_id: str, version: int, status: WorkflowStatus = WorkflowStatus.RUNNING, **extra: object
+) -> WorkflowState:
+    return WorkflowState(
+        instance_id=instance_id,
+        app_id="orders",
+        name="checkout",
+        status=status,
+        version=version,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def message(body: bytes = b"task", **extra: str) -> Outgoing:
+    return Outgoing(app_id="payments", kind=QueueKind.WORK, body=body, **extra)
+
+
+def step(
+    instance_id: str,
+    expected: int,
+    *events: object,
+    status: WorkflowStatus = WorkflowStatus.RUNNING,
+    **fields: object,
+) -> Commit:
+    """A commit advancing ``instance_id`` from version ``expected``."""
+    return Commit(
+        instance_id=instance_id,
+        expected_version=expected,
+        state=state(instance_id, expected + 1, status),
+        append=events or (StepStarted(T0),),  # type: ignore[arg-type]
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def started(instance_id: str) -> WorkflowStarted:
+    return WorkflowStarted(name="checkout", instance_id=instance_id, app_id="orders")
+
+
+def timer(instance_id: str, seq: int, fire_at: datetime) -> TimerEntry:
+    return TimerEntry(instance_id, seq, fire_at)
+
+
+async def test_create_with_version_zero_then_load_returns_state_and_history(
+    store: WorkflowStore,
+) -> None:
+    await store.commit(step("wf-1", 0, started("wf-1"), StepStarted(T0)))
+    record = await store.load("wf-1")
+    assert record is not None
+    assert record.state == state("wf-1", 1)
+    assert record.history == (started("wf-1"), StepStarted(T0))
+
+
+async def test_load_of_unknown_instance_returns_none(store: WorkflowStore) -> None:
+    assert await store.load("nope") is None
+    assert await store.load_state("nope") is None
+
+
+async def test_second_create_with_version_zero_conflicts(store: WorkflowStore) -> None:
+    await store.commit(step("wf-1", 0, started("wf-1")))
+    with pytest.raises(VersionConflictError):
+        await store.commit(step("wf-1", 0, started("wf-1")))
+
+
+async def test_append_with_correct_version_extends_history_and_replaces_state(
+    store: WorkflowStore,
+) -> None:
+    await store.commit(step("wf-1", 0, started("wf-1")))
+    scheduled = ActivityScheduled(seq=1, name="charge", app_id="payments", input={"eur": 5})
+    await store.commit(step("wf-1", 1, scheduled))
+    await store.commit(step("wf-1", 2, ActivityCompleted(seq=1, output="ok")))
+    record = await store.load("wf-1")
+    assert record is not None
+    assert record.state.version == 3
+    assert record.history == (started("wf-1"), scheduled, ActivityCompleted(seq=1, output="ok"))
+
+
+async def test_stale_version_conflicts_and_writes_nothing(store: WorkflowStore) -> None:
+    await store.commit(
+        step(
+            "wf-1",
+            0,
+            started("wf-1"),
+            outbox=(OutboxEntry("wf-1", "e1", message()),),
+            add_timers=(timer("wf-1", 1, T0),),
+        )
+    )
+    await store.commit(step("wf-1", 1))
+    before = (await store.load("wf-1"), await store.list_outbox(), await store.next_timer_at())
+
+    stale = Commit(
+        instance_id="wf-1",
+        expected_version=1,
+        state=state("wf-1", 2, WorkflowStatus.COMPLETED),
+        append=(EventRaised("late"),),
+        replace_history=True,
+        outbox=(OutboxEntry("wf-1", "e2", message(b"other")),),
+        add_timers=(timer("wf-1", 2, T0 - timedelta(hours=1)),),
+        cancel_timers=(1,),
+    )
+    with pytest.raises(VersionConflictError):
+        await store.commit(stale)
+
+    after = (await store.load("wf-1"), await store.list_outbox(), await store.next_timer_at())
+    assert after == before
+    assert await store.list_instances(WorkflowStatus.COMPLETED) == []
+
+
+async def test_of_concurrent_commits_with_the_same_version_exactly_one_wins(
+    stores: StoreFactory,
+) -> None:
+    replicas = [await stores() for _ in range(2)]
+    await replicas[0].commit(step("wf-1", 0, started("wf-1")))
+    attempts = [
+        replicas[i % 2].commit(step("wf-1", 1, EventRaised(f"writer-{i}"))) for i in range(20)
+    ]
+    outcomes = await asyncio.gather(*attempts, return_exceptions=True)
+
+    winners = [i for i, outcome in enumerate(outcomes) if outcome is None]
+    assert len(winners) == 1
+    assert all(isinstance(o, VersionConflictError) for o in outcomes if o is not None)
+    record = await replicas[0].load("wf-1")
+    assert record is not None
+    assert record.history == (started("wf-1"), EventRaised(f"writer-{winners[0]}"))
+    assert record.state.version == 2
+
+
+async def test_replace_history_replaces_the_history(store: WorkflowStore) -> None:
+    await store.commit(step("wf-1", 0, started("wf-1"), StepStarted(T0)))
+    fresh = WorkflowStarted(name="checkout", instance_id="wf-1", app_id="orders", input=2)
+    await store.commit(step("wf-1", 1, fresh, replace_history=True))
+    record = await store.load("wf-1")
+    assert record is not None
+    assert record.history == (fresh,)
+    assert record.state.version == 2
+
+
+async def test_outbox_entries_are_listed_then_removed_idempotently(store: WorkflowStore) -> None:
+    first, second = message(b"one", message_id="m1"), message(b"two", message_id="m2")
+    outbox = (OutboxEntry("wf-1", "e1", first), OutboxEntry("wf-1", "e2", second))
+    await store.commit(step("wf-1", 0, started("wf-1"), outbox=outbox))
+    assert await store.list_outbox() == list(outbox)
+
+    await store.remove_outbox("wf-1", ["e1"])
+    assert await store.list_outbox() == [outbox[1]]
+    await store.remove_outbox("wf-1", ["e1", "e2", "never-existed"])
+    await store.remove_outbox("wf-1", ["e1", "e2"])
+    await store.remove_outbox("unknown-instance", ["e1"])
+    assert await store.list_outbox() == []
+
+
+async def test_outbox_lists_instances_by_oldest_pending_commit_each_in_commit_order(
+    store: WorkflowStore,
+) -> None:
+    def entry(instance_id: str, entry_id: str) -> OutboxEntry:
+        return OutboxEntry(instance_id, entry_id, message(entry_id.encode()))
+
+    # Entry IDs are chosen to sort against the commit order, so a store sorting by ID fails.
+    await store.commit(step("b", 0, outbox=(entry("b", "z1"), entry("b", "y2"))))
+    await store.commit(step("a", 0, outbox=(entry("a", "x1"),)))
+    await store.commit(step("b", 1, outbox=(entry("b", "a3"),)))
+    expected = [entry("b", "z1"), entry("b", "y2"), entry("b", "a3"), entry("a", "x1")]
+    assert await store.list_outbox() == expected
+    assert await store.list_outbox(limit=2) == expected[:2]
+    assert await store.list_outbox(limit=0) == []
+
+    # Once b's backlog is published, b's next entry queues behind a's.
+    await store.remove_outbox("b", ["z1", "y2", "a3"])
+    await store.commit(step("b", 2, outbox=(entry("b", "b4"),)))
+    assert await store.list_outbox() == [entry("a", "x1"), entry("b", "b4")]
+
+
+async def test_due_timers_are_claimed_and_not_due_ones_are_not(store: WorkflowStore) -> None:
+    timers = (timer("wf-1", 1, T0), timer("wf-1", 2, T0 + timedelta(minutes=5)))
+    await store.commit(step("wf-1", 0, add_timers=timers))
+    await store.commit(step("wf-2", 0, add_timers=(timer("wf-2", 7, T0 - timedelta(days=1)),)))
+
+    assert await store.claim_due_timers(T0 - timedelta(days=2), LEASE) == []
+    claimed = await store.claim_due_timers(T0, LEASE)
+    assert claimed == [timer("wf-2", 7, T0 - timedelta(days=1)), timer("wf-1", 1, T0)]
+
+
+async def test_claim_respects_its_limit(store: WorkflowStore) -> None:
+    timers = tuple(timer("wf-1", seq, T0 + timedelta(seconds=seq)) for seq in range(5))
+    await store.commit(step("wf-1", 0, add_timers=timers))
+    claimed = await store.claim_due_timers(T0 + timedelta(minutes=1), LEASE, limit=3)
+    assert claimed == list(timers[:3])
+    assert await store.claim_due_timers(T0 + timedelta(minutes=1), LEASE, limit=0) == []
+
+
+async def test_claimed_timer_is_not_claimed_again_within_the_lease_but_is_after_it(
+    store: WorkflowStore,
+) -> None:
+    await store.commit(step("wf-1", 0, add_timers=(timer("wf-1", 1, T0),)))
+    assert await store.claim_due_timers(T0, LEASE) == [timer("wf-1", 1, T0)]
+    assert await store.claim_due_timers(T0 + LEASE - timedelta(milliseconds=1), LEASE) == []
+    # Reclaimed after the lease, still reporting the fire time the workflow asked for.
+    assert await store.claim_due_timers(T0 + LEASE, LEASE) == [timer("wf-1", 1, T0)]
+
+
+async def test_cancelling_a_timer_in_a_commit_removes_it(store: WorkflowStore) -> None:
+    await store.commit(step("wf-1", 0, add_timers=(timer("wf-1", 1, T0), timer("wf-1", 2, T0))))
+    await store.claim_due_timers(T0, LEASE)
+    await store.commit(step("wf-1", 1, cancel_timers=(1, 99)))
+    assert await store.claim_due_timers(T0 + LEASE * 2, LEASE) == [timer("wf-1", 2, T0)]
+
+
+async def test_adding_a_timer_again_replaces_its_fire_time(store: WorkflowStore) -> None:
+    await store.commit(step("wf-1", 0, add_timers=(timer("wf-1", 1, T0),)))
+    later = T0 + timedelta(hours=1)
+    await store.commit(step("wf-1", 1, add_timers=(timer("wf-1", 1, later),)))
+    assert await store.claim_due_timers(T0, LEASE) == []
+    assert await store.next_timer_at() == later
+    assert await store.claim_due_timers(later, LEASE) == [timer("wf-1", 1, later)]
+
+
+async def test_next_timer_at_is_the_earliest_claimable_time(store: WorkflowStore) -> None:
+    assert await store.next_timer_at() is None
+    later = T0 + timedelta(hours=1)
+    await store.commit(step("wf-1", 0, add_timers=(timer("wf-1", 1, later), timer("wf-1", 2, T0))))
+    assert await store.next_timer_at() == T0
+    await store.claim_due_timers(T0, timedelta(hours=2))
+    assert await store.next_timer_at() == later
+    await store.commit(step("wf-1", 1, cancel_timers=(1, 2)))
+    assert await store.next_timer_at() is None
+
+
+async def test_timer_fire_times_are_kept_to_the_millisecond(store: WorkflowStore) -> None:
+    precise = T0 + timedelta(microseconds=123_456)
+    await store.commit(step("wf-1", 0, add_timers=(timer("wf-1", 1, precise),)))
+    assert await store.next_timer_at() == T0 + timedelta(milliseconds=123)
+    [claimed] = await store.claim_due_timers(precise, LEASE)
+    assert claimed.fire_at == T0 + timedelta(milliseconds=123)
+    assert claimed.fire_at.tzinfo is not None
+
+
+async def test_replicas_claiming_concurrently_never_get_the_same_timer_within_the_lease(
+    stores: StoreFactory,
+) -> None:
+    replicas = [await stores() for _ in range(2)]
+    timers = tuple(timer(f"wf-{n}", seq, T0) for n in range(10) for seq in range(5))
+    for n in range(10):
+        await replicas[0].commit(step(f"wf-{n}", 0, add_timers=timers[n * 5 : n * 5 + 5]))
+
+    claims = [replicas[i % 2].claim_due_timers(T0, LEASE, limit=7) for i in range(10)]
+    claimed = [entry for batch in await asyncio.gather(*claims) for entry in batch]
+    assert sorted(claimed, key=lambda t: (t.instance_id, t.seq)) == list(timers)
+
+
+async def test_add_waiter_to_running_instance_returns_state_and_take_returns_addresses(
+    store: WorkflowStore,
+) -> None:
+    await store.commit(step("wf-1", 0, started("wf-1")))
+    assert await store.add_waiter("wf-1", "inbox-b") == state("wf-1", 1)
+    assert await store.add_waiter("wf-1", "inbox-a") == state("wf-1", 1)
+    assert await store.add_waiter("wf-1", "inbox-a") == state("wf-1", 1)
+    assert sorted(await store.take_waiters("wf-1")) == ["inbox-a", "inbox-b"]
+    assert await store.take_waiters("wf-1") == []
+
+
+async def test_add_waiter_to_finished_instance_returns_its_state_and_stores_nothing(
+    store: WorkflowStore,
+) -> None:
+    await store.commit(step("wf-1", 0, started("wf-1")))
+    await store.commit(step("wf-1", 1, status=WorkflowStatus.FAILED))
+    finished = await store.add_waiter("wf-1", "inbox-a")
+    assert finished == state("wf-1", 2, WorkflowStatus.FAILED)
+    assert await store.take_waiters("wf-1") == []
+
+
+async def test_add_waiter_to_missing_instance_returns_none(store: WorkflowStore) -> None:
+    assert await store.add_waiter("nope", "inbox-a") is None
+    assert await store.take_waiters("nope") == []
+
+
+async def test_purge_removes_everything_and_returns_false_the_second_time(
+    store: WorkflowStore,
+) -> None:
+    await store.commit(
+        step(
+            "wf-1",
+            0,
+            started("wf-1"),
+            outbox=(OutboxEntry("wf-1", "e1", message()),),
+            add_timers=(timer("wf-1", 1, T0),),
+        )
+    )
+    await store.add_waiter("wf-1", "inbox-a")
+    await store.commit(step("wf-2", 0, add_timers=(timer("wf-2", 1, T0 + LEASE),)))
+
+    assert await store.purge("wf-1") is True
+    assert await store.load("wf-1") is None
+    assert await store.load_state("wf-1") is None
+    assert await store.list_outbox() == []
+    assert await store.claim_due_timers(T0, LEASE) == []
+    assert await store.take_waiters("wf-1") == []
+    assert [s.instance_id for s in await store.list_instances()] == ["wf-2"]
+    assert await store.purge("wf-1") is False
+    # The ID is free again.
+    await store.commit(step("wf-1", 0, started("wf-1")))
+
+
+async def test_list_instances_filters_by_status_newest_first(store: WorkflowStore) -> None:
+    await store.commit(step("a", 0))
+    await store.commit(step("b", 0))
+    await store.commit(step("c", 0))
+    await store.commit(step("a", 1, status=WorkflowStatus.COMPLETED))
+    await store.commit(step("c", 1, status=WorkflowStatus.SUSPENDED))
+    await store.commit(step("c", 2, status=WorkflowStatus.COMPLETED))
+
+    assert [s.instance_id for s in await store.list_instances()] == ["c", "b", "a"]
+    assert [s.instance_id for s in await store.list_instances(limit=2)] == ["c", "b"]
+    completed = await store.list_instances(WorkflowStatus.COMPLETED)
+    assert [(s.instance_id, s.version) for s in completed] == [("c", 3), ("a", 2)]
+    assert [s.instance_id for s in await store.list_instances(WorkflowStatus.RUNNING)] == ["b"]
+    assert await store.list_instances(WorkflowStatus.SUSPENDED) == []
+    assert await store.list_instances(limit=0) == []
+
+
+async def test_load_state_equals_the_state_load_returns(store: WorkflowStore) -> None:
+    await store.commit(step("wf-1", 0, started("wf-1")))
+    await store.commit(step("wf-1", 1, status=WorkflowStatus.SUSPENDED))
+    record = await store.load("wf-1")
+    assert record is not None
+    assert await store.load_state("wf-1") == record.state
+
+
+async def test_bytes_unicode_and_nested_values_survive_the_store(store: WorkflowStore) -> None:
+    value = {
+        "raw": b"\x00\xff\xfe",
+        "text": "héllo ✓ 日本 \U0001f680",
+        "nested": {"list": [1, -(2**63), 2.5, None, True, {"deep": ["x", b""]}], "empty": {}},
+    }
+    rich_state = state(
+        "wf-1",
+        1,
+        input=value,
+        custom_status={"phase": "ünïcode"},
+        created_at=T0,
+        waiting_on=(PendingTask("timer", "nap", seq=3, since=T0),),
+    )
+    body = b"\x80\x81 not utf-8 \xc3\x28"
+    outgoing = Outgoing("payments", QueueKind.REPLY, body, "m-1", "inbox.ü", "corr-✓")
+    commit = Commit(
+        instance_id="wf-1",
+        expected_version=0,
+        state=rich_state,
+        append=(
+            WorkflowStarted("checkout", "wf-1", "orders", input=value),
+            TimerCreated(seq=3, fire_at=T0),
+            EventRaised("data", value),
+        ),
+        outbox=(OutboxEntry("wf-1", "e-1", outgoing),),
+    )
+    await store.commit(commit)
+    record = await store.load("wf-1")
+    assert record is not None
+    assert record.state == rich_state
+    assert record.history == commit.append
+    assert await store.list_outbox() == [OutboxEntry("wf-1", "e-1", outgoing)]
+
+
+async def test_malformed_commits_are_rejected_before_touching_the_store(
+    store: WorkflowStore,
+) -> None:
+    with pytest.raises(ValueError, match="expected_version \\+ 1"):
+        await store.commit(Commit("wf-1", 0, state("wf-1", 5)))
+    with pytest.raises(ValueError, match="state of 'other'"):
+        await store.commit(Commit("wf-1", 0, state("other", 1)))
+    with pytest.raises(ValueError, match="TimerEntry of 'other'"):
+        await store.commit(step("wf-1", 0, add_timers=(timer("other", 1, T0),)))
+    with pytest.raises(ValueError, match="invalid instance ID"):
+        await store.commit(step("bad|id", 0))
+    assert await store.list_instances() == []
