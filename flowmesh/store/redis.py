@@ -376,20 +376,18 @@ class RedisStore:
         If the server refuses ``CONFIG`` (ACLs, managed Redis), says so instead of failing.
         """
         pipe: Pipeline
-        try:
-            with self._translating("check safety"):
+        with self._translating("check safety"):
+            try:
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for name in SAFETY_SETTINGS:
                         pipe.config_get(name)
                     replies = await pipe.execute()
-        except StoreError as exc:
-            if not isinstance(exc.__cause__, ResponseError):
-                raise
-            return [
-                f"could not check the Redis server's persistence and eviction settings "
-                f"(CONFIG GET refused: {exc.__cause__}); make sure maxmemory-policy is "
-                "noeviction and AOF persistence (appendonly yes) is on"
-            ]
+            except ResponseError as exc:  # NOPERM or an unknown (renamed) CONFIG command
+                return [
+                    f"could not check the Redis server's persistence and eviction settings "
+                    f"(CONFIG GET refused: {exc}); make sure maxmemory-policy is "
+                    "noeviction and AOF persistence (appendonly yes) is on"
+                ]
         settings = {_text(name): _text(value) for reply in replies for name, value in reply.items()}
         return safety_warnings(settings)
 
