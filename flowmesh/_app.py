@@ -37,12 +37,12 @@ class App:
     @overload
     def workflow(self, fn: F, /) -> F: ...
     @overload
-    def workflow(self, *, name: str | None = None) -> Callable[[F], F]: ...
+    def workflow(self, /, *, name: str | None = None) -> Callable[[F], F]: ...
 
-    def workflow(self, fn: F | None = None, /, *, name: str | None = None) -> F | Callable[[F], F]:
+    def workflow(self, fn: Callable[..., Any] | None = None, /, *, name: str | None = None) -> Any:
         """Register an ``async def workflow(ctx, input)`` under its name (or ``name``)."""
 
-        def register(function: F) -> F:
+        def register(function: Callable[..., Any]) -> Callable[..., Any]:
             if not inspect.iscoroutinefunction(function):
                 raise RegistrationError(
                     f"workflow {function.__qualname__} must be an 'async def' function"
@@ -54,20 +54,24 @@ class App:
     @overload
     def activity(self, fn: F, /) -> F: ...
     @overload
-    def activity(self, *, name: str | None = None) -> Callable[[F], F]: ...
+    def activity(self, /, *, name: str | None = None) -> Callable[[F], F]: ...
 
-    def activity(self, fn: F | None = None, /, *, name: str | None = None) -> F | Callable[[F], F]:
+    def activity(self, fn: Callable[..., Any] | None = None, /, *, name: str | None = None) -> Any:
         """Register an activity ``(ctx, input)``: ``def`` runs in a thread pool, ``async def``
         on the event loop."""
 
-        def register(function: F) -> F:
+        def register(function: Callable[..., Any]) -> Callable[..., Any]:
             return self._register(self._activities, "activity", function, name)
 
         return register(fn) if fn is not None else register
 
     def _register(
-        self, table: dict[str, Callable[..., Any]], kind: str, function: F, name: str | None
-    ) -> F:
+        self,
+        table: dict[str, Callable[..., Any]],
+        kind: str,
+        function: Callable[..., Any],
+        name: str | None,
+    ) -> Callable[..., Any]:
         registered = check_name(name or function.__name__, kind)
         if registered in table and table[registered] is not function:
             raise RegistrationError(

@@ -15,6 +15,7 @@ from flowmesh._errors import (
     UnknownNameError,
     WorkflowAlreadyExistsError,
 )
+from flowmesh.client._handle import WorkflowHandle
 from flowmesh.codec import Codec
 from flowmesh.engine import task_name
 from flowmesh.model import (
@@ -30,7 +31,6 @@ from flowmesh.model import (
     check_value,
 )
 from flowmesh.transport import Inbox, Outgoing, QueueKind, Transport
-from flowmesh.client._handle import WorkflowHandle
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +74,10 @@ class Client:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.close()
 
@@ -85,7 +88,9 @@ class Client:
             from flowmesh.transport.rabbitmq import RabbitMQConfig, RabbitMQTransport
 
             assert self._amqp_url is not None
-            rabbit = RabbitMQTransport(RabbitMQConfig(url=self._amqp_url, connection_name="flowmesh-client"))
+            rabbit = RabbitMQTransport(
+                RabbitMQConfig(url=self._amqp_url, connection_name="flowmesh-client")
+            )
             await rabbit.connect()
             self._transport = rabbit
         self._inbox = await self._transport.open_inbox()
@@ -104,7 +109,7 @@ class Client:
     async def start_workflow(
         self,
         workflow: str | Callable[..., Any],
-        input: object = None,  # noqa: A002 - the documented public parameter name
+        input: object = None,
         *,
         app_id: str,
         instance_id: str | None = None,
@@ -122,7 +127,9 @@ class Client:
         check_value(input, f"input of workflow {name!r}")
         message = StartWorkflow(instance_id, name, app_id, input)
         body = self._codec.encode_message(message, where=f"input of workflow {name!r}")
-        reply = await self._request(app_id, QueueKind.WORK, body, self.options.start_ack_timeout, required=False)
+        reply = await self._request(
+            app_id, QueueKind.WORK, body, self.options.start_ack_timeout, required=False
+        )
         if isinstance(reply, StartAck) and not reply.created:
             if "not registered" in reply.error:
                 raise UnknownNameError(reply.error)
@@ -142,7 +149,9 @@ class Client:
 
     async def _send(self, app_id: str, message: Message) -> None:
         transport, _ = self._require()
-        await transport.publish([Outgoing(app_id, QueueKind.REPLY, self._codec.encode_message(message))])
+        await transport.publish(
+            [Outgoing(app_id, QueueKind.REPLY, self._codec.encode_message(message))]
+        )
 
     async def _request(
         self,
@@ -157,7 +166,16 @@ class Client:
         transport, inbox = self._require()
         correlation_id = correlation_id or uuid.uuid4().hex
         await transport.publish(
-            [Outgoing(app_id, kind, body, correlation_id, reply_to=inbox.address, correlation_id=correlation_id)]
+            [
+                Outgoing(
+                    app_id,
+                    kind,
+                    body,
+                    correlation_id,
+                    reply_to=inbox.address,
+                    correlation_id=correlation_id,
+                )
+            ]
         )
         answer = await inbox.receive(correlation_id, timeout)
         if answer is None:
@@ -172,14 +190,26 @@ class Client:
             raise DecodeError(f"bad answer from app {app_id!r}: {exc}") from exc
 
     async def _request_state(
-        self, app_id: str, message: Describe, *, timeout: float | None = None, missing_ok: bool = False
+        self,
+        app_id: str,
+        message: Describe,
+        *,
+        timeout: float | None = None,
+        missing_ok: bool = False,
     ) -> WorkflowState | None:
         body = self._codec.encode_message(message)
         wait = timeout if timeout is not None else self.options.request_timeout
         # Completion notices for waiters are sent later with this fixed correlation ID.
-        correlation_id = f"wait:{message.instance_id}" if isinstance(message, Describe) and message.wait else ""
+        correlation_id = (
+            f"wait:{message.instance_id}" if isinstance(message, Describe) and message.wait else ""
+        )
         reply = await self._request(
-            app_id, QueueKind.REPLY, body, wait, required=not missing_ok, correlation_id=correlation_id
+            app_id,
+            QueueKind.REPLY,
+            body,
+            wait,
+            required=not missing_ok,
+            correlation_id=correlation_id,
         )
         if isinstance(reply, StateReply):
             return reply.state

@@ -6,7 +6,15 @@ import time
 from typing import TYPE_CHECKING
 
 from flowmesh._errors import WorkflowFailedError, WorkflowNotFoundError
-from flowmesh.model import Control, ControlAction, Describe, RaiseEvent, WorkflowState, WorkflowStatus, check_value
+from flowmesh.model import (
+    Control,
+    ControlAction,
+    Describe,
+    RaiseEvent,
+    WorkflowState,
+    WorkflowStatus,
+    check_value,
+)
 
 if TYPE_CHECKING:
     from flowmesh.client._client import Client
@@ -37,7 +45,8 @@ class WorkflowHandle:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise TimeoutError(
-                    f"workflow {self.instance_id!r} on app {self.app_id!r} did not finish within {timeout}s"
+                    f"workflow {self.instance_id!r} on app {self.app_id!r} "
+                    f"did not finish within {timeout}s"
                 )
             # Re-ask periodically: a completion notice lost with a replica is then re-sent.
             window = self._client.options.wait_poll_interval
@@ -57,7 +66,9 @@ class WorkflowHandle:
         state = await self.wait(timeout)
         if state.status is WorkflowStatus.COMPLETED:
             return state.output
-        detail = state.failure.message if state.failure else (state.stall_reason or str(state.output))
+        detail = (
+            state.failure.message if state.failure else (state.stall_reason or str(state.output))
+        )
         raise WorkflowFailedError(
             f"workflow {self.instance_id!r} ended {state.status.value}: {detail}", state.failure
         )
@@ -69,11 +80,15 @@ class WorkflowHandle:
 
     async def suspend(self, reason: str = "") -> None:
         """Pause the instance: results and events are kept but not applied until resumed."""
-        await self._client._send(self.app_id, Control(self.instance_id, ControlAction.SUSPEND, reason))
+        await self._client._send(
+            self.app_id, Control(self.instance_id, ControlAction.SUSPEND, reason)
+        )
 
     async def resume(self, reason: str = "") -> None:
         """Continue a suspended instance."""
-        await self._client._send(self.app_id, Control(self.instance_id, ControlAction.RESUME, reason))
+        await self._client._send(
+            self.app_id, Control(self.instance_id, ControlAction.RESUME, reason)
+        )
 
     async def terminate(self, reason: str = "", *, recursive: bool = True) -> None:
         """Stop the instance now (and its children on any app when ``recursive``)."""

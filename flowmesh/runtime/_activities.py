@@ -11,6 +11,7 @@ import asyncio
 import contextvars
 import functools
 import inspect
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -65,26 +66,33 @@ class ActivityRunner:
                 await self._wait_for_deployment(delivery, task)
                 return
             if delivery.delivery_count > self._options.max_deliveries:
-                failure = FailureDetails(
+                poison = FailureDetails(
                     "flowmesh.PoisonTaskError",
                     f"activity {task.name!r} was delivered {delivery.delivery_count} times without "
                     "finishing; its worker process probably crashes on it",
                     app_id=self._app.app_id,
                 )
                 self._log.error("poison activity task failed", deliveries=delivery.delivery_count)
-                await self._reply(task, None, failure)
+                await self._reply(task, None, poison)
                 await delivery.ack()
                 return
             self._running += 1
+            started = time.perf_counter()
             try:
                 output, failure = await self._execute(function, task)
             finally:
                 self._running -= 1
+            self._log.info(
+                "activity failed" if failure else "activity completed",
+                duration_ms=round((time.perf_counter() - started) * 1000, 1),
+            )
             await self._reply(task, output, failure)
             await delivery.ack()
             self.completed += 1
 
-    async def _execute(self, function: Any, task: ActivityTask) -> tuple[object, FailureDetails | None]:
+    async def _execute(
+        self, function: Any, task: ActivityTask
+    ) -> tuple[object, FailureDetails | None]:
         context = ActivityContext(
             instance_id=task.instance_id,
             seq=task.seq,
@@ -99,22 +107,30 @@ class ActivityRunner:
                 output = await function(context, task.input)
             else:
                 loop = asyncio.get_running_loop()
-                call = functools.partial(contextvars.copy_context().run, function, context, task.input)
+                call = functools.partial(
+                    contextvars.copy_context().run, function, context, task.input
+                )
                 output = await loop.run_in_executor(self._pool, call)
         except NonRetryableError as exc:
-            return None, FailureDetails.from_exception(exc, app_id=self._app.app_id, non_retryable=True)
+            return None, FailureDetails.from_exception(
+                exc, app_id=self._app.app_id, non_retryable=True
+            )
         except Exception as exc:
             self._log.info("activity raised", error=f"{type(exc).__name__}: {exc}")
             return None, FailureDetails.from_exception(exc, app_id=self._app.app_id)
         return output, None
 
-    async def _reply(self, task: ActivityTask, output: object, failure: FailureDetails | None) -> None:
+    async def _reply(
+        self, task: ActivityTask, output: object, failure: FailureDetails | None
+    ) -> None:
         result = ActivityResult(task.instance_id, task.seq, task.attempt, output, failure)
         try:
             body = self._codec.encode_message(result)
         except SerializationError as exc:
             # The output cannot travel: report that as the activity's (non-retryable) failure.
-            failure = FailureDetails.from_exception(exc, app_id=self._app.app_id, non_retryable=True)
+            failure = FailureDetails.from_exception(
+                exc, app_id=self._app.app_id, non_retryable=True
+            )
             body = self._codec.encode_message(
                 ActivityResult(task.instance_id, task.seq, task.attempt, None, failure)
             )

@@ -23,7 +23,7 @@ class WorkerOptions:
     conflict_retries: int = 20
     """Attempts of one step when other replicas keep committing first."""
     timer_poll_interval: float = 1.0
-    """Longest sleep of the timer poller (seconds): bounds how late another replica's timer fires."""
+    """Longest sleep of the timer poller in seconds (bounds the delay of other replicas' timers)."""
     timer_lease: timedelta = timedelta(seconds=30)
     """How long a claimed timer is hidden from other replicas before it can fire again."""
     outbox_sweep_interval: float = 5.0

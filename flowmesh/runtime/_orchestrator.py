@@ -148,8 +148,12 @@ class Orchestrator:
         except Exception as exc:
             # Store or broker trouble: nothing was acked, so the broker redelivers later.
             self._cache.pop(instance_id, None)
-            self._log.warning("step failed; deliveries requeued", instance_id=instance_id, error=str(exc))
-            await asyncio.gather(*(item.delivery.requeue() for item in batch), return_exceptions=True)
+            self._log.warning(
+                "step failed; deliveries requeued", instance_id=instance_id, error=str(exc)
+            )
+            await asyncio.gather(
+                *(item.delivery.requeue() for item in batch), return_exceptions=True
+            )
         for item in batch:
             if not item.done.done():
                 item.done.set_result(None)
@@ -165,7 +169,9 @@ class Orchestrator:
                 continue
             await asyncio.gather(*(d.ack() for d in settled))
             return
-        raise FlowmeshError(f"gave up on {instance_id} after {self._options.conflict_retries} conflicts")
+        raise FlowmeshError(
+            f"gave up on {instance_id} after {self._options.conflict_retries} conflicts"
+        )
 
     async def _try_step(self, instance_id: str, batch: list[_Inbound]) -> list[Delivery]:
         """Run one step; returns the deliveries to ack (all, unless some wait for a retry)."""
@@ -201,7 +207,10 @@ class Orchestrator:
             return to_ack
 
         if live is None:
-            live = _Live(WorkflowExecution(self._resolve, logger=self._log), _blank_state(instance_id, self._app.app_id))
+            live = _Live(
+                WorkflowExecution(self._resolve, logger=self._log),
+                _blank_state(instance_id, self._app.app_id),
+            )
         outcome = live.execution.step(events)
         if outcome.changed:
             await self._commit(instance_id, live, outcome, now)
@@ -221,7 +230,9 @@ class Orchestrator:
         if exists:
             if delivery.reply_to:
                 status = live.state.status.value if live else "PENDING"
-                error = f"workflow instance {message.instance_id!r} already exists (status {status})"
+                error = (
+                    f"workflow instance {message.instance_id!r} already exists (status {status})"
+                )
                 replies.append((delivery, StartAck(message.instance_id, False, error)))
             return  # a duplicate start (redelivery, or retried child start) changes nothing
         if message.name not in self._app.workflows:
@@ -230,19 +241,27 @@ class Orchestrator:
             replies.append((delivery, StartAck(message.instance_id, False, error)))
             return
         events.append(
-            WorkflowStarted(message.name, message.instance_id, self._app.app_id, message.input, message.parent)
+            WorkflowStarted(
+                message.name, message.instance_id, self._app.app_id, message.input, message.parent
+            )
         )
         if delivery.reply_to:
             replies.append((delivery, StartAck(message.instance_id, True)))
 
-    async def _commit(self, instance_id: str, live: _Live, outcome: StepOutcome, now: datetime) -> None:
+    async def _commit(
+        self, instance_id: str, live: _Live, outcome: StepOutcome, now: datetime
+    ) -> None:
         execution = live.execution
         history = live.history
         append = list(outcome.append)
         replace = False
         commands = list(outcome.commands)
         continued = next(
-            (c for c in commands if isinstance(c, CompleteWorkflow) and c.status is WorkflowStatus.CONTINUED_AS_NEW),
+            (
+                c
+                for c in commands
+                if isinstance(c, CompleteWorkflow) and c.status is WorkflowStatus.CONTINUED_AS_NEW
+            ),
             None,
         )
         cancel = list(outcome.cancelled_timers)
@@ -252,7 +271,13 @@ class Orchestrator:
             # Start the next run right away, in the same atomic commit.
             restart: list[HistoryEvent] = [
                 StepStarted(now),
-                WorkflowStarted(execution.name, instance_id, self._app.app_id, continued.output, execution.parent),
+                WorkflowStarted(
+                    execution.name,
+                    instance_id,
+                    self._app.app_id,
+                    continued.output,
+                    execution.parent,
+                ),
                 *continued.carried_events,
             ]
             execution = WorkflowExecution(self._resolve, logger=self._log)
@@ -302,10 +327,27 @@ class Orchestrator:
         self._remember(instance_id, _Live(execution, state, history))
         for timer in timers:
             self._on_timer_added(timer.fire_at)
-        self._log.debug("step committed", instance_id=instance_id, version=version, status=state.status.value)
-        await publish_outbox(self._transport, self._store, commit.outbox, self._options.publish_retries, self._log)
+        self._log_transition(live.state, state)
+        await publish_outbox(
+            self._transport, self._store, commit.outbox, self._options.publish_retries, self._log
+        )
         if state.status.is_terminal or state.status is WorkflowStatus.STALLED:
             await self._notify_waiters(instance_id, state)
+
+    def _log_transition(self, before: WorkflowState, after: WorkflowState) -> None:
+        if before.version == 0 or (
+            after.history_length < before.history_length and after.status is WorkflowStatus.RUNNING
+        ):
+            self._log.info("workflow started", instance_id=after.instance_id, workflow=after.name)
+        if after.status is not before.status and after.status is not WorkflowStatus.RUNNING:
+            self._log.info(
+                "workflow " + after.status.value.lower().replace("_", " "),
+                instance_id=after.instance_id,
+                workflow=after.name,
+                reason=after.stall_reason or (after.failure.message if after.failure else None),
+            )
+        else:
+            self._log.debug("step committed", instance_id=after.instance_id, version=after.version)
 
     # -- loading and caching ---------------------------------------------------------------------
 
@@ -382,7 +424,9 @@ class Orchestrator:
                     Outgoing(
                         c.app_id,
                         QueueKind.REPLY,
-                        self._codec.encode_message(Control(c.instance_id, ControlAction.PURGE, recursive=True)),
+                        self._codec.encode_message(
+                            Control(c.instance_id, ControlAction.PURGE, recursive=True)
+                        ),
                     )
                     for c in children
                 ]
@@ -394,7 +438,9 @@ class Orchestrator:
     async def _retry_later(self, delivery: Delivery, reason: str) -> None:
         """Hold a delivery we cannot serve yet, then hand it back (backoff by delivery count)."""
         delay = min(2.0 ** (delivery.delivery_count - 1), self._options.unknown_name_max_backoff)
-        self._log.warning("task waits for a deployment that registers it", reason=reason, retry_in=delay)
+        self._log.warning(
+            "task waits for a deployment that registers it", reason=reason, retry_in=delay
+        )
         await self._clock.sleep(delay)
         await delivery.requeue()
 
@@ -404,7 +450,9 @@ def _finished(state: WorkflowState) -> bool:
 
 
 def _blank_state(instance_id: str, app_id: str) -> WorkflowState:
-    return WorkflowState(instance_id=instance_id, app_id=app_id, name="", status=WorkflowStatus.PENDING)
+    return WorkflowState(
+        instance_id=instance_id, app_id=app_id, name="", status=WorkflowStatus.PENDING
+    )
 
 
 __all__ = ["FailureDetails", "Orchestrator", "ParentRef"]

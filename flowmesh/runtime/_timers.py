@@ -25,6 +25,7 @@ class TimerPoller:
     def __init__(
         self,
         app_id: str,
+        *,
         store: WorkflowStore,
         transport: Transport,
         codec: Codec,

@@ -66,6 +66,8 @@ class Worker:
         self._subscriptions: list[Subscription] = []
         self._background: list[asyncio.Task[None]] = []
         self._in_flight = 0
+        self._quiet = asyncio.Event()  # set whenever no delivery is in flight
+        self._quiet.set()
         self._pool: ThreadPoolExecutor | None = None
         self._activities: ActivityRunner | None = None
         self._orchestrator: Orchestrator | None = None
@@ -99,7 +101,13 @@ class Worker:
         await self._transport.declare_app(self.app.app_id)
         if self._store is not None and self.app.hosts_workflows:
             self._timers = TimerPoller(
-                self.app.app_id, self._store, self._transport, self._codec, self._clock, self._options, self._log
+                self.app.app_id,
+                store=self._store,
+                transport=self._transport,
+                codec=self._codec,
+                clock=self._clock,
+                options=self._options,
+                log=self._log,
             )
             self._orchestrator = Orchestrator(
                 self.app,
@@ -111,11 +119,18 @@ class Worker:
                 on_timer_added=lambda _: self._timers.notify() if self._timers else None,
             )
             self._relay = OutboxRelay(
-                self._store, self._transport, self._clock, interval=self._options.outbox_sweep_interval, log=self._log
+                self._store,
+                self._transport,
+                self._clock,
+                interval=self._options.outbox_sweep_interval,
+                log=self._log,
             )
             self._subscriptions.append(
                 await self._transport.consume(
-                    self.app.app_id, QueueKind.REPLY, self._on_reply, prefetch=self._options.reply_prefetch
+                    self.app.app_id,
+                    QueueKind.REPLY,
+                    self._on_reply,
+                    prefetch=self._options.reply_prefetch,
                 )
             )
             self._background.append(asyncio.create_task(self._timers.run(), name="flowmesh-timers"))
@@ -138,9 +153,9 @@ class Worker:
             with contextlib.suppress(Exception):
                 await subscription.cancel()
         self._subscriptions.clear()
-        deadline = asyncio.get_running_loop().time() + (timeout if timeout is not None else self._options.drain_timeout)
-        while self._in_flight and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.05)
+        drain = timeout if timeout is not None else self._options.drain_timeout
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._quiet.wait(), drain)
         for task in self._background:
             task.cancel()
         for task in self._background:
@@ -169,12 +184,25 @@ class Worker:
 
     async def _dead_letter(self, delivery: Delivery, queue: str, reason: str) -> None:
         self._log.error(
-            "message dead-lettered", queue=queue, reason=reason, size=len(delivery.body), message_id=delivery.message_id
+            "message dead-lettered",
+            queue=queue,
+            reason=reason,
+            size=len(delivery.body),
+            message_id=delivery.message_id,
         )
         await self._transport.dead_letter(delivery, self.app.app_id, reason)
 
-    async def _on_work(self, delivery: Delivery) -> None:
+    def _enter(self) -> None:
         self._in_flight += 1
+        self._quiet.clear()
+
+    def _leave(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._quiet.set()
+
+    async def _on_work(self, delivery: Delivery) -> None:
+        self._enter()
         try:
             message = await self._decode(delivery, "work")
             if message is None:
@@ -185,25 +213,31 @@ class Worker:
                 await self._orchestrator.handle(delivery, message)
             elif isinstance(message, StartWorkflow):
                 await self._dead_letter(
-                    delivery, "work", f"app {self.app.app_id!r} hosts no workflows; cannot start {message.name!r}"
+                    delivery,
+                    "work",
+                    f"app {self.app.app_id!r} hosts no workflows; cannot start {message.name!r}",
                 )
             else:
-                await self._dead_letter(delivery, "work", f"unexpected {type(message).__name__} on a work queue")
+                await self._dead_letter(
+                    delivery, "work", f"unexpected {type(message).__name__} on a work queue"
+                )
         finally:
-            self._in_flight -= 1
+            self._leave()
 
     async def _on_reply(self, delivery: Delivery) -> None:
-        self._in_flight += 1
+        self._enter()
         try:
             message = await self._decode(delivery, "reply")
             if message is None:
                 return
             if not isinstance(message, _REPLY_KINDS) or self._orchestrator is None:
-                await self._dead_letter(delivery, "reply", f"unexpected {type(message).__name__} on a reply queue")
+                await self._dead_letter(
+                    delivery, "reply", f"unexpected {type(message).__name__} on a reply queue"
+                )
                 return
             await self._orchestrator.handle(delivery, message)
         finally:
-            self._in_flight -= 1
+            self._leave()
 
     def describe_components(self) -> dict[str, Any]:
         """What this replica runs (for logs and the CLI)."""

@@ -1,0 +1,282 @@
+"""The ``flowmesh`` command line: run workers and operate workflows.
+
+This module is the composition root: it alone configures logging and signal handling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from flowmesh._errors import FlowmeshError
+from flowmesh.cli._config import DEFAULT_AMQP_URL, DEFAULT_REDIS_URL, configure_logging, mask_url
+from flowmesh.cli._format import history_table, state_text, stats_table
+from flowmesh.cli._loader import discover_app_ids, load_app
+from flowmesh.runtime import WorkerOptions
+
+T = TypeVar("T")
+
+amqp_option = click.option(
+    "--amqp-url",
+    envvar="FLOWMESH_AMQP_URL",
+    default=DEFAULT_AMQP_URL,
+    show_default=True,
+    help="RabbitMQ URL (env FLOWMESH_AMQP_URL).",
+)
+redis_option = click.option(
+    "--redis-url",
+    envvar="FLOWMESH_REDIS_URL",
+    default=DEFAULT_REDIS_URL,
+    show_default=True,
+    help="Redis URL (env FLOWMESH_REDIS_URL); only apps hosting workflows use it.",
+)
+app_option = click.option("--app-id", required=True, help="App ID hosting the workflow.")
+
+
+def _run(coro: Awaitable[T]) -> T:
+    """Run ``coro``; report any failure as one line on stderr and exit 1."""
+    try:
+        return asyncio.run(coro)  # type: ignore[arg-type]
+    except FlowmeshError as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+    except (OSError, ConnectionError) as exc:
+        raise click.ClickException(f"connection failed: {mask_url(str(exc))}") from None
+    except TimeoutError as exc:
+        raise click.ClickException(f"timed out: {exc}") from None
+
+
+def _json(text: str | None, what: str) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"{what} is not valid JSON: {exc}") from None
+
+
+@click.group()
+@click.option(
+    "--log-level", default=os.environ.get("FLOWMESH_LOG_LEVEL", "info"), show_default=True
+)
+@click.option(
+    "--log-format", type=click.Choice(["console", "json"]), default="console", show_default=True
+)
+@click.version_option(package_name="flowmesh")
+def main(log_level: str, log_format: str) -> None:
+    """flowmesh: durable workflows that span many applications."""
+    configure_logging(log_level, log_format)
+
+
+@main.command()
+@click.option("--app-id", required=True, help="The app ID this replica serves.")
+@click.option(
+    "--module",
+    default=None,
+    help="Module defining the App (default: workers.<app_id with - as _>).",
+)
+@click.option("--concurrency", default=16, show_default=True, help="Activities run at once.")
+@click.option(
+    "--allow-unsafe-redis",
+    is_flag=True,
+    envvar="FLOWMESH_ALLOW_UNSAFE_REDIS",
+    help="Start even if Redis has no persistence or may evict keys (development only).",
+)
+@click.option(
+    "--drain-timeout", default=30.0, show_default=True, help="Seconds to finish work on SIGTERM."
+)
+@amqp_option
+@redis_option
+def worker(
+    app_id: str,
+    module: str | None,
+    concurrency: int,
+    allow_unsafe_redis: bool,
+    drain_timeout: float,
+    amqp_url: str,
+    redis_url: str,
+) -> None:
+    """Run one replica of APP_ID (start more to scale it)."""
+    from flowmesh.cli._serve import serve
+
+    try:
+        app = load_app(app_id, module)
+    except FlowmeshError as exc:
+        raise click.ClickException(str(exc)) from None
+    options = WorkerOptions(concurrency=concurrency, drain_timeout=drain_timeout)
+    _run(
+        serve(
+            app,
+            amqp_url=amqp_url,
+            redis_url=redis_url,
+            options=options,
+            allow_unsafe_redis=allow_unsafe_redis,
+        )
+    )
+
+
+async def _with_client(amqp_url: str, action: Callable[[Any], Awaitable[T]]) -> T:
+    from flowmesh.client import Client
+
+    async with Client(amqp_url) as client:
+        return await action(client)
+
+
+@main.command()
+@click.argument("workflow")
+@app_option
+@click.option("--input", "input_json", default=None, help="Workflow input as JSON.")
+@click.option("--instance-id", default=None, help="Instance ID (default: random).")
+@click.option("--wait/--no-wait", default=False, help="Wait for the result.")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait with --wait.")
+@amqp_option
+def start(
+    workflow: str,
+    app_id: str,
+    input_json: str | None,
+    instance_id: str | None,
+    wait: bool,
+    timeout: float,
+    amqp_url: str,
+) -> None:
+    """Start WORKFLOW on an app."""
+    value = _json(input_json, "--input")
+
+    async def action(client: Any) -> None:
+        handle = await client.start_workflow(
+            workflow, value, app_id=app_id, instance_id=instance_id
+        )
+        click.echo(f"started {workflow} as {handle.instance_id} on {app_id}")
+        if wait:
+            result = await handle.result(timeout=timeout)
+            click.echo(json.dumps(result, default=str, indent=2))
+
+    _run(_with_client(amqp_url, action))
+
+
+@main.command()
+@click.argument("instance_id")
+@app_option
+@amqp_option
+def status(instance_id: str, app_id: str, amqp_url: str) -> None:
+    """Show an instance's status, output and what it waits for."""
+
+    async def action(client: Any) -> None:
+        click.echo(state_text(await client.get_workflow(instance_id, app_id=app_id).describe()))
+
+    _run(_with_client(amqp_url, action))
+
+
+@main.command()
+@click.argument("instance_id")
+@app_option
+@redis_option
+def history(instance_id: str, app_id: str, redis_url: str) -> None:
+    """Print an instance's history as a table (reads the hosting app's Redis)."""
+    from flowmesh.codec import Codec
+    from flowmesh.store.redis import RedisStore, RedisStoreConfig
+
+    async def action() -> None:
+        store = RedisStore(RedisStoreConfig(url=redis_url, app_id=app_id), Codec())
+        await store.connect()
+        try:
+            record = await store.load(instance_id)
+        finally:
+            await store.close()
+        if record is None:
+            raise click.ClickException(f"no workflow {instance_id!r} on app {app_id!r}")
+        click.echo(state_text(record.state))
+        click.echo()
+        click.echo(history_table(record.history))
+
+    _run(action())
+
+
+@main.command("raise-event")
+@click.argument("instance_id")
+@click.argument("name")
+@app_option
+@click.option("--data", default=None, help="Event data as JSON.")
+@amqp_option
+def raise_event(instance_id: str, name: str, app_id: str, data: str | None, amqp_url: str) -> None:
+    """Send external event NAME to an instance."""
+    value = _json(data, "--data")
+    _run(
+        _with_client(
+            amqp_url, lambda c: c.get_workflow(instance_id, app_id=app_id).raise_event(name, value)
+        )
+    )
+    click.echo(f"event {name!r} sent to {instance_id}")
+
+
+def _control(verb: str, doc: str, *, recursive_flag: bool, reason_flag: bool) -> None:
+    @main.command(verb, help=doc)
+    @click.argument("instance_id")
+    @app_option
+    @click.option("--reason", default="", help="Why (recorded in history).", hidden=not reason_flag)
+    @click.option(
+        "--recursive/--no-recursive",
+        default=True,
+        hidden=not recursive_flag,
+        help="Also act on child workflows on any app.",
+    )
+    @amqp_option
+    def command(instance_id: str, app_id: str, reason: str, recursive: bool, amqp_url: str) -> None:
+        async def action(client: Any) -> None:
+            handle = client.get_workflow(instance_id, app_id=app_id)
+            if verb == "terminate":
+                await handle.terminate(reason, recursive=recursive)
+            elif verb == "purge":
+                await handle.purge(recursive=recursive)
+            else:
+                await getattr(handle, verb)(reason)
+
+        _run(_with_client(amqp_url, action))
+        click.echo(f"{verb} sent to {instance_id}")
+
+
+_control(
+    "suspend",
+    "Pause an instance (results are kept, applied on resume).",
+    recursive_flag=False,
+    reason_flag=True,
+)
+_control("resume", "Resume a suspended instance.", recursive_flag=False, reason_flag=True)
+_control("terminate", "Stop an instance (and its children).", recursive_flag=True, reason_flag=True)
+_control(
+    "purge",
+    "Delete a finished instance's history (and its children's).",
+    recursive_flag=True,
+    reason_flag=False,
+)
+
+
+@main.command()
+@click.argument("app_ids", nargs=-1)
+@amqp_option
+def apps(app_ids: tuple[str, ...], amqp_url: str) -> None:
+    """List app IDs with queue depth and consumers (replicas).
+
+    Without arguments, lists the apps defined in ./workers.
+    """
+    ids = list(app_ids) or discover_app_ids(Path.cwd() / "workers")
+    if not ids:
+        raise click.ClickException("no app IDs given and none found in ./workers")
+
+    async def action() -> None:
+        from flowmesh.transport.rabbitmq import RabbitMQConfig, RabbitMQTransport
+
+        transport = RabbitMQTransport(RabbitMQConfig(url=amqp_url, connection_name="flowmesh-cli"))
+        await transport.connect()
+        try:
+            stats = [await transport.queue_stats(app_id) for app_id in ids]
+        finally:
+            await transport.close()
+        click.echo(stats_table(stats))
+
+    _run(action())

@@ -1,0 +1,70 @@
+"""Running one worker replica against RabbitMQ (and Redis if the app hosts workflows)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from typing import Any
+
+import structlog
+
+from flowmesh._app import App
+from flowmesh._errors import ConfigurationError
+from flowmesh.codec import Codec
+from flowmesh.runtime import Worker, WorkerOptions
+
+
+async def serve(
+    app: App,
+    *,
+    amqp_url: str,
+    redis_url: str,
+    options: WorkerOptions,
+    allow_unsafe_redis: bool,
+) -> None:
+    """Serve ``app`` until SIGTERM/SIGINT, then drain and exit."""
+    from flowmesh.store.redis import RedisStore, RedisStoreConfig
+    from flowmesh.transport.rabbitmq import RabbitMQConfig, RabbitMQTransport
+
+    log = structlog.get_logger("flowmesh").bind(app_id=app.app_id)
+    codec = Codec()
+    transport = RabbitMQTransport(
+        RabbitMQConfig(url=amqp_url, connection_name=f"flowmesh-{app.app_id}")
+    )
+    store: Any = None
+    await transport.connect()
+    try:
+        if app.hosts_workflows:
+            store = RedisStore(RedisStoreConfig(url=redis_url, app_id=app.app_id), codec)
+            await store.connect()
+            await _check_redis(store, allow_unsafe_redis, log)
+        worker = Worker(app, transport=transport, store=store, codec=codec, options=options)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await worker.start()
+        await stop.wait()
+        log.info("shutting down: draining in-flight work", timeout=options.drain_timeout)
+        await worker.stop()
+    finally:
+        if store is not None:
+            with contextlib.suppress(Exception):
+                await store.close()
+        await transport.close()
+
+
+async def _check_redis(store: Any, allow_unsafe: bool, log: Any) -> None:
+    problems: list[str] = await store.check_safety()
+    if not problems:
+        return
+    for problem in problems:
+        log.warning("unsafe redis configuration", problem=problem)
+    if not allow_unsafe:
+        raise ConfigurationError(
+            "Redis may lose workflow histories: "
+            + "; ".join(problems)
+            + ". Fix the server (appendonly yes, maxmemory-policy noeviction) or pass "
+            "--allow-unsafe-redis for development."
+        )

@@ -1,0 +1,1 @@
+"""Example apps. ``flowmesh worker --app-id X`` loads ``workers/<X with - as _>.py``."""
