@@ -37,6 +37,13 @@ redis_option = click.option(
     help="Redis URL (env FLOWMESH_REDIS_URL); only apps hosting workflows use it.",
 )
 app_option = click.option("--app-id", required=True, help="App ID hosting the workflow.")
+prefix_option = click.option(
+    "--key-prefix",
+    envvar="FLOWMESH_REDIS_PREFIX",
+    default="fm",
+    show_default=True,
+    help="Prefix of every Redis key (env FLOWMESH_REDIS_PREFIX).",
+)
 
 
 def _run(coro: Awaitable[T]) -> T:
@@ -92,6 +99,7 @@ def main(log_level: str, log_format: str) -> None:
 )
 @amqp_option
 @redis_option
+@prefix_option
 def worker(
     app_id: str,
     module: str | None,
@@ -100,6 +108,7 @@ def worker(
     drain_timeout: float,
     amqp_url: str,
     redis_url: str,
+    key_prefix: str,
 ) -> None:
     """Run one replica of APP_ID (start more to scale it)."""
     from flowmesh.cli._serve import serve
@@ -114,6 +123,7 @@ def worker(
             app,
             amqp_url=amqp_url,
             redis_url=redis_url,
+            key_prefix=key_prefix,
             options=options,
             allow_unsafe_redis=allow_unsafe_redis,
         )
@@ -176,13 +186,15 @@ def status(instance_id: str, app_id: str, amqp_url: str) -> None:
 @click.argument("instance_id")
 @app_option
 @redis_option
-def history(instance_id: str, app_id: str, redis_url: str) -> None:
+@prefix_option
+def history(instance_id: str, app_id: str, redis_url: str, key_prefix: str) -> None:
     """Print an instance's history as a table (reads the hosting app's Redis)."""
     from flowmesh.codec import Codec
     from flowmesh.store.redis import RedisStore, RedisStoreConfig
 
     async def action() -> None:
-        store = RedisStore(RedisStoreConfig(url=redis_url, app_id=app_id), Codec())
+        config = RedisStoreConfig(url=redis_url, app_id=app_id, key_prefix=key_prefix)
+        store = RedisStore(config, Codec())
         await store.connect()
         try:
             record = await store.load(instance_id)

@@ -20,6 +20,7 @@ async def serve(
     *,
     amqp_url: str,
     redis_url: str,
+    key_prefix: str = "fm",
     options: WorkerOptions,
     allow_unsafe_redis: bool,
 ) -> None:
@@ -36,7 +37,8 @@ async def serve(
     await transport.connect()
     try:
         if app.hosts_workflows:
-            store = RedisStore(RedisStoreConfig(url=redis_url, app_id=app.app_id), codec)
+            config = RedisStoreConfig(url=redis_url, app_id=app.app_id, key_prefix=key_prefix)
+            store = RedisStore(config, codec)
             await store.connect()
             await _check_redis(store, allow_unsafe_redis, log)
         worker = Worker(app, transport=transport, store=store, codec=codec, options=options)

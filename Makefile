@@ -1,0 +1,25 @@
+# The two commands of the README: `make demo` (main job) and `make test` (whole suite).
+# Each creates .venv and installs the project first, so both work on a fresh clone.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test test-faults lint bench clean
+
+$(VENV)/.installed: pyproject.toml scripts/venv.sh
+	bash scripts/venv.sh $(VENV)
+
+demo: $(VENV)/.installed
+	$(PY) -m workers.demo
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+	$(VENV)/bin/ruff check flowmesh workers tests
+	$(VENV)/bin/ruff format --check flowmesh workers tests
+	$(VENV)/bin/mypy
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check flowmesh workers tests
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
