@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, assert_never
 
@@ -94,6 +94,28 @@ def _describe_action(action: Command | HistoryEvent) -> str:
             return type(action).__name__
 
 
+def _describe_awaited(coroutine: Coroutine[Any, Any, Any], yielded: object) -> str:
+    """Name what the workflow awaited, e.g. ``mod.helper() -> asyncio.tasks.sleep()``.
+
+    The yielded value alone (often ``None``) does not say what the code awaited; the chain of
+    coroutines/generators the workflow coroutine is suspended in does.
+    """
+    names: list[str] = []
+    awaited: Any = getattr(coroutine, "cr_await", None)
+    while awaited is not None and len(names) < 8:
+        qualname = getattr(awaited, "__qualname__", None)
+        if not isinstance(qualname, str):
+            names.append(type(awaited).__qualname__)
+            break
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+        module = frame.f_globals.get("__name__", "") if frame is not None else ""
+        names.append(f"{module}.{qualname}()" if module else f"{qualname}()")
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+    if not names:
+        return repr(yielded)
+    return f"{' -> '.join(names)} (which yielded {yielded!r})"
+
+
 def _matches(action: Command, event: HistoryEvent) -> bool:
     match action, event:
         case ScheduleActivity(), ActivityScheduled():
@@ -160,6 +182,7 @@ class WorkflowExecution:
         self._cancelled_timers: list[int] = []
         self._completion: CompleteWorkflow | None = None
         self._completion_recorded = False
+        self._save_events = False
         self._stall_reason = ""
         self._children: dict[str, str] = {}  # child instance -> app, for recursive terminate
         self._terminate_children: list[TerminateChildren] = []
@@ -203,7 +226,7 @@ class WorkflowExecution:
                     accepted.append(event)
                 continue
             if self._completion is not None and not isinstance(event, StepStarted):
-                dropped.append(event)
+                (accepted if self._carry_over(event) else dropped).append(event)
                 continue
             if self._guarded(event):
                 accepted.append(event)
@@ -237,7 +260,9 @@ class WorkflowExecution:
                 event, ActivityScheduled | ChildWorkflowScheduled | TimerCreated | PatchRecorded
             )
         ):
-            if isinstance(event, EventRaised) or self._is_open_result(event):
+            if isinstance(event, EventRaised) or (
+                self._is_open_result(event) and not self._holds_result(event)
+            ):
                 self._suspended_buffer.append(event)
                 return True
             return False
@@ -304,6 +329,14 @@ class WorkflowExecution:
                 return self._open_kind(seq) == "timer"
             case _:
                 return False
+
+    def _holds_result(self, event: HistoryEvent) -> bool:
+        """True if a result for ``event``'s seq is already buffered (a duplicate)."""
+        seq = getattr(event, "seq", None)
+        return any(
+            not isinstance(held, EventRaised) and getattr(held, "seq", None) == seq
+            for held in self._suspended_buffer
+        )
 
     def _open_kind(self, seq: int) -> str:
         open_task = self._open.get(seq)
@@ -396,10 +429,10 @@ class WorkflowExecution:
             if not isinstance(yielded, Task):
                 self._finish_failed(
                     TypeError(
-                        f"workflow {self.name!r} awaited {yielded!r}, which is not a flowmesh "
-                        "task. Workflow code is replayed and must only await tasks from its "
-                        "WorkflowContext (use ctx.create_timer instead of asyncio.sleep, and "
-                        "activities for I/O)."
+                        f"workflow {self.name!r} awaited {_describe_awaited(coroutine, yielded)}"
+                        ", which is not a flowmesh task. Workflow code is replayed and must "
+                        "only await tasks from its WorkflowContext (use ctx.create_timer instead "
+                        "of asyncio.sleep, and activities for I/O)."
                     )
                 )
                 return
@@ -422,6 +455,7 @@ class WorkflowExecution:
 
     def _continue_as_new(self, signal: ContinueAsNew) -> None:
         carried: list[EventRaised] = []
+        self._save_events = signal.save_events
         if signal.save_events:
             carried = [e for queue in self._event_buffer.values() for e in queue]
         self._complete(
@@ -429,6 +463,21 @@ class WorkflowExecution:
                 WorkflowStatus.CONTINUED_AS_NEW, signal.new_input, None, tuple(carried)
             )
         )
+
+    def _carry_over(self, event: HistoryEvent) -> bool:
+        """Carry an event that arrives in the very step that continued-as-new with
+        ``save_events`` into the new run, instead of dropping it."""
+        completion = self._completion
+        if (
+            not isinstance(event, EventRaised)
+            or completion is None
+            or self._completion_recorded
+            or completion.status is not WorkflowStatus.CONTINUED_AS_NEW
+            or not self._save_events
+        ):
+            return False
+        self._completion = replace(completion, carried_events=(*completion.carried_events, event))
+        return True
 
     def _terminate(self, reason: str, recursive: bool) -> None:
         if recursive:
@@ -622,8 +671,10 @@ class WorkflowExecution:
                 append.append(_scheduled_event(action))
                 commands.append(action)
             self._actions.clear()
-            commands.extend(self._terminate_children)
             if self._completion is not None and not self._completion_recorded:
+                # TerminateChildren belong to this completion: a replayed (already recorded)
+                # recursive terminate must not send them again.
+                commands.extend(self._terminate_children)
                 completion = self._completion
                 append.append(
                     WorkflowCompleted(completion.status, completion.output, completion.failure)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 
 import pytest
 
-from flowmesh import Client, WorkflowStatus
+from flowmesh import Client, WorkflowNotFoundError, WorkflowStatus
 from flowmesh.model import ActivityCompleted, ChildWorkflowCompleted, WorkflowCompleted
 from flowmesh.store.redis import RedisStore
 from tests.e2e.conftest import StoreOpener, WorkerProcesses
@@ -113,11 +114,9 @@ async def test_recursive_terminate_stops_a_child_on_another_app(
     )
     child = client.get_workflow("parent-e2e-child", app_id="e2e-child")
     for _ in range(100):
-        try:
+        with contextlib.suppress(WorkflowNotFoundError):  # not created yet
             if (await child.describe()).status is WorkflowStatus.RUNNING:
                 break
-        except Exception:  # noqa: BLE001 - not created yet
-            pass
         await asyncio.sleep(0.1)
     await handle.terminate("test over", recursive=True)
     parent_state = await handle.wait(timeout=30)
