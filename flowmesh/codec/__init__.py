@@ -1,0 +1,10 @@
+"""The msgpack codec for flowmesh messages, history events and workflow states.
+
+:class:`Codec` turns the model's frozen dataclasses into versioned msgpack envelopes and back,
+refusing values msgpack cannot carry (``SerializationError``) and any bytes that are not a
+valid envelope (``DecodeError``). The wire format is specified in docs/protocol-codec.md.
+"""
+
+from flowmesh.codec._codec import DEFAULT_LIMITS, FORMAT_VERSION, Codec, CodecLimits
+
+__all__ = ["DEFAULT_LIMITS", "FORMAT_VERSION", "Codec", "CodecLimits"]

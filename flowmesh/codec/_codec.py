@@ -1,0 +1,241 @@
+"""The codec: model objects to versioned msgpack envelopes and back.
+
+Every blob is a msgpack array ``[FORMAT_VERSION, kind, fields]`` where ``kind`` is the class
+name and ``fields`` a map of field name to wire value; docs/protocol-codec.md specifies it.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Final, cast
+
+from flowmesh._errors import (
+    ConfigurationError,
+    DecodeError,
+    PayloadTooLargeError,
+    SerializationError,
+)
+from flowmesh.codec._convert import ClassConverter, ConversionError, build_converter, wire_name
+from flowmesh.codec._where import describe, describe_value, subject
+from flowmesh.codec._wire import Wire
+from flowmesh.model import (
+    HISTORY_EVENT_TYPES,
+    MESSAGE_TYPES,
+    HistoryEvent,
+    Message,
+    WorkflowState,
+    check_value,
+)
+
+FORMAT_VERSION: Final = 1
+"""Envelope version this codec writes and the only one it reads."""
+
+_MESSAGE: Final = "message"
+_EVENT: Final = "history event"
+_STATE: Final = "workflow state"
+
+
+@dataclass(frozen=True, slots=True)
+class CodecLimits:
+    """Size limits of the codec; the decode limits are the defence against hostile input.
+
+    ``max_message_bytes`` caps encoded blobs (encoding a larger one raises
+    ``PayloadTooLargeError``, so nothing is written that could not be read back) and input to
+    decode. ``max_depth`` caps nesting of arrays and maps on decode, the envelope array being
+    level 1 (user values are limited to ``model.MAX_VALUE_DEPTH`` = 32 levels when encoded;
+    the envelope adds up to five). ``max_collection_len`` caps the items of one array or map
+    on decode.
+    """
+
+    max_message_bytes: int = 4 * 1024 * 1024
+    max_depth: int = 64
+    max_collection_len: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        for name in ("max_message_bytes", "max_depth", "max_collection_len"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise ConfigurationError(
+                    f"CodecLimits.{name} must be a positive int, got {value!r}"
+                )
+
+
+DEFAULT_LIMITS: Final = CodecLimits()
+"""The limits a :class:`Codec` uses unless given others."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Kind:
+    tag: str
+    group: str
+    converter: ClassConverter
+
+
+@dataclass(frozen=True, slots=True)
+class _Kinds:
+    by_type: Mapping[type, _Kind]
+    by_tag: Mapping[str, _Kind]
+
+
+@functools.cache
+def _kinds() -> _Kinds:
+    """The fixed table of encodable classes, built on first use and read-only afterwards.
+
+    Tags map only to these classes; nothing in the data can name any other.
+    """
+    groups: list[tuple[str, tuple[type, ...]]] = [
+        (_MESSAGE, MESSAGE_TYPES),
+        (_EVENT, HISTORY_EVENT_TYPES),
+        (_STATE, (WorkflowState,)),
+    ]
+    by_type: dict[type, _Kind] = {}
+    for group, classes in groups:
+        for cls in classes:
+            by_type[cls] = _Kind(cls.__name__, group, build_converter(cls))
+    by_tag = {kind.tag: kind for kind in by_type.values()}
+    if len(by_tag) != len(by_type):
+        raise TypeError("two encodable model classes share a name, so their tags would clash")
+    return _Kinds(MappingProxyType(by_type), MappingProxyType(by_tag))
+
+
+class Codec:
+    """Encodes messages, history events and workflow states to msgpack bytes, and back.
+
+    Thread-safe and cheap to share; construct one per process (or per limits) and reuse it.
+    Encode errors are ``SerializationError`` (``PayloadTooLargeError`` for size); every
+    problem with bytes to decode is a ``DecodeError``.
+    """
+
+    __slots__ = ("_limits", "_wire")
+
+    def __init__(self, limits: CodecLimits = DEFAULT_LIMITS) -> None:
+        self._limits = limits
+        self._wire = Wire(limits.max_message_bytes, limits.max_depth, limits.max_collection_len)
+
+    @property
+    def limits(self) -> CodecLimits:
+        """The limits this codec enforces."""
+        return self._limits
+
+    def encode_message(self, message: Message, *, where: str = "") -> bytes:
+        """Encode a wire message.
+
+        ``where`` names whose value it carries (e.g. ``"input of activity 'charge'"``) for
+        error messages; without it one is derived from the message.
+        """
+        return self._encode(message, _MESSAGE, where)
+
+    def decode_message(self, data: bytes) -> Message:
+        """Decode bytes made by :meth:`encode_message`; raises ``DecodeError`` otherwise."""
+        return cast("Message", self._decode(data, _MESSAGE))
+
+    def encode_event(self, event: HistoryEvent) -> bytes:
+        """Encode a history event."""
+        return self._encode(event, _EVENT, "")
+
+    def decode_event(self, data: bytes) -> HistoryEvent:
+        """Decode bytes made by :meth:`encode_event`; raises ``DecodeError`` otherwise."""
+        return cast("HistoryEvent", self._decode(data, _EVENT))
+
+    def encode_state(self, state: WorkflowState) -> bytes:
+        """Encode a workflow state snapshot."""
+        return self._encode(state, _STATE, "")
+
+    def decode_state(self, data: bytes) -> WorkflowState:
+        """Decode bytes made by :meth:`encode_state`; raises ``DecodeError`` otherwise."""
+        return cast("WorkflowState", self._decode(data, _STATE))
+
+    def _encode(self, obj: object, group: str, where: str) -> bytes:
+        kind = _kinds().by_type.get(type(obj))
+        if kind is None or kind.group != group:
+            # A programming error, not a bad value: the caller passed the wrong kind of object.
+            raise TypeError(f"cannot encode {type(obj).__qualname__} as a flowmesh {group}")
+        try:
+            body = kind.converter.encode(obj)
+        except ConversionError as exc:
+            raise _encode_error(obj, kind, exc, where) from None
+        try:
+            data = self._wire.pack([FORMAT_VERSION, kind.tag, body])
+        except (TypeError, ValueError, OverflowError) as exc:
+            # check_value passed, so this is rare (e.g. a str holding a lone surrogate).
+            raise SerializationError(
+                f"{where or describe(obj)}: {kind.tag}{self._culprit(body)} cannot be "
+                f"packed by msgpack: {type(exc).__name__}: {exc}"
+            ) from exc
+        size = len(data)
+        if size > self._limits.max_message_bytes:
+            raise PayloadTooLargeError(
+                f"{where or describe(obj)}: encoded {kind.tag} is {size} bytes, more than the "
+                f"{self._limits.max_message_bytes}-byte limit (CodecLimits.max_message_bytes); "
+                "pass large data by reference (e.g. a blob-store key) instead"
+            )
+        return data
+
+    def _culprit(self, body: dict[str, object]) -> str:
+        """`` field 'name'`` for the first field that does not pack, to point at the cause."""
+        for name, value in body.items():
+            try:
+                self._wire.pack(value)
+            except (TypeError, ValueError, OverflowError):
+                return f" field {name!r}"
+        return ""
+
+    def _decode(self, data: bytes, group: str) -> object:
+        raw = self._wire.unpack(data)
+        if not isinstance(raw, list) or not raw:
+            raise DecodeError(
+                f"not a flowmesh {group}: expected an array [version, kind, fields], "
+                f"got {wire_name(raw)}"
+            )
+        version = raw[0]
+        if type(version) is not int:
+            raise DecodeError(
+                f"not a flowmesh {group}: envelope version is a {wire_name(version)}, not an int"
+            )
+        if version != FORMAT_VERSION:
+            raise DecodeError(
+                f"unsupported envelope version {version}: this codec supports version "
+                f"{FORMAT_VERSION} only"
+            )
+        if len(raw) != 3:
+            raise DecodeError(
+                f"not a flowmesh {group}: a version {FORMAT_VERSION} envelope has 3 items "
+                f"[version, kind, fields], got {len(raw)}"
+            )
+        tag, body = raw[1], raw[2]
+        if type(tag) is not str:
+            raise DecodeError(f"not a flowmesh {group}: kind is a {wire_name(tag)}, not a str")
+        kind = _kinds().by_tag.get(tag)
+        if kind is None:
+            raise DecodeError(f"unknown {group} kind {_shown(tag)}")
+        if kind.group != group:
+            raise DecodeError(f"expected a {group}, got a {kind.group} ({tag})")
+        try:
+            return kind.converter.decode(body)
+        except ConversionError as exc:
+            where = f"field {exc.path!r}" if exc.path else "fields"
+            raise DecodeError(f"invalid {tag} {group}: {where}: {exc.reason}") from None
+
+
+def _encode_error(obj: object, kind: _Kind, exc: ConversionError, where: str) -> SerializationError:
+    """The SerializationError for a field of ``obj`` that failed to convert."""
+    if exc.user_value:
+        if not where:
+            where = describe_value(obj, exc.path)
+        elif len(kind.converter.user_paths) > 1:
+            where = f"{where} ({kind.tag}.{exc.path})"  # say which of several user values
+        try:
+            # Re-check with the full where: check_value words the message (type, path, hint).
+            check_value(exc.value, where)
+        except SerializationError as error:
+            return error
+        return SerializationError(f"{where}: {exc.reason}")
+    return SerializationError(f"{where or subject(obj)}: field {kind.tag}.{exc.path}: {exc.reason}")
+
+
+def _shown(text: str) -> str:
+    shown = repr(text)
+    return shown if len(shown) <= 80 else shown[:77] + "..."
