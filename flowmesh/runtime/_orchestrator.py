@@ -58,6 +58,10 @@ from flowmesh.store import WorkflowStore
 from flowmesh.transport import Delivery, Outgoing, QueueKind, Transport
 
 
+class _StaleCache(Exception):  # noqa: N818 - internal signal, never escapes the orchestrator
+    """The cached execution may be behind the store: re-run the step from a fresh load."""
+
+
 @dataclass(slots=True)
 class _Inbound:
     delivery: Delivery
@@ -161,11 +165,13 @@ class Orchestrator:
     # -- one step --------------------------------------------------------------------------------
 
     async def _advance(self, instance_id: str, batch: list[_Inbound]) -> None:
+        use_cache = True
         for _ in range(self._options.conflict_retries):
             try:
-                settled = await self._try_step(instance_id, batch)
-            except VersionConflictError:
+                settled = await self._try_step(instance_id, batch, use_cache=use_cache)
+            except (VersionConflictError, _StaleCache):
                 self._cache.pop(instance_id, None)
+                use_cache = False
                 continue
             await asyncio.gather(*(d.ack() for d in settled))
             return
@@ -173,9 +179,20 @@ class Orchestrator:
             f"gave up on {instance_id} after {self._options.conflict_retries} conflicts"
         )
 
-    async def _try_step(self, instance_id: str, batch: list[_Inbound]) -> list[Delivery]:
-        """Run one step; returns the deliveries to ack (all, unless some wait for a retry)."""
-        live = await self._load(instance_id)
+    async def _try_step(
+        self, instance_id: str, batch: list[_Inbound], *, use_cache: bool
+    ) -> list[Delivery]:
+        """Run one step; returns the deliveries to ack.
+
+        A cached execution is only proven current by a successful commit. So when a step
+        based on the cache would commit nothing (results dropped as duplicates, a start
+        refused, a purge), it raises :class:`_StaleCache` to be re-run on fresh state: another
+        replica may have advanced the instance, and acking on stale state would lose results.
+        """
+        live = self._cache.get(instance_id) if use_cache else None
+        from_cache = live is not None
+        if live is None:
+            live = await self._load(instance_id)
         now = self._clock.now()
         events: list[HistoryEvent] = [StepStarted(now)]
         to_ack: list[Delivery] = []
@@ -199,6 +216,9 @@ class Orchestrator:
                     events.append(event)
             to_ack.append(item.delivery)
 
+        refused = any(isinstance(r, StartAck) and not r.created for _, r in replies)
+        if from_cache and (purge is not None or refused or len(events) == 1):
+            raise _StaleCache
         if purge is not None:
             await self._purge(instance_id, live, purge)
             return to_ack
@@ -212,6 +232,8 @@ class Orchestrator:
                 _blank_state(instance_id, self._app.app_id),
             )
         outcome = live.execution.step(events)
+        if from_cache and (outcome.dropped or not outcome.changed):
+            raise _StaleCache
         if outcome.changed:
             await self._commit(instance_id, live, outcome, now)
         await self._send_replies(replies)
@@ -355,10 +377,7 @@ class Orchestrator:
         return self._app.workflows.get(name)
 
     async def _load(self, instance_id: str) -> _Live | None:
-        cached = self._cache.get(instance_id)
-        if cached is not None:
-            self._cache.move_to_end(instance_id)
-            return cached
+        """Replay the instance from the store (None if it does not exist)."""
         record = await self._store.load(instance_id)
         if record is None:
             return None
@@ -371,7 +390,7 @@ class Orchestrator:
             self._cache.pop(instance_id, None)
             return
         self._cache[instance_id] = live
-        self._cache.move_to_end(instance_id)
+        self._cache.move_to_end(instance_id)  # least recently stepped instances go first
         while len(self._cache) > self._options.execution_cache_size:
             self._cache.popitem(last=False)
 
