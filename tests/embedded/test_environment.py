@@ -63,7 +63,7 @@ async def counter(ctx: WorkflowContext, state: dict[str, int]) -> int:
     if state["n"] >= state["until"]:
         return state["n"]
     await ctx.create_timer(timedelta(minutes=1))
-    ctx.continue_as_new({"n": state["n"] + 1, "until": state["until"]})
+    return ctx.continue_as_new({"n": state["n"] + 1, "until": state["until"]})
 
 
 @orders.workflow
