@@ -70,9 +70,7 @@ async def scenarios(client: Client) -> None:
     result = await handle.result(timeout=60)
     print(f"✔ result of {handle.instance_id}: {result}")
 
-    print(
-        "\n▶ train_and_report on app1 → child workflow train_model on gpu-trainer → finalize on app3"
-    )
+    print("\n▶ train_and_report on app1 → child train_model on gpu-trainer → finalize on app3")
     handle = await client.start_workflow(
         "train_and_report", {"epochs": 60, "seed": 3}, app_id="app1", instance_id=f"train-{run}"
     )
@@ -99,7 +97,7 @@ async def run_real(amqp_url: str, redis_url: str) -> None:
     print("flowmesh demo on RabbitMQ and Redis: one worker process per app ID")
     env = {**os.environ, "FLOWMESH_AMQP_URL": amqp_url, "FLOWMESH_REDIS_URL": redis_url}
     workers = [
-        subprocess.Popen(
+        subprocess.Popen(  # noqa: ASYNC220 - started once, before any awaiting
             [
                 sys.executable,
                 "-m",
