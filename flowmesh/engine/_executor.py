@@ -207,8 +207,11 @@ class WorkflowExecution:
         self.is_replaying = True
         for event in events:
             if self._stall_reason:
-                return
+                break
             self._guarded(event)
+        # Timers cancelled by recorded events were reported by the step that recorded them;
+        # reporting them again would make a fresh replay differ from a cached execution.
+        self._cancelled_timers.clear()
 
     def step(self, new_events: Iterable[HistoryEvent]) -> StepOutcome:
         """Apply new events and return what to commit and which commands to send.
