@@ -117,7 +117,11 @@ def worker(
         app = load_app(app_id, module)
     except FlowmeshError as exc:
         raise click.ClickException(str(exc)) from None
-    options = WorkerOptions(concurrency=concurrency, drain_timeout=drain_timeout)
+    options = WorkerOptions(
+        concurrency=concurrency,
+        drain_timeout=drain_timeout,
+        crash_at=os.environ.get("FLOWMESH_CRASH_AT") or None,  # test-only fault injection
+    )
     _run(
         serve(
             app,

@@ -12,6 +12,7 @@ import contextvars
 import functools
 import inspect
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -40,8 +41,10 @@ class ActivityRunner:
         options: WorkerOptions,
         pool: ThreadPoolExecutor,
         log: Any,
+        crash: Callable[[str], None] = lambda _: None,
     ) -> None:
         self._app = app
+        self._crash = crash
         self._transport = transport
         self._codec = codec
         self._clock = clock
@@ -86,7 +89,9 @@ class ActivityRunner:
                 "activity failed" if failure else "activity completed",
                 duration_ms=round((time.perf_counter() - started) * 1000, 1),
             )
+            self._crash("after_activity")
             await self._reply(task, output, failure)
+            self._crash("after_publish")
             await delivery.ack()
             self.completed += 1
 

@@ -36,6 +36,8 @@ class WorkerOptions:
     """On shutdown, how long in-flight work may finish before it is handed back."""
     publish_retries: int = 3
     """Immediate attempts to publish a step's outbox before leaving it to the sweeper."""
+    crash_at: str | None = None
+    """Test-only: SIGKILL the process at this crash point (see ``runtime._crash``)."""
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:

@@ -91,6 +91,7 @@ class Orchestrator:
         clock: Clock,
         options: WorkerOptions,
         on_timer_added: Callable[[datetime], None] = lambda _: None,
+        crash: Callable[[str], None] = lambda _: None,
     ) -> None:
         self._app = app
         self._store = store
@@ -99,6 +100,7 @@ class Orchestrator:
         self._clock = clock
         self._options = options
         self._on_timer_added = on_timer_added
+        self._crash = crash
         self._mailboxes: dict[str, list[_Inbound]] = {}
         self._drains: dict[str, asyncio.Task[None]] = {}
         self._cache: OrderedDict[str, _Live] = OrderedDict()
@@ -173,6 +175,7 @@ class Orchestrator:
                 self._cache.pop(instance_id, None)
                 use_cache = False
                 continue
+            self._crash("after_publish")
             await asyncio.gather(*(d.ack() for d in settled))
             return
         raise FlowmeshError(
@@ -344,14 +347,21 @@ class Orchestrator:
             timers=timers,
             cancel_timers=cancel,
         )
+        self._crash("before_commit")
         await self._store.commit(commit)
+        self._crash("after_commit")
         history = [*history, *append]
         self._remember(instance_id, _Live(execution, state, history))
         for timer in timers:
             self._on_timer_added(timer.fire_at)
         self._log_transition(live.state, state)
         await publish_outbox(
-            self._transport, self._store, commit.outbox, self._options.publish_retries, self._log
+            self._transport,
+            self._store,
+            commit.outbox,
+            attempts=self._options.publish_retries,
+            log=self._log,
+            crash=self._crash,
         )
         if state.status.is_terminal or state.status is WorkflowStatus.STALLED:
             await self._notify_waiters(instance_id, state)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from flowmesh._errors import FlowmeshError
@@ -16,8 +16,10 @@ async def publish_outbox(
     transport: Transport,
     store: WorkflowStore,
     entries: Sequence[OutboxEntry],
+    *,
     attempts: int,
     log: Any,
+    crash: Callable[[str], None] = lambda _: None,
 ) -> bool:
     """Publish ``entries`` (confirmed) and forget them; True on success.
 
@@ -35,6 +37,7 @@ async def publish_outbox(
             if attempt == attempts:
                 return False
             await asyncio.sleep(0.05 * attempt)
+    crash("before_outbox_clear")
     by_instance: dict[str, list[str]] = {}
     for entry in entries:
         by_instance.setdefault(entry.instance_id, []).append(entry.entry_id)
@@ -75,7 +78,9 @@ class OutboxRelay:
         self._seen = {(e.instance_id, e.entry_id) for e in entries} - {
             (e.instance_id, e.entry_id) for e in stale
         }
-        if stale and await publish_outbox(self._transport, self._store, stale, 1, self._log):
+        if stale and await publish_outbox(
+            self._transport, self._store, stale, attempts=1, log=self._log
+        ):
             self._log.info("republished outbox entries left by an earlier step", count=len(stale))
             return len(stale)
         return 0

@@ -28,6 +28,7 @@ from flowmesh.model import (
 )
 from flowmesh.runtime._activities import ActivityRunner
 from flowmesh.runtime._clock import Clock, SystemClock
+from flowmesh.runtime._crash import CrashHook
 from flowmesh.runtime._log import get_logger
 from flowmesh.runtime._options import WorkerOptions
 from flowmesh.runtime._orchestrator import Orchestrator
@@ -63,6 +64,7 @@ class Worker:
         self._clock = clock or SystemClock()
         self._options = options or WorkerOptions()
         self._log = get_logger(app_id=app.app_id)
+        self._crash = CrashHook(self._options.crash_at)
         self._subscriptions: list[Subscription] = []
         self._background: list[asyncio.Task[None]] = []
         self._in_flight = 0
@@ -97,6 +99,7 @@ class Worker:
             options=self._options,
             pool=self._pool,
             log=self._log,
+            crash=self._crash,
         )
         await self._transport.declare_app(self.app.app_id)
         if self._store is not None and self.app.hosts_workflows:
@@ -117,6 +120,7 @@ class Worker:
                 clock=self._clock,
                 options=self._options,
                 on_timer_added=lambda _: self._timers.notify() if self._timers else None,
+                crash=self._crash,
             )
             self._relay = OutboxRelay(
                 self._store,
@@ -207,6 +211,7 @@ class Worker:
             message = await self._decode(delivery, "work")
             if message is None:
                 return
+            self._crash("after_receive")
             if isinstance(message, ActivityTask) and self._activities is not None:
                 await self._activities.handle(delivery, message)
             elif isinstance(message, StartWorkflow) and self._orchestrator is not None:
@@ -230,6 +235,7 @@ class Worker:
             message = await self._decode(delivery, "reply")
             if message is None:
                 return
+            self._crash("after_receive")
             if not isinstance(message, _REPLY_KINDS) or self._orchestrator is None:
                 await self._dead_letter(
                     delivery, "reply", f"unexpected {type(message).__name__} on a reply queue"

@@ -1,0 +1,76 @@
+"""Request/reply inboxes on RabbitMQ: one exclusive, auto-deleted queue per inbox."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+from contextlib import suppress
+
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
+
+from flowmesh.transport._rabbitmq_consumer import BROKER_ERRORS
+
+# Shared with the memory transport, which must not import aio-pika.
+from flowmesh.transport.memory import _AnswerBuffer, _new_inbox_address
+
+_ADDRESS = re.compile(r"fm\.inbox\.[0-9a-f]{32}")
+
+
+def is_inbox_address(address: str) -> bool:
+    """Whether ``address`` names an inbox (and so not, say, another app's work queue).
+
+    ``reply_to`` comes from whoever sent the request; answering to any queue name it
+    names would let a sender inject messages into queues of apps it cannot publish to.
+    """
+    return _ADDRESS.fullmatch(address) is not None
+
+
+class RabbitInbox:
+    """A private queue on the consuming connection; answers are buffered by correlation ID.
+
+    The queue has a client-chosen name (not a server-named ``amq.gen-*``): aio-pika
+    redeclares it under that name after a reconnect, so the address stays valid. Answers
+    sent while the connection was down are lost, as with any non-durable queue.
+    """
+
+    def __init__(self, *, forget: Callable[[RabbitInbox], None], close_timeout: float) -> None:
+        self._address = _new_inbox_address()
+        self._forget = forget
+        self._close_timeout = close_timeout
+        self._buffer = _AnswerBuffer()
+        self._channel: AbstractRobustChannel | None = None
+
+    @property
+    def address(self) -> str:
+        """Pass as ``reply_to`` so receivers can answer here."""
+        return self._address
+
+    async def open(self, connection: AbstractRobustConnection) -> None:
+        """Declare the queue and start consuming it (no acks: answers are best effort)."""
+        self._channel = await connection.channel(publisher_confirms=False)
+        queue = await self._channel.declare_queue(
+            self._address, exclusive=True, auto_delete=True, durable=False
+        )
+        await queue.consume(self._on_answer, no_ack=True)
+
+    async def receive(self, correlation_id: str, timeout: float) -> bytes | None:
+        """The next answer carrying ``correlation_id``, or None after ``timeout`` seconds."""
+        return await self._buffer.get(correlation_id, timeout)
+
+    async def close(self) -> None:
+        """Delete the queue and close its channel; waiting receivers get None."""
+        self._forget(self)
+        self._buffer.close()
+        channel, self._channel = self._channel, None
+        if channel is None:
+            return
+        with suppress(*BROKER_ERRORS):
+            async with asyncio.timeout(self._close_timeout):
+                await channel.queue_delete(self._address)
+        with suppress(*BROKER_ERRORS):
+            async with asyncio.timeout(self._close_timeout):
+                await channel.close()
+
+    async def _on_answer(self, message: AbstractIncomingMessage) -> None:
+        self._buffer.put(message.correlation_id or "", message.body)

@@ -1,0 +1,586 @@
+"""In-process transport for the embedded backend and fast tests.
+
+A :class:`MemoryBroker` plays the part of RabbitMQ: it owns the queues. Each
+:class:`MemoryTransport` is one connection to it, so a test can run several "replicas" (one
+transport each) against one broker and close one of them to simulate a crash::
+
+    broker = MemoryBroker()
+    orders, payments = MemoryTransport(broker), MemoryTransport(broker)
+
+``MemoryTransport()`` without a broker gets a private one. Nothing runs in the background:
+publishing, settling and cancelling hand ready messages to consumers directly, and every
+delivery's handler runs in its own task.
+
+Behaviour mirrors :class:`~flowmesh.transport.rabbitmq.RabbitMQTransport` on quorum queues:
+FIFO delivery, round robin between consumers of one queue, at most ``prefetch`` unsettled
+deliveries per consumer, ``delivery_count`` incremented on every redelivery. ``requeue``
+puts a message at the back of its queue; a delivery left unsettled by a cancelled consumer
+goes back to the front.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import uuid
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+
+from flowmesh._errors import TransportError
+from flowmesh.transport._base import (
+    Delivery,
+    Handler,
+    Inbox,
+    Outgoing,
+    QueueKind,
+    QueueStats,
+    Subscription,
+    queue_name,
+)
+
+__all__ = ["MemoryBroker", "MemoryTransport"]
+
+log = structlog.get_logger("flowmesh.transport")
+
+_UNWIND_GRACE = 5.0
+"""Seconds a cancelled handler gets to unwind before its consumer gives up on it."""
+
+
+class _TrackedDelivery(Delivery, Protocol):
+    """A delivery that knows whether it was settled yet."""
+
+    @property
+    def pending(self) -> bool:
+        """Neither settled nor given back yet."""
+
+    async def requeue(self) -> None:
+        """Give the message back to the queue for another attempt."""
+
+
+async def _run_handler(handler: Handler, delivery: _TrackedDelivery, queue: str) -> None:
+    """Run ``handler`` on ``delivery`` so that nothing escapes and nothing stays unsettled.
+
+    A handler that raises or returns without settling gets its delivery requeued: an
+    unsettled delivery would hold a prefetch slot for good. (Shared with the RabbitMQ
+    transport.)
+    """
+    try:
+        await handler(delivery)
+    except Exception:
+        log.exception("transport.handler_failed", queue=queue, message_id=delivery.message_id)
+    else:
+        if delivery.pending:
+            log.warning(
+                "transport.handler_left_unsettled", queue=queue, message_id=delivery.message_id
+            )
+    if delivery.pending:
+        await delivery.requeue()
+
+
+async def _stop_handlers(tasks: Iterable[asyncio.Task[None]], drain_timeout: float) -> None:
+    """Let running handlers finish for up to ``drain_timeout`` seconds, then cancel the rest.
+
+    Skips the calling task: a handler may cancel its own subscription and must not wait for
+    itself. (Shared with the RabbitMQ transport.)
+    """
+    running = [task for task in tasks if task is not asyncio.current_task()]
+    if running and drain_timeout > 0:
+        await asyncio.wait(running, timeout=drain_timeout)
+    late = [task for task in running if not task.done()]
+    for task in late:
+        task.cancel()
+    if late:
+        await asyncio.wait(late, timeout=_UNWIND_GRACE)
+
+
+def _new_inbox_address() -> str:
+    """A fresh inbox address (the RabbitMQ transport names its inbox queues the same way)."""
+    return f"fm.inbox.{uuid.uuid4().hex}"
+
+
+class _AnswerBuffer:
+    """Answers that reached an inbox, by correlation ID, until someone receives them.
+
+    Holds at most ``limit`` answers: the oldest is dropped first, so answers nobody asks for
+    (the requester timed out and left) cannot grow an inbox without bound.
+    """
+
+    def __init__(self, limit: int = 1000) -> None:
+        self._limit = limit
+        self._answers: dict[str, deque[bytes]] = {}
+        self._count = 0
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._closed = False
+
+    def put(self, correlation_id: str, body: bytes) -> None:
+        """Store an answer and wake whoever waits for its correlation ID."""
+        if self._closed:
+            return
+        if self._count >= self._limit:
+            oldest_id, oldest = next(iter(self._answers.items()))
+            oldest.popleft()
+            self._count -= 1
+            if not oldest:
+                del self._answers[oldest_id]
+            log.warning("transport.inbox_full", dropped_correlation_id=oldest_id)
+        self._answers.setdefault(correlation_id, deque()).append(body)
+        self._count += 1
+        self._wake(correlation_id)
+
+    async def get(self, correlation_id: str, within: float) -> bytes | None:
+        """The next answer for ``correlation_id``, or None after ``within`` seconds."""
+        try:
+            async with asyncio.timeout(within):
+                while True:
+                    queued = self._answers.get(correlation_id)
+                    if queued:
+                        self._count -= 1
+                        body = queued.popleft()
+                        if not queued:
+                            del self._answers[correlation_id]
+                        return body
+                    if self._closed:
+                        return None
+                    await self._wait(correlation_id)
+        except TimeoutError:
+            return None
+
+    def close(self) -> None:
+        """Drop buffered answers; receivers return None."""
+        self._closed = True
+        self._answers.clear()
+        self._count = 0
+        for correlation_id in list(self._waiters):
+            self._wake(correlation_id)
+
+    async def _wait(self, correlation_id: str) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        waiters = self._waiters.setdefault(correlation_id, [])
+        waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            waiters.remove(waiter)
+            if not waiters:
+                self._waiters.pop(correlation_id, None)
+
+    def _wake(self, correlation_id: str) -> None:
+        for waiter in self._waiters.get(correlation_id, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+@dataclass(slots=True)
+class _Message:
+    body: bytes
+    message_id: str = ""
+    reply_to: str = ""
+    correlation_id: str = ""
+    delivery_count: int = 1
+    """Count the next delivery of this message will carry."""
+    reason: str = ""
+    """Why the message was dead-lettered (dead queues only)."""
+
+
+class _Queue:
+    """Ready messages and the consumers they are handed to in turn."""
+
+    __slots__ = ("_turn", "consumers", "ready")
+
+    def __init__(self) -> None:
+        self.ready: deque[_Message] = deque()
+        self.consumers: list[_MemorySubscription] = []
+        self._turn = 0
+
+    def dispatch(self) -> None:
+        """Hand ready messages to consumers with spare prefetch, round robin."""
+        while self.ready:
+            consumer = self._next_consumer()
+            if consumer is None:
+                return
+            consumer.deliver(self.ready.popleft())
+
+    def _next_consumer(self) -> _MemorySubscription | None:
+        count = len(self.consumers)
+        for offset in range(count):
+            index = (self._turn + offset) % count
+            if self.consumers[index].has_capacity():
+                self._turn = index + 1
+                return self.consumers[index]
+        return None
+
+
+class MemoryBroker:
+    """The queues shared by the :class:`MemoryTransport` instances connected to it."""
+
+    def __init__(self) -> None:
+        self._queues: dict[str, _Queue] = {}
+        self._inboxes: dict[str, _MemoryInbox] = {}
+        self._subscriptions: set[_MemorySubscription] = set()
+        self._idle_waiters: list[asyncio.Future[None]] = []
+
+    def dead_letters(self, app_id: str) -> list[tuple[bytes, str]]:
+        """``(body, reason)`` of each message waiting in ``app_id``'s dead queue, oldest first."""
+        queue = self._queues.get(queue_name(app_id, QueueKind.DEAD))
+        return [] if queue is None else [(m.body, m.reason) for m in queue.ready]
+
+    def is_idle(self) -> bool:
+        """True when no handler runs, no delivery is unsettled and no consumer has work waiting.
+
+        Messages in queues nobody consumes (an app not started) do not count: they wait.
+        """
+        if any(s.busy() for s in self._subscriptions):
+            return False
+        return not any(queue.ready and queue.consumers for queue in self._queues.values())
+
+    async def wait_idle(self) -> None:
+        """Return once :meth:`is_idle` holds (wrap in ``asyncio.timeout`` to bound it)."""
+        while not self.is_idle():
+            waiter = asyncio.get_running_loop().create_future()
+            self._idle_waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._idle_waiters:
+                    self._idle_waiters.remove(waiter)
+
+    def _queue(self, app_id: str, kind: QueueKind) -> _Queue:
+        self._declare(app_id)
+        return self._queues[queue_name(app_id, kind)]
+
+    def _declare(self, app_id: str) -> None:
+        for kind in QueueKind:
+            self._queues.setdefault(queue_name(app_id, kind), _Queue())
+
+    def _notify(self) -> None:
+        """Something finished: wake ``wait_idle`` callers if the broker is now idle."""
+        if self._idle_waiters and self.is_idle():
+            for waiter in self._idle_waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._idle_waiters.clear()
+
+
+class _State(enum.Enum):
+    PENDING = enum.auto()
+    SETTLED = enum.auto()
+    RETURNED = enum.auto()
+    """Given back to the queue by the transport (consumer cancelled); later settles are no-ops."""
+
+
+class _MemoryDelivery:
+    """A message handed to one consumer, settled through it."""
+
+    __slots__ = ("_delivery_count", "_message", "_state", "_subscription")
+
+    def __init__(self, message: _Message, subscription: _MemorySubscription) -> None:
+        self._message = message
+        self._subscription = subscription
+        self._delivery_count = message.delivery_count
+        self._state = _State.PENDING
+
+    @property
+    def body(self) -> bytes:
+        """The raw message bytes."""
+        return self._message.body
+
+    @property
+    def message_id(self) -> str:
+        """The publisher's message ID ('' if none)."""
+        return self._message.message_id
+
+    @property
+    def reply_to(self) -> str:
+        """Inbox address to answer on ('' if none)."""
+        return self._message.reply_to
+
+    @property
+    def correlation_id(self) -> str:
+        """Correlation ID to answer with ('' if none)."""
+        return self._message.correlation_id
+
+    @property
+    def delivery_count(self) -> int:
+        """1 on first delivery, incremented on each redelivery."""
+        return self._delivery_count
+
+    @property
+    def pending(self) -> bool:
+        """Neither settled nor given back yet."""
+        return self._state is _State.PENDING
+
+    async def ack(self) -> None:
+        """Remove the message from the queue."""
+        self._settle()
+
+    async def requeue(self) -> None:
+        """Put the message at the back of its queue for another attempt."""
+        if self._settle():
+            self._message.delivery_count += 1
+            self._subscription.queue.ready.append(self._message)
+            self._subscription.queue.dispatch()
+
+    def give_back(self) -> None:
+        """Return the unsettled message to the front of its queue (its consumer went away)."""
+        self._state = _State.RETURNED
+        self._message.delivery_count += 1
+        self._subscription.queue.ready.appendleft(self._message)
+
+    def _settle(self) -> bool:
+        if self._state is _State.SETTLED:
+            raise TransportError(f"delivery {self.message_id!r} was already settled")
+        if self._state is _State.RETURNED:
+            # Like an ack on a closed channel: the broker has already taken it back.
+            log.info("transport.settle_after_return", message_id=self.message_id)
+            return False
+        self._state = _State.SETTLED
+        self._subscription.settled(self)
+        return True
+
+
+class _MemorySubscription:
+    """One consumer: at most ``prefetch`` unsettled deliveries, one handler task each."""
+
+    def __init__(
+        self,
+        broker: MemoryBroker,
+        name: str,
+        queue: _Queue,
+        handler: Handler,
+        *,
+        prefetch: int,
+        drain_timeout: float,
+    ) -> None:
+        self._broker = broker
+        self._name = name
+        self.queue = queue
+        self._handler = handler
+        self._prefetch = prefetch
+        self._drain_timeout = drain_timeout
+        self._unsettled: dict[_MemoryDelivery, None] = {}  # insertion-ordered set
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._active = True
+
+    def has_capacity(self) -> bool:
+        """Whether the queue may hand this consumer another message."""
+        return self._active and len(self._unsettled) < self._prefetch
+
+    def busy(self) -> bool:
+        """Whether a handler runs or a delivery is unsettled."""
+        return bool(self._tasks or self._unsettled)
+
+    def deliver(self, message: _Message) -> None:
+        """Start a handler task for ``message``."""
+        delivery = _MemoryDelivery(message, self)
+        self._unsettled[delivery] = None
+        task = asyncio.create_task(
+            _run_handler(self._handler, delivery, self._name), name=f"flowmesh-consume-{self._name}"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def settled(self, delivery: _MemoryDelivery) -> None:
+        """``delivery`` was acked or requeued: its prefetch slot is free again."""
+        self._unsettled.pop(delivery, None)
+        self.queue.dispatch()
+
+    async def cancel(self) -> None:
+        """Stop receiving, let handlers finish for the drain timeout, cancel the rest and
+        return their unsettled deliveries to the front of the queue."""
+        if not self._active:
+            return
+        self._active = False
+        self.queue.consumers.remove(self)
+        await _stop_handlers(self._tasks, self._drain_timeout)
+        for delivery in reversed(self._unsettled):
+            delivery.give_back()
+        self._unsettled.clear()
+        self.queue.dispatch()
+        if not self._tasks:
+            self._broker._subscriptions.discard(self)
+        self._broker._notify()
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not self._active and not self._tasks:
+            self._broker._subscriptions.discard(self)
+        self._broker._notify()
+
+
+class _MemoryInbox:
+    """A private answer queue registered with the broker under its address."""
+
+    def __init__(self, broker: MemoryBroker, address: str) -> None:
+        self._broker = broker
+        self._address = address
+        self.buffer = _AnswerBuffer()
+
+    @property
+    def address(self) -> str:
+        """Pass as ``reply_to`` so receivers can answer here."""
+        return self._address
+
+    async def receive(self, correlation_id: str, timeout: float) -> bytes | None:
+        """The next answer carrying ``correlation_id``, or None after ``timeout`` seconds."""
+        return await self.buffer.get(correlation_id, timeout)
+
+    async def close(self) -> None:
+        """Delete the inbox; later answers to it are dropped."""
+        self._broker._inboxes.pop(self._address, None)
+        self.buffer.close()
+
+
+class MemoryTransport:
+    """A :class:`~flowmesh.transport.Transport` whose broker lives in this process.
+
+    ``max_message_bytes`` mirrors RabbitMQ's ``max_message_size``: a larger body makes
+    :meth:`publish` raise :class:`~flowmesh.TransportError` before anything is published.
+    ``drain_timeout`` is how long cancelling a subscription (or closing) lets running
+    handlers finish and settle before cancelling them; by default they are cancelled at once.
+    """
+
+    def __init__(
+        self,
+        broker: MemoryBroker | None = None,
+        *,
+        max_message_bytes: int | None = None,
+        drain_timeout: float = 0.0,
+    ) -> None:
+        self.broker = broker if broker is not None else MemoryBroker()
+        self._max_message_bytes = max_message_bytes
+        self._drain_timeout = drain_timeout
+        self._subscriptions: set[_MemorySubscription] = set()
+        self._inboxes: set[_MemoryInbox] = set()
+        self._closed = False
+
+    def dead_letters(self, app_id: str) -> list[tuple[bytes, str]]:
+        """``(body, reason)`` of each message waiting in ``app_id``'s dead queue, oldest first."""
+        return self.broker.dead_letters(app_id)
+
+    def is_idle(self) -> bool:
+        """True when the broker has nothing in flight (see :meth:`MemoryBroker.is_idle`)."""
+        return self.broker.is_idle()
+
+    async def wait_idle(self) -> None:
+        """Return once the broker is idle."""
+        await self.broker.wait_idle()
+
+    async def declare_app(self, app_id: str) -> None:
+        """Create ``app_id``'s work, reply and dead queues if missing."""
+        self._check_open()
+        self.broker._declare(app_id)
+
+    async def publish(self, messages: Sequence[Outgoing]) -> None:
+        """Enqueue every message (all or none: sizes are checked first)."""
+        self._check_open()
+        for message in messages:
+            self._check_size(message.body)
+        touched: dict[int, _Queue] = {}
+        for message in messages:
+            queue = self.broker._queue(message.app_id, message.kind)
+            queue.ready.append(
+                _Message(
+                    bytes(message.body),
+                    message.message_id,
+                    message.reply_to,
+                    message.correlation_id,
+                )
+            )
+            touched[id(queue)] = queue
+        for queue in touched.values():
+            queue.dispatch()
+
+    async def send_reply(self, address: str, correlation_id: str, body: bytes) -> None:
+        """Answer an inbox of this broker; dropped if it no longer exists."""
+        self._check_open()
+        self._check_size(body)
+        inbox = self.broker._inboxes.get(address)
+        if inbox is None:
+            log.debug("transport.reply_dropped", address=address)
+            return
+        inbox.buffer.put(correlation_id, bytes(body))
+
+    async def consume(
+        self, app_id: str, kind: QueueKind, handler: Handler, *, prefetch: int
+    ) -> Subscription:
+        """Deliver ``app_id``'s ``kind`` queue to ``handler``, ``prefetch`` at a time."""
+        self._check_open()
+        if prefetch < 1:
+            raise ValueError(f"prefetch must be at least 1, got {prefetch}")
+        queue = self.broker._queue(app_id, kind)
+        subscription = _MemorySubscription(
+            self.broker,
+            queue_name(app_id, kind),
+            queue,
+            handler,
+            prefetch=prefetch,
+            drain_timeout=self._drain_timeout,
+        )
+        queue.consumers.append(subscription)
+        self.broker._subscriptions.add(subscription)
+        self._subscriptions.add(subscription)
+        queue.dispatch()
+        return subscription
+
+    async def dead_letter(self, delivery: Delivery, app_id: str, reason: str) -> None:
+        """Append the message to ``app_id``'s dead queue with ``reason``, then ack it."""
+        self._check_open()
+        if isinstance(delivery, _MemoryDelivery) and not delivery.pending:
+            await delivery.ack()  # raises if settled, no-op if returned: same as a plain ack
+            return
+        dead = self.broker._queue(app_id, QueueKind.DEAD)
+        dead.ready.append(
+            _Message(
+                delivery.body,
+                delivery.message_id,
+                delivery.reply_to,
+                delivery.correlation_id,
+                reason=reason,
+            )
+        )
+        await delivery.ack()
+        dead.dispatch()
+
+    async def open_inbox(self) -> Inbox:
+        """Create a private inbox for answers."""
+        self._check_open()
+        inbox = _MemoryInbox(self.broker, _new_inbox_address())
+        self.broker._inboxes[inbox.address] = inbox
+        self._inboxes.add(inbox)
+        return inbox
+
+    async def queue_stats(self, app_id: str) -> QueueStats:
+        """Ready messages and consumers of ``app_id``'s queues (zeros if never declared)."""
+        self._check_open()
+
+        def depth(kind: QueueKind) -> tuple[int, int]:
+            queue = self.broker._queues.get(queue_name(app_id, kind))
+            return (0, 0) if queue is None else (len(queue.ready), len(queue.consumers))
+
+        work, reply, dead = depth(QueueKind.WORK), depth(QueueKind.REPLY), depth(QueueKind.DEAD)
+        return QueueStats(app_id, work[0], work[1], reply[0], reply[1], dead[0])
+
+    async def close(self) -> None:
+        """Cancel this transport's consumers (returning unsettled deliveries) and inboxes."""
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.gather(*(s.cancel() for s in self._subscriptions))
+        for inbox in self._inboxes:
+            await inbox.close()
+        self._subscriptions.clear()
+        self._inboxes.clear()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TransportError("the transport is closed")
+
+    def _check_size(self, body: bytes) -> None:
+        if self._max_message_bytes is not None and len(body) > self._max_message_bytes:
+            raise TransportError(
+                f"message of {len(body)} bytes exceeds the maximum of {self._max_message_bytes}"
+            )

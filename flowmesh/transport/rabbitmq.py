@@ -1,0 +1,530 @@
+"""RabbitMQ transport on aio-pika.
+
+::
+
+    transport = RabbitMQTransport(RabbitMQConfig(url="amqp://guest:guest@localhost/"))
+    async with transport:            # or: await transport.connect() ... await transport.close()
+        await transport.publish([Outgoing("payments", QueueKind.WORK, body, message_id="m-1")])
+
+Two robust connections: one publishes (publisher confirms, ``mandatory``), one consumes, so
+flow control that blocks a publishing connection cannot stall consumers' acks, and the
+reverse. Every app's work, reply and dead queues are durable quorum queues; their
+``x-delivery-count`` header gives :attr:`Delivery.delivery_count`.
+
+Pitfalls of aio-pika/RabbitMQ defaults this module deals with:
+
+* A returned (unroutable) mandatory message is *confirmed* by RabbitMQ. aio-pika raises for
+  it only on a channel opened with ``on_return_raises=True``; otherwise ``publish`` returns
+  the returned message as if all went well.
+* aiormq matches a return to its publish by ``message_id``: every message gets one, and two
+  publishes with the same ID are never in flight at once on the confirming channel.
+* Publishing waits forever by default, including for a robust connection that is
+  reconnecting: every broker call here runs under a timeout.
+* A broker error on a channel (404 on a passive declare, PRECONDITION_FAILED) closes it, and a
+  robust channel would then reopen itself: declarations and passive declares use short-lived
+  plain channels.
+* A message larger than the broker's ``max_message_size`` closes the publishing channel and
+  fails every publish in flight on it: sizes are checked before anything is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
+from urllib.parse import urlsplit, urlunsplit
+
+import aio_pika
+import aio_pika.exceptions
+import aiormq.exceptions
+import structlog
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+    FieldValue,
+    HeadersType,
+)
+
+from flowmesh._errors import (
+    ConfigurationError,
+    PublishTimeoutError,
+    TransportError,
+    UnroutableError,
+)
+from flowmesh.transport._base import (
+    Delivery,
+    Handler,
+    Inbox,
+    Outgoing,
+    QueueKind,
+    QueueStats,
+    Subscription,
+    queue_name,
+)
+from flowmesh.transport._rabbitmq_consumer import (
+    BROKER_ERRORS,
+    RabbitDelivery,
+    RabbitSubscription,
+    describe,
+)
+from flowmesh.transport._rabbitmq_inbox import RabbitInbox, is_inbox_address
+
+__all__ = ["RabbitMQConfig", "RabbitMQTransport"]
+
+log = structlog.get_logger("flowmesh.transport")
+
+CONTENT_TYPE = "application/x-msgpack"
+
+_QUEUE_ARGUMENTS: dict[str, FieldValue] = {"x-queue-type": "quorum"}
+"""Arguments of every app queue. Every declaration must use exactly these: RabbitMQ refuses a
+redeclaration with other arguments (PRECONDITION_FAILED)."""
+
+_FAILURES: tuple[type[Exception], ...] = (TimeoutError, *BROKER_ERRORS)
+"""A broker call failed or did not finish in time."""
+
+_MAX_REASON_CHARS = 1000
+"""Dead-letter reasons travel in a header; keep it well below the frame size."""
+
+_RABBITMQ_MAX_MESSAGE_SIZE = 128 * 1024 * 1024
+"""RabbitMQ's default ``max_message_size`` (since 3.8)."""
+
+
+def _mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for logs and error messages."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:
+        return "<unparsable URL>"
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+@dataclass(frozen=True, slots=True)
+class RabbitMQConfig:
+    """How to reach RabbitMQ and how long to wait for it.
+
+    ``max_message_bytes`` should match the broker's ``max_message_size`` (``None`` turns the
+    client-side check off). Timeouts are in seconds.
+    """
+
+    url: str = field(repr=False)  # may carry a password
+    connection_name: str = "flowmesh"
+    publish_timeout: float = 10.0
+    """Longest wait for the publisher confirms of one :meth:`RabbitMQTransport.publish`."""
+    operation_timeout: float = 10.0
+    """Longest wait for connecting, declaring, queue stats and closing."""
+    reconnect_interval: float = 1.0
+    max_message_bytes: int | None = _RABBITMQ_MAX_MESSAGE_SIZE
+    drain_timeout: float = 0.0
+    """How long cancelling a subscription (or closing) lets running handlers finish and
+    settle before cancelling them; by default they are cancelled at once."""
+
+    def __post_init__(self) -> None:
+        scheme = urlsplit(self.url).scheme
+        if scheme not in ("amqp", "amqps"):
+            raise ConfigurationError(
+                f"RabbitMQ URL must be amqp:// or amqps://: {_mask_url(self.url)}"
+            )
+        for name in ("publish_timeout", "operation_timeout", "reconnect_interval"):
+            if getattr(self, name) <= 0:
+                raise ConfigurationError(f"RabbitMQConfig.{name} must be positive")
+        if self.drain_timeout < 0:
+            raise ConfigurationError("RabbitMQConfig.drain_timeout must not be negative")
+        if self.max_message_bytes is not None and self.max_message_bytes < 1:
+            raise ConfigurationError("RabbitMQConfig.max_message_bytes must be positive or None")
+
+    @property
+    def masked_url(self) -> str:
+        """The URL with its password masked, safe to log."""
+        return _mask_url(self.url)
+
+
+@dataclass(frozen=True, slots=True)
+class _Link:
+    """What :meth:`RabbitMQTransport.connect` opens."""
+
+    publish: AbstractRobustConnection
+    consume: AbstractRobustConnection
+    confirms: AbstractRobustChannel
+    """Publisher confirms on, returned messages raise."""
+    replies: AbstractRobustChannel
+    """No confirms: answers to inboxes are best effort."""
+
+
+class RabbitMQTransport:
+    """A :class:`~flowmesh.transport.Transport` on RabbitMQ quorum queues.
+
+    The constructor does no I/O; :meth:`connect` (or ``async with``) opens the connections
+    and :meth:`close` releases them.
+    """
+
+    def __init__(self, config: RabbitMQConfig) -> None:
+        self._config = config
+        self._link: _Link | None = None
+        self._closed = False
+        self._declared: set[str] = set()
+        self._declare_lock = asyncio.Lock()
+        self._ids_in_flight: dict[str, asyncio.Future[None]] = {}
+        self._subscriptions: set[RabbitSubscription] = set()
+        self._inboxes: set[RabbitInbox] = set()
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """Open the publishing and consuming connections (no-op if already open)."""
+        if self._closed:
+            raise TransportError("the transport is closed")
+        if self._link is not None:
+            return
+        connections: list[AbstractRobustConnection] = []
+        try:
+            for role in ("publish", "consume"):
+                # connect_robust's own timeout, not an outer one: cancelling it half way
+                # would leave its reconnect loop running in the background.
+                connections.append(
+                    await aio_pika.connect_robust(
+                        self._config.url,
+                        timeout=self._config.operation_timeout,
+                        client_properties={
+                            "connection_name": f"{self._config.connection_name} {role}"
+                        },
+                        reconnect_interval=self._config.reconnect_interval,
+                    )
+                )
+            publish, consume = connections
+            async with asyncio.timeout(self._config.operation_timeout):
+                confirms = await publish.channel(publisher_confirms=True, on_return_raises=True)
+                replies = await publish.channel(publisher_confirms=False)
+        except _FAILURES as exc:
+            for connection in connections:
+                await self._close_quietly(connection)
+            raise TransportError(
+                f"cannot connect to RabbitMQ at {self._config.masked_url}: {describe(exc)}"
+            ) from exc
+        self._link = _Link(publish, consume, confirms, replies)
+        log.info("transport.connected", url=self._config.masked_url)
+
+    async def declare_app(self, app_id: str) -> None:
+        """Declare ``app_id``'s work, reply and dead queues (once per transport)."""
+        link = self._require_link()
+        if app_id in self._declared:
+            return
+        async with self._declare_lock:
+            if app_id in self._declared:
+                return
+            name = ""
+            try:
+                async with (
+                    asyncio.timeout(self._config.operation_timeout),
+                    self._plain_channel(link.publish) as channel,
+                ):
+                    for kind in QueueKind:
+                        name = queue_name(app_id, kind)
+                        await channel.declare_queue(name, durable=True, arguments=_QUEUE_ARGUMENTS)
+            except aio_pika.exceptions.ChannelPreconditionFailed as exc:
+                raise ConfigurationError(
+                    f"queue {name!r} exists with other settings than flowmesh's (durable "
+                    f"quorum queue); delete or migrate it: {describe(exc)}"
+                ) from exc
+            except aiormq.exceptions.ChannelAccessRefused as exc:
+                raise ConfigurationError(
+                    f"RabbitMQ user may not declare queue {name!r}: {describe(exc)}"
+                ) from exc
+            except _FAILURES as exc:
+                raise TransportError(f"declaring queue {name!r} failed: {describe(exc)}") from exc
+            self._declared.add(app_id)
+
+    async def publish(self, messages: Sequence[Outgoing]) -> None:
+        """Publish persistently; returns once RabbitMQ confirmed every message.
+
+        All messages are in flight at once. If any fails, the first failure is raised after
+        all have settled (the others may have been delivered; callers retry the batch).
+        """
+        link = self._require_link()
+        for message in messages:
+            self._check_size(message.body)
+        for app_id in dict.fromkeys(m.app_id for m in messages):
+            await self.declare_app(app_id)
+        results = await asyncio.gather(
+            *(self._publish_outgoing(link, m) for m in messages), return_exceptions=True
+        )
+        failures = [r for r in results if isinstance(r, BaseException)]
+        for failure in failures:
+            if not isinstance(failure, Exception):
+                raise failure  # cancellation and the like win over broker errors
+        if failures:
+            if len(failures) > 1:
+                failures[0].add_note(f"{len(failures)} of {len(messages)} messages failed")
+            raise failures[0]
+
+    async def send_reply(self, address: str, correlation_id: str, body: bytes) -> None:
+        """Answer an inbox: not persistent, not mandatory, so dropped if the inbox is gone."""
+        link = self._require_link()
+        if not is_inbox_address(address):
+            log.warning("transport.reply_address_refused", address=address[:200])
+            return
+        self._check_size(body)
+        message = aio_pika.Message(
+            body,
+            delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
+            correlation_id=correlation_id or None,
+            content_type=CONTENT_TYPE,
+        )
+        try:
+            async with asyncio.timeout(self._config.publish_timeout):
+                await _opened(link.replies)
+                await link.replies.default_exchange.publish(
+                    message, routing_key=address, mandatory=False
+                )
+        except TimeoutError as exc:
+            raise PublishTimeoutError(
+                f"reply to {address!r} not sent within {self._config.publish_timeout}s"
+            ) from exc
+        except BROKER_ERRORS as exc:
+            raise TransportError(f"reply to {address!r} failed: {describe(exc)}") from exc
+
+    async def consume(
+        self, app_id: str, kind: QueueKind, handler: Handler, *, prefetch: int
+    ) -> Subscription:
+        """Consume ``app_id``'s ``kind`` queue on a channel of its own with ``prefetch``."""
+        link = self._require_link()
+        if prefetch < 1:
+            # 0 would mean "unlimited" to RabbitMQ.
+            raise ValueError(f"prefetch must be at least 1, got {prefetch}")
+        await self.declare_app(app_id)
+        name = queue_name(app_id, kind)
+        channel: AbstractRobustChannel | None = None
+        try:
+            async with asyncio.timeout(self._config.operation_timeout):
+                channel = await link.consume.channel(publisher_confirms=False)
+                await channel.set_qos(prefetch_count=prefetch)
+                # Declared through the robust channel so that aio-pika redeclares the queue
+                # and restarts the consumer after a reconnect.
+                queue = await channel.declare_queue(name, durable=True, arguments=_QUEUE_ARGUMENTS)
+                subscription = RabbitSubscription(
+                    name,
+                    channel,
+                    handler,
+                    forget=self._subscriptions.discard,
+                    close_timeout=self._config.operation_timeout,
+                    drain_timeout=self._config.drain_timeout,
+                )
+                await subscription.start(queue)
+        except _FAILURES as exc:
+            if channel is not None:
+                await self._close_quietly(channel)
+            raise TransportError(f"consuming {name!r} failed: {describe(exc)}") from exc
+        self._subscriptions.add(subscription)
+        return subscription
+
+    async def dead_letter(self, delivery: Delivery, app_id: str, reason: str) -> None:
+        """Publish the message to ``app_id``'s dead queue with ``reason``, then ack it.
+
+        An explicit publish-then-ack rather than a dead-letter exchange: RabbitMQ's own
+        dead-lettering is at most once (at least once only for quorum queues configured with
+        ``dead-letter-strategy`` and ``overflow: reject-publish``), and it could not carry
+        the reason.
+        """
+        link = self._require_link()
+        headers: HeadersType = {
+            "x-flowmesh-reason": _truncate(reason),
+            "x-flowmesh-delivery-count": delivery.delivery_count,
+        }
+        if isinstance(delivery, RabbitDelivery):
+            if not delivery.pending:
+                raise TransportError(f"delivery {delivery.message_id!r} was already settled")
+            if not delivery.channel_open:
+                # The broker already took the message back and will redeliver it; a dead
+                # copy now would leave it in both places.
+                log.warning("transport.dead_letter_skipped", message_id=delivery.message_id)
+                await delivery.ack()  # marks it settled, logs the closed channel
+                return
+            headers["x-flowmesh-original-queue"] = delivery.queue
+        await self.declare_app(app_id)
+        message = aio_pika.Message(
+            delivery.body,
+            headers=headers,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            content_type=CONTENT_TYPE,
+            message_id=delivery.message_id or uuid.uuid4().hex,
+            correlation_id=delivery.correlation_id or None,
+            reply_to=delivery.reply_to or None,
+        )
+        await self._publish_confirmed(link, queue_name(app_id, QueueKind.DEAD), message)
+        await delivery.ack()
+
+    async def open_inbox(self) -> Inbox:
+        """Create a private inbox queue on the consuming connection."""
+        link = self._require_link()
+        inbox = RabbitInbox(
+            forget=self._inboxes.discard, close_timeout=self._config.operation_timeout
+        )
+        try:
+            async with asyncio.timeout(self._config.operation_timeout):
+                await inbox.open(link.consume)
+        except _FAILURES as exc:
+            await inbox.close()
+            raise TransportError(f"opening an inbox failed: {describe(exc)}") from exc
+        self._inboxes.add(inbox)
+        return inbox
+
+    async def queue_stats(self, app_id: str) -> QueueStats:
+        """Ready messages and consumers of ``app_id``'s queues (zeros for missing queues)."""
+        link = self._require_link()
+        (work, work_consumers), (reply, reply_consumers), (dead, _) = await asyncio.gather(
+            *(self._queue_counts(link, queue_name(app_id, kind)) for kind in QueueKind)
+        )
+        return QueueStats(app_id, work, work_consumers, reply, reply_consumers, dead)
+
+    async def close(self) -> None:
+        """Cancel consumers (unsettled deliveries return to their queues), close inboxes and
+        connections. Every step is bounded by ``operation_timeout``."""
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.gather(
+            *(s.cancel() for s in list(self._subscriptions)),
+            *(i.close() for i in list(self._inboxes)),
+            return_exceptions=True,
+        )
+        link, self._link = self._link, None
+        if link is not None:
+            await self._close_quietly(link.consume)
+            await self._close_quietly(link.publish)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _require_link(self) -> _Link:
+        if self._link is None:
+            state = "closed" if self._closed else "not connected: call connect() first"
+            raise TransportError(f"the transport is {state}")
+        return self._link
+
+    def _check_size(self, body: bytes) -> None:
+        limit = self._config.max_message_bytes
+        if limit is not None and len(body) > limit:
+            raise TransportError(f"message of {len(body)} bytes exceeds the maximum of {limit}")
+
+    async def _publish_outgoing(self, link: _Link, outgoing: Outgoing) -> None:
+        message = aio_pika.Message(
+            outgoing.body,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            content_type=CONTENT_TYPE,
+            # aiormq needs an ID to match a returned message to its publish.
+            message_id=outgoing.message_id or uuid.uuid4().hex,
+            reply_to=outgoing.reply_to or None,
+            correlation_id=outgoing.correlation_id or None,
+        )
+        await self._publish_confirmed(link, queue_name(outgoing.app_id, outgoing.kind), message)
+
+    async def _publish_confirmed(self, link: _Link, queue: str, message: aio_pika.Message) -> None:
+        """Publish ``message`` to ``queue`` and wait for the broker's confirm."""
+        timeout = self._config.publish_timeout
+        try:
+            async with asyncio.timeout(timeout), self._exclusive_id(message.message_id or ""):
+                await _opened(link.confirms)
+                # Routing: the default exchange delivers to the queue named by the routing
+                # key. This is the one place to change for routing through named exchanges.
+                await link.confirms.default_exchange.publish(
+                    message, routing_key=queue, mandatory=True
+                )
+        except aio_pika.exceptions.PublishError as exc:  # a Basic.Return
+            raise UnroutableError(f"RabbitMQ could not route the message to {queue!r}") from exc
+        except aio_pika.exceptions.DeliveryError as exc:  # a Basic.Nack
+            raise TransportError(f"RabbitMQ refused the message for {queue!r}") from exc
+        except TimeoutError as exc:
+            raise PublishTimeoutError(
+                f"no publisher confirm for {queue!r} within {timeout}s"
+            ) from exc
+        except BROKER_ERRORS as exc:
+            raise TransportError(f"publishing to {queue!r} failed: {describe(exc)}") from exc
+
+    @asynccontextmanager
+    async def _exclusive_id(self, message_id: str) -> AsyncIterator[None]:
+        """Wait until no other publish with ``message_id`` is in flight, then claim it.
+
+        aiormq finds the publish a returned message belongs to by message ID; with two in
+        flight the return would fail the wrong one and the other would look confirmed.
+        """
+        while (busy := self._ids_in_flight.get(message_id)) is not None:
+            await asyncio.shield(busy)
+        done = asyncio.get_running_loop().create_future()
+        self._ids_in_flight[message_id] = done
+        try:
+            yield
+        finally:
+            del self._ids_in_flight[message_id]
+            done.set_result(None)
+
+    async def _queue_counts(self, link: _Link, name: str) -> tuple[int, int]:
+        try:
+            async with (
+                asyncio.timeout(self._config.operation_timeout),
+                self._plain_channel(link.publish) as channel,
+            ):
+                queue = await channel.declare_queue(name, passive=True)
+        except aio_pika.exceptions.ChannelNotFoundEntity:
+            return 0, 0
+        except _FAILURES as exc:
+            raise TransportError(f"reading stats of {name!r} failed: {describe(exc)}") from exc
+        result = queue.declaration_result
+        return result.message_count or 0, result.consumer_count or 0
+
+    @asynccontextmanager
+    async def _plain_channel(
+        self, connection: AbstractRobustConnection
+    ) -> AsyncIterator[AbstractChannel]:
+        """A short-lived, non-robust channel for calls that may fail with a channel error.
+
+        A broker error closes the channel; a robust one would then try to reopen itself.
+        """
+        await connection.ready()
+        channel = aio_pika.Channel(connection, publisher_confirms=False)
+        await channel.initialize()
+        try:
+            yield channel
+        finally:
+            if not channel.is_closed:
+                await self._close_quietly(channel)
+
+    async def _close_quietly(self, closable: AbstractChannel | AbstractRobustConnection) -> None:
+        with suppress(*_FAILURES):
+            async with asyncio.timeout(self._config.operation_timeout):
+                await closable.close()
+
+
+async def _opened(channel: AbstractRobustChannel) -> None:
+    """Wait out a reconnect, or a robust channel reopening after a channel error (such as an
+    oversized message), instead of failing at once.
+
+    Right after the error ``ready()`` can still report the old, open state, so poll briefly;
+    callers bound the wait with their timeout.
+    """
+    await channel.ready()
+    while channel.is_closed:
+        await asyncio.sleep(0.05)
+        await channel.ready()
+
+
+def _truncate(reason: str) -> str:
+    """``reason`` cut to a header-friendly length, as valid UTF-8."""
+    short = reason if len(reason) <= _MAX_REASON_CHARS else reason[: _MAX_REASON_CHARS - 1] + "…"
+    return short.encode("utf-8", "replace").decode("utf-8")
