@@ -11,6 +11,7 @@ or client connects).
 from flowmesh._app import App
 from flowmesh._errors import (
     ActivityFailedError,
+    ActivityTimeoutError,
     AppUnavailableError,
     ChildWorkflowFailedError,
     ConfigurationError,
@@ -43,6 +44,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ActivityContext",
     "ActivityFailedError",
+    "ActivityTimeoutError",
     "App",
     "AppUnavailableError",
     "ChildWorkflowFailedError",

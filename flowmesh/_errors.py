@@ -16,6 +16,7 @@ Every error flowmesh raises derives from :class:`FlowmeshError`::
     ├── WorkflowFailedError         a workflow's result was requested and it failed
     ├── TaskFailedError             base of errors a workflow sees from its tasks
     │   ├── ActivityFailedError
+    │   │   └── ActivityTimeoutError  (also a TimeoutError)
     │   └── ChildWorkflowFailedError
     ├── NonRetryableError           raised by an activity to stop retries
     ├── StoreError                  the workflow store failed
@@ -101,6 +102,10 @@ class TaskFailedError(FlowmeshError):
 
 class ActivityFailedError(TaskFailedError):
     """An activity failed after its retry policy gave up."""
+
+
+class ActivityTimeoutError(ActivityFailedError, TimeoutError):
+    """An activity attempt did not finish within its ``timeout`` (``except TimeoutError`` works)."""
 
 
 class ChildWorkflowFailedError(TaskFailedError):

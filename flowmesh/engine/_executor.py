@@ -20,7 +20,12 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, assert_never
 
-from flowmesh._errors import ActivityFailedError, ChildWorkflowFailedError, NonDeterminismError
+from flowmesh._errors import (
+    ActivityFailedError,
+    ActivityTimeoutError,
+    ChildWorkflowFailedError,
+    NonDeterminismError,
+)
 from flowmesh.engine._context import ContinueAsNew, Logger, WorkflowContext
 from flowmesh.engine._outcome import StepOutcome
 from flowmesh.engine._tasks import Task
@@ -652,7 +657,7 @@ class WorkflowExecution:
                 return
             self._open.pop(task_seq, None)  # a late result is now stray and will be dropped
             failure = FailureDetails("TimeoutError", f"{what} did not finish within {timeout}")
-            result._fail(ActivityFailedError(f"{what} timed out after {timeout}", failure))
+            result._fail(ActivityTimeoutError(f"{what} timed out after {timeout}", failure))
 
         task._on_complete(on_task)
         timer._on_complete(on_timer)

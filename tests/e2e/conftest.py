@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -23,22 +20,11 @@ import redis
 from flowmesh import Client
 from flowmesh.codec import Codec
 from flowmesh.store.redis import RedisStore, RedisStoreConfig
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.harness.processes import Services, WorkerProcesses
 
 
 def _rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
-
-
-@dataclass
-class Services:
-    """Where this session's workers and clients connect."""
-
-    amqp_url: str
-    redis_url: str
-    key_prefix: str
-    vhost: str
 
 
 @pytest.fixture(scope="session")
@@ -65,76 +51,6 @@ def services(amqp_url: str, redis_url: str) -> Iterator[Services]:
         for start in range(0, len(keys), 500):
             client.delete(*keys[start : start + 500])
         client.close()
-
-
-@dataclass
-class WorkerProcesses:
-    """Starts and stops ``flowmesh worker`` subprocesses; logs go to files under tmp."""
-
-    services: Services
-    log_dir: Path
-    processes: list[tuple[str, subprocess.Popen[bytes], Path]] = field(default_factory=list)
-
-    def start(
-        self,
-        app_id: str,
-        *,
-        module: str | None = None,
-        concurrency: int = 16,
-        env: dict[str, str] | None = None,
-    ) -> subprocess.Popen[bytes]:
-        """Start one replica of ``app_id``."""
-        log_path = self.log_dir / f"{app_id}-{len(self.processes)}.log"
-        command = [
-            sys.executable,
-            "-m",
-            "flowmesh.cli",
-            "--log-format",
-            "json",
-            "worker",
-            "--app-id",
-            app_id,
-            "--concurrency",
-            str(concurrency),
-            "--allow-unsafe-redis",
-            "--drain-timeout",
-            "5",
-        ]
-        if module:
-            command += ["--module", module]
-        full_env = {
-            **os.environ,
-            "FLOWMESH_AMQP_URL": self.services.amqp_url,
-            "FLOWMESH_REDIS_URL": self.services.redis_url,
-            "FLOWMESH_REDIS_PREFIX": self.services.key_prefix,
-            **(env or {}),
-        }
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                command, cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT
-            )
-        self.processes.append((app_id, process, log_path))
-        return process
-
-    def stop_all(self) -> None:
-        """SIGTERM every worker, then SIGKILL what did not exit in time."""
-        for _, process, _ in self.processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for _, process, _ in self.processes:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
-
-    def logs(self) -> str:
-        """The tail of every worker's log, for failure reports."""
-        parts = []
-        for app_id, process, path in self.processes:
-            text = path.read_text(errors="replace")[-3000:] if path.exists() else ""
-            parts.append(f"--- {app_id} (pid {process.pid}, exit {process.poll()}) ---\n{text}")
-        return "\n".join(parts)
 
 
 @pytest.fixture
