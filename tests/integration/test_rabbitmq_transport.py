@@ -1,0 +1,369 @@
+"""RabbitMQ-only behaviour of the transport: recovery, broker refusals and dead-letter headers.
+
+Behaviour shared with the memory transport is in ``tests/contract/test_transport_contract.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable
+from urllib.parse import urlsplit, urlunsplit
+from uuid import uuid4
+
+import aio_pika
+import pytest
+
+from flowmesh._errors import (
+    ConfigurationError,
+    PublishTimeoutError,
+    TransportError,
+    UnroutableError,
+)
+from flowmesh.transport import Delivery, Outgoing, QueueKind, queue_name
+from flowmesh.transport.rabbitmq import RabbitMQConfig, RabbitMQTransport, _mask_url
+
+pytestmark = pytest.mark.real_services
+
+WORK = QueueKind.WORK
+WAIT = 5.0
+RECOVERY = 15.0
+"""How long a consumer may take to come back after the broker dropped its connection."""
+
+OpenTransport = Callable[..., Awaitable[RabbitMQTransport]]
+
+
+@pytest.fixture
+def app_id() -> str:
+    """A fresh app ID (its queues are deleted by the ``open_transport`` fixture)."""
+    return f"it-{uuid4().hex[:8]}"
+
+
+@pytest.fixture
+async def open_transport(amqp_url: str, app_id: str) -> AsyncIterator[OpenTransport]:
+    """Opens transports with config overrides; closes them and deletes ``app_id``'s queues."""
+    opened: list[RabbitMQTransport] = []
+
+    async def open_(**overrides: object) -> RabbitMQTransport:
+        settings: dict[str, object] = {
+            "url": amqp_url,
+            "connection_name": f"flowmesh-it-{uuid4().hex[:8]}",
+            "publish_timeout": WAIT,
+            "operation_timeout": WAIT,
+            **overrides,
+        }
+        transport = RabbitMQTransport(RabbitMQConfig(**settings))  # type: ignore[arg-type]
+        await transport.connect()
+        opened.append(transport)
+        return transport
+
+    try:
+        yield open_
+    finally:
+        for transport in opened:
+            await transport.close()
+        async with await aio_pika.connect(amqp_url, timeout=WAIT) as connection:
+            channel = await connection.channel()
+            for kind in QueueKind:
+                await channel.queue_delete(queue_name(app_id, kind))
+
+
+async def raw_channel(
+    amqp_url: str,
+) -> tuple[aio_pika.abc.AbstractConnection, aio_pika.abc.AbstractChannel]:
+    """A plain aio-pika connection and channel, to act on the broker behind the transport."""
+    connection = await aio_pika.connect(amqp_url, timeout=WAIT)
+    return connection, await connection.channel()
+
+
+class CuttableLink:
+    """A TCP forwarder to the broker that a test can cut and restore, like a network outage."""
+
+    def __init__(self, amqp_url: str) -> None:
+        target = urlsplit(amqp_url)
+        self._target = (target.hostname or "127.0.0.1", target.port or 5672)
+        self._url = target
+        self._server: asyncio.Server | None = None
+        self._port = 0
+        self._writers: list[asyncio.StreamWriter] = []
+        self._pipes: set[asyncio.Task[None]] = set()
+
+    @property
+    def url(self) -> str:
+        """The broker URL, through this link."""
+        netloc = self._url.netloc.rpartition("@")[0] + f"@127.0.0.1:{self._port}"
+        return urlunsplit(self._url._replace(netloc=netloc))
+
+    async def up(self) -> None:
+        """Accept connections (on the same port as before, once there was one)."""
+        self._server = await asyncio.start_server(self._forward, "127.0.0.1", self._port)
+        self._port = self._server.sockets[0].getsockname()[1]
+
+    async def cut(self) -> None:
+        """Refuse new connections and drop the open ones."""
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.transport.abort()
+        self._writers.clear()
+        await asyncio.gather(*self._pipes, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(*self._target)
+        self._writers += [writer, upstream_writer]
+        for source, sink in ((reader, upstream_writer), (upstream_reader, writer)):
+            task = asyncio.create_task(self._pipe(source, sink))
+            self._pipes.add(task)
+            task.add_done_callback(self._pipes.discard)
+
+    @staticmethod
+    async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await source.read(65536):
+                sink.write(data)
+                await sink.drain()
+        sink.transport.abort()
+
+
+def rabbitmqctl(*args: str) -> str:
+    """Run ``rabbitmqctl`` (skips without it locally, fails under CI=true)."""
+    if shutil.which("rabbitmqctl") is None:
+        message = "rabbitmqctl is needed to drop connections from the broker side"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return subprocess.run(
+        ["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+
+
+def drop_connection(connection_name: str) -> None:
+    """Close the broker side of the connection named ``connection_name``, and only that one.
+
+    ``close_all_connections`` would also cut the connections of other tests on this broker.
+    """
+    listing = rabbitmqctl("list_connections", "--no-table-headers", "pid", "client_properties")
+    marker = f'{{"connection_name","{connection_name}"}}'
+    pids = [line.split("\t", 1)[0] for line in listing.splitlines() if marker in line]
+    assert len(pids) == 1, f"expected one connection named {connection_name!r}: {listing}"
+    rabbitmqctl("close_connection", pids[0], "test: simulated broker-side connection loss")
+
+
+async def test_consumer_comes_back_after_the_broker_drops_its_connection(
+    open_transport: OpenTransport, app_id: str
+) -> None:
+    name = f"flowmesh-it-{uuid4().hex[:8]}"
+    transport = await open_transport(connection_name=name, reconnect_interval=0.2)
+    received: asyncio.Queue[tuple[bytes, int]] = asyncio.Queue()
+    dropped = asyncio.Event()
+    settle_errors: list[BaseException] = []
+
+    async def handler(delivery: Delivery) -> None:
+        await received.put((delivery.body, delivery.delivery_count))
+        if delivery.delivery_count == 1 and delivery.body == b"in flight":
+            await dropped.wait()  # still working when the connection goes
+        try:
+            await delivery.ack()
+        except BaseException as exc:  # the point: nothing may escape
+            settle_errors.append(exc)
+            raise
+
+    await transport.consume(app_id, WORK, handler, prefetch=1)
+    await transport.publish([Outgoing(app_id, WORK, b"in flight")])
+    assert await asyncio.wait_for(received.get(), WAIT) == (b"in flight", 1)
+
+    await asyncio.to_thread(drop_connection, f"{name} consume")
+    dropped.set()
+    # The unacked delivery comes again on the restored consumer; the ack of the first
+    # attempt (on the dead channel) was logged and swallowed.
+    assert await asyncio.wait_for(received.get(), RECOVERY) == (b"in flight", 2)
+    await transport.publish([Outgoing(app_id, WORK, b"after")])
+    assert await asyncio.wait_for(received.get(), RECOVERY) == (b"after", 1)
+    assert settle_errors == []
+
+
+async def test_publish_during_an_outage_times_out_and_resumes_after_it(
+    open_transport: OpenTransport, amqp_url: str, app_id: str
+) -> None:
+    link = CuttableLink(amqp_url)
+    await link.up()
+    transport = await open_transport(url=link.url, publish_timeout=1.0, reconnect_interval=0.2)
+    await transport.declare_app(app_id)
+
+    await link.cut()
+    await asyncio.sleep(0.3)  # the client notices the dropped sockets
+    with pytest.raises(PublishTimeoutError):
+        await transport.publish([Outgoing(app_id, WORK, b"during")])
+
+    await link.up()
+    async with asyncio.timeout(RECOVERY):
+        while True:
+            try:
+                await transport.publish([Outgoing(app_id, WORK, b"after")])
+                break
+            except PublishTimeoutError:
+                pass  # still reconnecting
+    assert (await transport.queue_stats(app_id)).work_messages >= 1
+    await link.cut()
+    await asyncio.wait_for(transport.close(), 2 * WAIT)  # bounded, even while reconnecting
+
+
+async def test_publish_to_a_queue_deleted_behind_the_transports_back_is_unroutable(
+    open_transport: OpenTransport, amqp_url: str, app_id: str
+) -> None:
+    transport = await open_transport()
+    await transport.declare_app(app_id)  # cached from here on
+    connection, channel = await raw_channel(amqp_url)
+    async with connection:
+        await channel.queue_delete(queue_name(app_id, WORK))
+
+    with pytest.raises(UnroutableError, match=re.escape(queue_name(app_id, WORK))):
+        await transport.publish([Outgoing(app_id, WORK, b"lost?", message_id="m-1")])
+    # The confirming channel survives a return: other queues still get messages.
+    await transport.publish([Outgoing(app_id, QueueKind.REPLY, b"fine")])
+    assert (await transport.queue_stats(app_id)).reply_messages == 1
+
+
+async def test_unroutable_message_fails_only_its_own_publish_in_a_batch(
+    open_transport: OpenTransport, amqp_url: str, app_id: str
+) -> None:
+    transport = await open_transport()
+    await transport.declare_app(app_id)
+    connection, channel = await raw_channel(amqp_url)
+    async with connection:
+        await channel.queue_delete(queue_name(app_id, WORK))
+
+    # Same message ID on both: the return must still fail the right publish.
+    with pytest.raises(UnroutableError, match=re.escape(queue_name(app_id, WORK))):
+        await transport.publish(
+            [
+                Outgoing(app_id, WORK, b"lost", message_id="same"),
+                Outgoing(app_id, QueueKind.REPLY, b"kept", message_id="same"),
+            ]
+        )
+    assert (await transport.queue_stats(app_id)).reply_messages == 1
+
+
+async def test_publish_without_a_timely_confirm_raises_publish_timeout(
+    open_transport: OpenTransport, app_id: str
+) -> None:
+    # A confirm needs a network round trip, which cannot complete within a microsecond.
+    transport = await open_transport(publish_timeout=1e-6)
+    await transport.declare_app(app_id)  # bounded by operation_timeout, not publish_timeout
+
+    with pytest.raises(PublishTimeoutError, match="no publisher confirm"):
+        await transport.publish([Outgoing(app_id, WORK, b"slow")])
+
+
+async def test_queue_declared_with_other_arguments_is_a_configuration_error(
+    open_transport: OpenTransport, amqp_url: str, app_id: str
+) -> None:
+    connection, channel = await raw_channel(amqp_url)
+    async with connection:
+        await channel.declare_queue(queue_name(app_id, WORK), durable=True)  # classic
+    transport = await open_transport()
+
+    with pytest.raises(ConfigurationError, match=re.escape(queue_name(app_id, WORK))):
+        await transport.declare_app(app_id)
+    other = f"it-{uuid4().hex[:8]}"
+    try:  # the failed declaration left the transport usable
+        await transport.declare_app(other)
+    finally:
+        connection, channel = await raw_channel(amqp_url)
+        async with connection:
+            for kind in QueueKind:
+                await channel.queue_delete(queue_name(other, kind))
+
+
+async def test_dead_letter_records_the_reason_and_origin_in_headers(
+    open_transport: OpenTransport, amqp_url: str, app_id: str
+) -> None:
+    transport = await open_transport()
+    done = asyncio.Event()
+
+    async def reject(delivery: Delivery) -> None:
+        await transport.dead_letter(delivery, app_id, "undecodable: " + "x" * 5000)
+        done.set()
+
+    await transport.consume(app_id, WORK, reject, prefetch=1)
+    await transport.publish([Outgoing(app_id, WORK, b"\xc1", message_id="m-1")])
+    await asyncio.wait_for(done.wait(), WAIT)
+
+    connection, channel = await raw_channel(amqp_url)
+    async with connection:
+        queue = await channel.get_queue(queue_name(app_id, QueueKind.DEAD), ensure=False)
+        message = await queue.get(timeout=WAIT, fail=True)
+        assert message is not None
+        await message.ack()
+    headers = message.headers
+    reason = headers["x-flowmesh-reason"]
+    assert isinstance(reason, str)
+    assert reason.startswith("undecodable: xxx") and len(reason) <= 1000
+    assert headers["x-flowmesh-original-queue"] == queue_name(app_id, WORK)
+    assert headers["x-flowmesh-delivery-count"] == 1
+    assert (message.body, message.message_id) == (b"\xc1", "m-1")
+    assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+
+
+async def test_published_messages_are_persistent_msgpack(
+    open_transport: OpenTransport, amqp_url: str, app_id: str
+) -> None:
+    transport = await open_transport()
+    await transport.publish([Outgoing(app_id, WORK, b"\x90")])
+
+    connection, channel = await raw_channel(amqp_url)
+    async with connection:
+        queue = await channel.get_queue(queue_name(app_id, WORK), ensure=False)
+        message = await queue.get(timeout=WAIT, fail=True)
+        assert message is not None
+        await message.ack()
+    assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+    assert message.content_type == "application/x-msgpack"
+
+
+@pytest.mark.slow
+async def test_message_over_the_brokers_size_limit_is_refused(
+    open_transport: OpenTransport, app_id: str
+) -> None:
+    # Client-side check off, so the broker's max_message_size (128 MiB by default) decides.
+    transport = await open_transport(max_message_bytes=None, publish_timeout=30.0)
+    await transport.declare_app(app_id)
+
+    with pytest.raises(TransportError, match="max size"):
+        await transport.publish([Outgoing(app_id, WORK, bytes(128 * 1024 * 1024 + 1))])
+    # The broker closed the confirming channel; the next publish waits for it to reopen.
+    await transport.publish([Outgoing(app_id, WORK, b"small")])
+
+
+async def test_connection_failure_is_a_transport_error_without_the_password() -> None:
+    transport = RabbitMQTransport(
+        RabbitMQConfig(url="amqp://flowmesh:s3cret@127.0.0.1:1/", operation_timeout=2.0)
+    )
+
+    with pytest.raises(TransportError) as caught:
+        await transport.connect()
+
+    assert "s3cret" not in str(caught.value)
+    assert "flowmesh:***@127.0.0.1:1" in str(caught.value)
+    assert "s3cret" not in repr(RabbitMQConfig(url="amqp://u:s3cret@h/"))
+
+
+def test_mask_url_hides_only_the_password() -> None:
+    assert _mask_url("amqps://user:p%40ss@host:5671/vh?heartbeat=5") == (
+        "amqps://user:***@host:5671/vh?heartbeat=5"
+    )
+    assert _mask_url("amqp://host/") == "amqp://host/"
+    assert _mask_url("amqp://user@host/") == "amqp://user@host/"
+
+
+async def test_transport_is_unusable_before_connect() -> None:
+    transport = RabbitMQTransport(RabbitMQConfig(url="amqp://guest:guest@127.0.0.1/"))
+
+    with pytest.raises(TransportError, match="connect"):
+        await transport.publish([Outgoing("orders", WORK, b"x")])
+    await transport.close()
