@@ -11,7 +11,8 @@ import pytest
 from flowmesh import Client, WorkflowNotFoundError, WorkflowStatus
 from flowmesh.model import ActivityCompleted, ChildWorkflowCompleted, WorkflowCompleted
 from flowmesh.store.redis import RedisStore
-from tests.e2e.conftest import StoreOpener, WorkerProcesses
+from tests.harness.processes import WorkerProcesses
+from tests.harness.stores import StoreOpener
 
 pytestmark = [pytest.mark.real_services, pytest.mark.timeout(180)]
 
