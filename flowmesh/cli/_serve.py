@@ -31,7 +31,12 @@ async def serve(
     log = structlog.get_logger("flowmesh").bind(app_id=app.app_id)
     codec = Codec()
     transport = RabbitMQTransport(
-        RabbitMQConfig(url=amqp_url, connection_name=f"flowmesh-{app.app_id}")
+        RabbitMQConfig(
+            url=amqp_url,
+            connection_name=f"flowmesh-{app.app_id}",
+            # On SIGTERM, consumers let in-flight handlers finish before cancelling them.
+            drain_timeout=options.drain_timeout,
+        )
     )
     store: Any = None
     await transport.connect()

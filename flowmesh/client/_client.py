@@ -125,7 +125,8 @@ class Client:
         check_app_id(app_id)
         instance_id = check_instance_id(instance_id or uuid.uuid4().hex)
         check_value(input, f"input of workflow {name!r}")
-        message = StartWorkflow(instance_id, name, app_id, input)
+        request_id = uuid.uuid4().hex
+        message = StartWorkflow(instance_id, name, app_id, input, request_id=request_id)
         body = self._codec.encode_message(message, where=f"input of workflow {name!r}")
         reply = await self._request(
             app_id, QueueKind.WORK, body, self.options.start_ack_timeout, required=False

@@ -33,6 +33,8 @@ class WorkflowStarted:
     app_id: str
     input: object = None
     parent: ParentRef | None = None
+    request_id: str = ""
+    """The client start request that created the instance ('' for children)."""
 
 
 @dataclass(frozen=True, slots=True)

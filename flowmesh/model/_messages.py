@@ -25,6 +25,8 @@ class StartWorkflow:
     app_id: str
     input: object = None
     parent: ParentRef | None = None
+    request_id: str = ""
+    """Identifies the client's start request, so a redelivered start is recognised."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,7 @@ from flowmesh.model import (
     StartWorkflow,
     StateReply,
     StepStarted,
+    TimerFired,
     WorkflowStarted,
     WorkflowState,
     WorkflowStatus,
@@ -252,6 +253,12 @@ class Orchestrator:
     ) -> None:
         """Turn a start into a WorkflowStarted event, or answer why it cannot start."""
         exists = live is not None or any(isinstance(e, WorkflowStarted) for e in events)
+        if exists and message.request_id and message.request_id == _start_request(live, events):
+            # The same request redelivered (the replica that created it died before acking):
+            # answer as the first time.
+            if delivery.reply_to:
+                replies.append((delivery, StartAck(message.instance_id, True)))
+            return
         if exists:
             if delivery.reply_to:
                 status = live.state.status.value if live else "PENDING"
@@ -267,7 +274,12 @@ class Orchestrator:
             return
         events.append(
             WorkflowStarted(
-                message.name, message.instance_id, self._app.app_id, message.input, message.parent
+                message.name,
+                message.instance_id,
+                self._app.app_id,
+                message.input,
+                message.parent,
+                message.request_id,
             )
         )
         if delivery.reply_to:
@@ -289,7 +301,9 @@ class Orchestrator:
             ),
             None,
         )
+        # A timer leaves the store when its firing is recorded (claims only postpone it).
         cancel = list(outcome.cancelled_timers)
+        cancel.extend(e.seq for e in append if isinstance(e, TimerFired))
         if outcome.status.is_terminal or continued is not None:
             cancel.extend(open_timer_seqs([*history, *append]))
         if continued is not None:
@@ -472,6 +486,13 @@ class Orchestrator:
         )
         await self._clock.sleep(delay)
         await delivery.requeue()
+
+
+def _start_request(live: _Live | None, pending: list[HistoryEvent]) -> str:
+    """The request ID that created the instance (from history or this step's events)."""
+    events = [*(live.history if live else ()), *pending]
+    started = next((e for e in events if isinstance(e, WorkflowStarted)), None)
+    return started.request_id if started else ""
 
 
 def _finished(state: WorkflowState) -> bool:

@@ -86,8 +86,19 @@ class Ledger:
                 await asyncio.sleep(0.5)
         return statuses
 
+    async def wait_quiet(self, store: RedisStore, timeout: float = 30.0) -> None:
+        """Wait (bounded) until no outbox entry or timer is left: crash leftovers are swept
+        by the outbox relay within two sweep intervals."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            outbox = await store.list_outbox(limit=10_000)
+            if not outbox and await store.next_timer_at() is None:
+                return
+            await asyncio.sleep(0.5)
+
     async def verify(self, store: RedisStore) -> LedgerReport:
-        """Check every started instance against its stored history."""
+        """Check every started instance against its stored history (after ``wait_quiet``)."""
+        await self.wait_quiet(store)
         report = LedgerReport(started=len(self.expected))
         for instance_id, expected in sorted(self.expected.items()):
             record = await store.load(instance_id)
