@@ -97,6 +97,21 @@ def main(log_level: str, log_format: str) -> None:
 @click.option(
     "--drain-timeout", default=30.0, show_default=True, help="Seconds to finish work on SIGTERM."
 )
+@click.option(
+    "--ack-deadline",
+    default=600.0,
+    show_default=True,
+    envvar="FLOWMESH_ACK_DEADLINE",
+    help="Seconds an activity may hold its delivery before switching to a lease "
+    "(keep below RabbitMQ's consumer_timeout).",
+)
+@click.option(
+    "--activity-lease",
+    default=300.0,
+    show_default=True,
+    envvar="FLOWMESH_ACTIVITY_LEASE",
+    help="Lease of a long activity; the host re-dispatches it if renewals stop.",
+)
 @amqp_option
 @redis_option
 @prefix_option
@@ -106,6 +121,8 @@ def worker(
     concurrency: int,
     allow_unsafe_redis: bool,
     drain_timeout: float,
+    ack_deadline: float,
+    activity_lease: float,
     amqp_url: str,
     redis_url: str,
     key_prefix: str,
@@ -120,6 +137,8 @@ def worker(
     options = WorkerOptions(
         concurrency=concurrency,
         drain_timeout=drain_timeout,
+        ack_deadline=ack_deadline,
+        activity_lease=activity_lease,
         crash_at=os.environ.get("FLOWMESH_CRASH_AT") or None,  # test-only fault injection
     )
     _run(

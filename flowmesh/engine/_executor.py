@@ -718,6 +718,13 @@ class WorkflowExecution:
         )
         return tuple(pending)
 
+    def open_activity(self, seq: int) -> ScheduleActivity | None:
+        """The scheduled activity ``seq`` if it still waits for its result, else None."""
+        open_task = self._open.get(seq)
+        if open_task is not None and isinstance(open_task.action, ScheduleActivity):
+            return open_task.action
+        return None
+
     def child_instances(self) -> dict[str, str]:
         """Child instance ID -> app ID of every child this execution started."""
         return dict(self._children)

@@ -36,6 +36,7 @@ from flowmesh.model._events import (
 from flowmesh.model._failures import FailureDetails
 from flowmesh.model._messages import (
     MESSAGE_TYPES,
+    ActivityLease,
     ActivityResult,
     ActivityTask,
     ChildResult,
@@ -47,6 +48,7 @@ from flowmesh.model._messages import (
     StartAck,
     StartWorkflow,
     StateReply,
+    TaskNote,
     TimerDue,
 )
 from flowmesh.model._retry import RetryPolicy
@@ -66,6 +68,7 @@ __all__ = [
     "MESSAGE_TYPES",
     "ActivityCompleted",
     "ActivityFailed",
+    "ActivityLease",
     "ActivityResult",
     "ActivityScheduled",
     "ActivityTask",
@@ -94,6 +97,7 @@ __all__ = [
     "StartWorkflow",
     "StateReply",
     "StepStarted",
+    "TaskNote",
     "TerminateChildren",
     "TimerCreated",
     "TimerDue",

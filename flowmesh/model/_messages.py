@@ -58,6 +58,33 @@ class ActivityResult:
 
 
 @dataclass(frozen=True, slots=True)
+class ActivityLease:
+    """A long activity's worker took its task off the broker's clock and holds it on a lease.
+
+    Sent (and re-sent every third of the lease) to the host's reply queue once the activity
+    has run for the worker's ack deadline: the worker then acks the task delivery, so
+    RabbitMQ's ``consumer_timeout`` cannot cancel it. If renewals stop (the worker died), the
+    host re-dispatches the task when the lease expires.
+    """
+
+    instance_id: str
+    seq: int
+    attempt: int
+    lease_seconds: float
+    worker: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskNote:
+    """A target app explains why a task waits (e.g. the activity is not registered there)."""
+
+    instance_id: str
+    seq: int
+    attempt: int
+    note: str
+
+
+@dataclass(frozen=True, slots=True)
 class ChildResult:
     """A child workflow finished; sent to its parent's app reply queue."""
 
@@ -138,6 +165,8 @@ Message = (
     StartWorkflow
     | ActivityTask
     | ActivityResult
+    | ActivityLease
+    | TaskNote
     | ChildResult
     | TimerDue
     | RaiseEvent
@@ -152,6 +181,8 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (
     StartWorkflow,
     ActivityTask,
     ActivityResult,
+    ActivityLease,
+    TaskNote,
     ChildResult,
     TimerDue,
     RaiseEvent,

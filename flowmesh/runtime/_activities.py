@@ -8,11 +8,14 @@ once. Sync activities run in a bounded thread pool so long steps never block the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import inspect
+import os
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -21,7 +24,7 @@ import structlog
 from flowmesh._app import App
 from flowmesh._errors import FlowmeshError, NonRetryableError, SerializationError
 from flowmesh.codec import Codec
-from flowmesh.model import ActivityResult, ActivityTask, FailureDetails
+from flowmesh.model import ActivityLease, ActivityResult, ActivityTask, FailureDetails, TaskNote
 from flowmesh.runtime._activity_context import ActivityContext
 from flowmesh.runtime._clock import Clock
 from flowmesh.runtime._options import WorkerOptions
@@ -45,6 +48,7 @@ class ActivityRunner:
     ) -> None:
         self._app = app
         self._crash = crash
+        self._worker_name = f"{app.app_id}/{socket.gethostname()}/{os.getpid()}"
         self._transport = transport
         self._codec = codec
         self._clock = clock
@@ -82,7 +86,9 @@ class ActivityRunner:
             self._running += 1
             started = time.perf_counter()
             try:
-                output, failure = await self._execute(function, task)
+                (output, failure), acked = await self._run_within_deadline(
+                    delivery, task, self._execute(function, task)
+                )
             finally:
                 self._running -= 1
             self._log.info(
@@ -92,8 +98,46 @@ class ActivityRunner:
             self._crash("after_activity")
             await self._reply(task, output, failure)
             self._crash("after_publish")
-            await delivery.ack()
+            if not acked:
+                await delivery.ack()
             self.completed += 1
+
+    async def _run_within_deadline(
+        self,
+        delivery: Delivery,
+        task: ActivityTask,
+        execution: Coroutine[Any, Any, tuple[object, FailureDetails | None]],
+    ) -> tuple[tuple[object, FailureDetails | None], bool]:
+        """Run the activity; past the ack deadline, switch it to a lease.
+
+        Returns the outcome and whether the delivery was already acked (lease mode).
+        """
+        running = asyncio.ensure_future(execution)
+        deadline = self._options.ack_deadline
+        if deadline is None:
+            return await running, False
+        done, _ = await asyncio.wait({running}, timeout=deadline)
+        if done:
+            return running.result(), False
+        # A long activity: take it off RabbitMQ's consumer_timeout clock. The lease is
+        # published (confirmed) before the ack, so at every moment either the broker or the
+        # host's lease timer guarantees the task is run again if this process dies.
+        lease = self._options.activity_lease
+        await self._send_lease(task, lease)
+        await delivery.ack()
+        self._log.info("long activity now runs on a lease", lease_seconds=lease)
+        while True:
+            done, _ = await asyncio.wait({running}, timeout=lease / 3)
+            if done:
+                return running.result(), True
+            with contextlib.suppress(FlowmeshError):  # the next renewal may get through
+                await self._send_lease(task, lease)
+
+    async def _send_lease(self, task: ActivityTask, lease: float) -> None:
+        message = ActivityLease(task.instance_id, task.seq, task.attempt, lease, self._worker_name)
+        await self._transport.publish(
+            [Outgoing(task.host_app_id, QueueKind.REPLY, self._codec.encode_message(message))]
+        )
 
     async def _execute(
         self, function: Any, task: ActivityTask
@@ -167,11 +211,20 @@ class ActivityRunner:
         delivery in the poison-message limit.
         """
         delay = min(2.0 ** min(delivery.delivery_count, 10), self._options.unknown_name_max_backoff)
+        note = (
+            f"activity {task.name!r} is not registered on app {self._app.app_id!r} "
+            f"(replica {self._worker_name}); the task waits and is retried every {delay:.0f}s"
+        )
         self._log.warning(
             "activity not registered here; task kept for a deployment that has it",
             activity=task.name,
             retry_in=delay,
         )
+        with contextlib.suppress(FlowmeshError):  # the note is informative only
+            body = self._codec.encode_message(
+                TaskNote(task.instance_id, task.seq, task.attempt, note)
+            )
+            await self._transport.publish([Outgoing(task.host_app_id, QueueKind.REPLY, body)])
         await self._clock.sleep(delay)
         try:
             await self._transport.publish(

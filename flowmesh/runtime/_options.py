@@ -36,6 +36,13 @@ class WorkerOptions:
     """On shutdown, how long in-flight work may finish before it is handed back."""
     publish_retries: int = 3
     """Immediate attempts to publish a step's outbox before leaving it to the sweeper."""
+    ack_deadline: float | None = 600.0
+    """Seconds an activity may hold its broker delivery; a longer one acks it and runs on a
+    lease renewed with the host (RabbitMQ's ``consumer_timeout`` defaults to 30 minutes and
+    would otherwise cancel the delivery). None holds deliveries indefinitely."""
+    activity_lease: float = 300.0
+    """Lease of a long activity (renewed every third of it); the host re-dispatches the task
+    if no renewal arrives in time (the worker died)."""
     crash_at: str | None = None
     """Test-only: SIGKILL the process at this crash point (see ``runtime._crash``)."""
 

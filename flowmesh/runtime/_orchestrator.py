@@ -44,6 +44,13 @@ from flowmesh.model import (
     WorkflowStatus,
 )
 from flowmesh.runtime._clock import Clock
+from flowmesh.runtime._leases import (
+    BookkeepingEffects,
+    TaskBookkeeping,
+    apply_bookkeeping,
+    lease_timers_done,
+    with_details,
+)
 from flowmesh.runtime._log import get_logger
 from flowmesh.runtime._options import WorkerOptions
 from flowmesh.runtime._outbox import publish_outbox
@@ -202,9 +209,12 @@ class Orchestrator:
         to_ack: list[Delivery] = []
         replies: list[tuple[Delivery, Message]] = []
         purge: Control | None = None
+        book = TaskBookkeeping()
         for item in batch:
             message = item.message
-            if isinstance(message, StartWorkflow):
+            if book.add(message):
+                pass
+            elif isinstance(message, StartWorkflow):
                 self._admit_start(live, message, item.delivery, events, replies)
             elif isinstance(message, Control) and message.action is ControlAction.PURGE:
                 purge = message
@@ -221,12 +231,12 @@ class Orchestrator:
             to_ack.append(item.delivery)
 
         refused = any(isinstance(r, StartAck) and not r.created for _, r in replies)
-        if from_cache and (purge is not None or refused or len(events) == 1):
+        if from_cache and (purge is not None or refused or (len(events) == 1 and not book)):
             raise _StaleCache
         if purge is not None:
             await self._purge(instance_id, live, purge)
             return to_ack
-        if len(events) == 1:
+        if len(events) == 1 and (not book or live is None):
             await self._send_replies(replies)
             return to_ack
 
@@ -236,10 +246,13 @@ class Orchestrator:
                 _blank_state(instance_id, self._app.app_id),
             )
         outcome = live.execution.step(events)
-        if from_cache and (outcome.dropped or not outcome.changed):
+        effects = apply_bookkeeping(
+            book, live.execution, live.state.waiting_on, instance_id=instance_id, now=now
+        )
+        if from_cache and (outcome.dropped or effects.stale or not (outcome.changed or effects)):
             raise _StaleCache
-        if outcome.changed:
-            await self._commit(instance_id, live, outcome, now)
+        if outcome.changed or effects:
+            await self._commit(instance_id, live, outcome, now, effects)
         await self._send_replies(replies)
         return to_ack
 
@@ -286,7 +299,12 @@ class Orchestrator:
             replies.append((delivery, StartAck(message.instance_id, True)))
 
     async def _commit(
-        self, instance_id: str, live: _Live, outcome: StepOutcome, now: datetime
+        self,
+        instance_id: str,
+        live: _Live,
+        outcome: StepOutcome,
+        now: datetime,
+        effects: BookkeepingEffects,
     ) -> None:
         execution = live.execution
         history = live.history
@@ -304,6 +322,9 @@ class Orchestrator:
         # A timer leaves the store when its firing is recorded (claims only postpone it).
         cancel = list(outcome.cancelled_timers)
         cancel.extend(e.seq for e in append if isinstance(e, TimerFired))
+        ended = outcome.status.is_terminal or continued is not None
+        cancel.extend(effects.cancel_timers)
+        cancel.extend(lease_timers_done(append, history, ended=ended))
         if outcome.status.is_terminal or continued is not None:
             cancel.extend(open_timer_seqs([*history, *append]))
         if continued is not None:
@@ -328,7 +349,7 @@ class Orchestrator:
             history = []
         try:
             messages = command_messages(
-                commands,
+                [*commands, *effects.redispatch],
                 instance_id=instance_id,
                 app_id=self._app.app_id,
                 parent=execution.parent,
@@ -349,8 +370,9 @@ class Orchestrator:
             now=now,
             version=version,
             history_length=len(history) + len(append),
+            waiting_on=with_details(outcome.waiting_on, live.state.waiting_on, effects.details),
         )
-        timers = new_timers(instance_id, commands)
+        timers = (*new_timers(instance_id, commands), *effects.add_timers)
         commit = build_commit(
             instance_id=instance_id,
             expected_version=live.state.version,

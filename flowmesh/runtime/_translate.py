@@ -26,6 +26,7 @@ from flowmesh.model import (
     HistoryEvent,
     Message,
     ParentRef,
+    PendingTask,
     RaiseEvent,
     ScheduleActivity,
     ScheduleChildWorkflow,
@@ -142,6 +143,7 @@ def build_state(
     now: datetime,
     version: int,
     history_length: int,
+    waiting_on: tuple[PendingTask, ...] | None = None,
 ) -> WorkflowState:
     """The instance state recorded with a step's commit."""
     return WorkflowState(
@@ -156,7 +158,7 @@ def build_state(
         created_at=previous.created_at if previous and previous.created_at else now,
         updated_at=now,
         parent=parent,
-        waiting_on=outcome.waiting_on,
+        waiting_on=outcome.waiting_on if waiting_on is None else waiting_on,
         stall_reason=outcome.stall_reason,
         history_length=history_length,
         version=version,

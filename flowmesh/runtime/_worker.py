@@ -16,6 +16,7 @@ from flowmesh._app import App
 from flowmesh._errors import ConfigurationError, DecodeError
 from flowmesh.codec import Codec
 from flowmesh.model import (
+    ActivityLease,
     ActivityResult,
     ActivityTask,
     ChildResult,
@@ -24,6 +25,7 @@ from flowmesh.model import (
     Message,
     RaiseEvent,
     StartWorkflow,
+    TaskNote,
     TimerDue,
 )
 from flowmesh.runtime._activities import ActivityRunner
@@ -37,7 +39,16 @@ from flowmesh.runtime._timers import TimerPoller
 from flowmesh.store import WorkflowStore
 from flowmesh.transport import Delivery, QueueKind, Subscription, Transport
 
-_REPLY_KINDS = (ActivityResult, ChildResult, TimerDue, RaiseEvent, Control, Describe)
+_REPLY_KINDS = (
+    ActivityResult,
+    ActivityLease,
+    TaskNote,
+    ChildResult,
+    TimerDue,
+    RaiseEvent,
+    Control,
+    Describe,
+)
 
 
 class Worker:
