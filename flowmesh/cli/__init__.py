@@ -47,15 +47,28 @@ prefix_option = click.option(
 
 
 def _run(coro: Awaitable[T]) -> T:
-    """Run ``coro``; report any failure as one line on stderr and exit 1."""
+    """Run ``coro`` (on uvloop when installed); report a failure as one line and exit 1."""
     try:
-        return asyncio.run(coro)  # type: ignore[arg-type]
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            return runner.run(coro)  # type: ignore[arg-type]
     except FlowmeshError as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
     except (OSError, ConnectionError) as exc:
         raise click.ClickException(f"connection failed: {mask_url(str(exc))}") from None
     except TimeoutError as exc:
         raise click.ClickException(f"timed out: {exc}") from None
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop if the optional dependency is installed (``pip install flowmesh[fast]``)."""
+    if os.environ.get("FLOWMESH_NO_UVLOOP"):
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 def _json(text: str | None, what: str) -> Any:
