@@ -3,6 +3,10 @@
 Timers live in the store. Any replica may claim a due timer; the claim hides it from other
 replicas for a lease, and the step that applies ``TimerFired`` removes it. So a timer fires
 once in history even if it is published twice (a replica died mid-claim, or leases overlap).
+
+If publishing claimed timers fails (the broker is down or reconnecting), the poller keeps them
+and publishes them first on its next poll: otherwise they would stay hidden, by this replica's
+own claim, for the whole lease (30 s by default) after the broker came back.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from flowmesh.codec import Codec
 from flowmesh.model import TimerDue
 from flowmesh.runtime._clock import Clock
 from flowmesh.runtime._options import WorkerOptions
-from flowmesh.store import WorkflowStore
+from flowmesh.store import TimerEntry, WorkflowStore
 from flowmesh.transport import Outgoing, QueueKind, Transport
 
 
@@ -41,6 +45,8 @@ class TimerPoller:
         self._options = options
         self._log = log
         self._wake = asyncio.Event()
+        self._unpublished: list[TimerEntry] = []
+        """Timers this replica claimed but failed to publish: retried before claiming more."""
 
     def notify(self) -> None:
         """A timer was just created here: re-check how long to sleep."""
@@ -50,9 +56,14 @@ class TimerPoller:
         """Claim and publish every due timer; returns how many were published."""
         total = 0
         while True:
-            due = await self._store.claim_due_timers(self._clock.now(), self._options.timer_lease)
+            # Timers claimed by an earlier, failed poll go first. Past their lease another
+            # replica may publish them too: a duplicate TimerDue changes no history.
+            due = self._unpublished or await self._store.claim_due_timers(
+                self._clock.now(), self._options.timer_lease
+            )
             if not due:
                 return total
+            self._unpublished = due
             await self._transport.publish(
                 [
                     Outgoing(
@@ -64,6 +75,7 @@ class TimerPoller:
                     for t in due
                 ]
             )
+            self._unpublished = []
             total += len(due)
 
     async def run(self) -> None:
