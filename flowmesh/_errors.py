@@ -9,8 +9,9 @@ Every error flowmesh raises derives from :class:`FlowmeshError`::
     ├── DecodeError                 bytes from the broker or store are not a valid message
     ├── RegistrationError           duplicate or invalid workflow/activity registration
     ├── UnknownNameError            a workflow or activity name no app registers
-    ├── InvalidInstanceIdError      a malformed instance ID
-    ├── WorkflowAlreadyExistsError  starting an instance ID that is already running
+    ├── ValidationError             a malformed argument (also a ValueError)
+    │   └── InvalidInstanceIdError  a malformed instance ID
+    ├── WorkflowAlreadyExistsError  starting an instance ID that already exists
     ├── WorkflowNotFoundError       no such instance
     ├── NonDeterminismError         replay diverged from history (both sides in the message)
     ├── WorkflowFailedError         a workflow's result was requested and it failed
@@ -66,12 +67,16 @@ class UnknownNameError(FlowmeshError):
     """A workflow or activity name is not registered by the app asked to run it."""
 
 
-class InvalidInstanceIdError(FlowmeshError, ValueError):
+class ValidationError(FlowmeshError, ValueError):
+    """An argument is malformed (an app ID, a name, an option value)."""
+
+
+class InvalidInstanceIdError(ValidationError):
     """An instance ID is empty, too long or contains characters outside the allowed set."""
 
 
 class WorkflowAlreadyExistsError(FlowmeshError):
-    """A workflow with this instance ID already exists and is not finished."""
+    """A workflow with this instance ID already exists (purge a finished one to reuse its ID)."""
 
 
 class WorkflowNotFoundError(FlowmeshError):

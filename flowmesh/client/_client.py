@@ -132,7 +132,7 @@ class Client:
             app_id, QueueKind.WORK, body, self.options.start_ack_timeout, required=False
         )
         if isinstance(reply, StartAck) and not reply.created:
-            if "not registered" in reply.error:
+            if reply.code == "unknown_workflow":
                 raise UnknownNameError(reply.error)
             raise WorkflowAlreadyExistsError(reply.error)
         return WorkflowHandle(self, instance_id, app_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from typing import TYPE_CHECKING
 
 from flowmesh._errors import WorkflowFailedError, WorkflowNotFoundError
@@ -76,7 +77,8 @@ class WorkflowHandle:
     async def raise_event(self, name: str, data: object = None) -> None:
         """Send external event ``name`` with ``data`` to the instance."""
         check_value(data, f"data of event {name!r}")
-        await self._client._send(self.app_id, RaiseEvent(self.instance_id, name, data))
+        event = RaiseEvent(self.instance_id, name, data, event_id=uuid.uuid4().hex)
+        await self._client._send(self.app_id, event)
 
     async def suspend(self, reason: str = "") -> None:
         """Pause the instance: results and events are kept but not applied until resumed."""

@@ -101,6 +101,10 @@ def _kinds() -> _Kinds:
     return _Kinds(MappingProxyType(by_type), MappingProxyType(by_tag))
 
 
+# Bytes kept free for the envelope and the other fields of the message carrying a value.
+_ENVELOPE_ROOM = 4096
+
+
 class Codec:
     """Encodes messages, history events and workflow states to msgpack bytes, and back.
 
@@ -127,6 +131,25 @@ class Codec:
         error messages; without it one is derived from the message.
         """
         return self._encode(message, _MESSAGE, where)
+
+    def check_value(self, value: object, where: str) -> None:
+        """Raise unless ``value`` can travel: msgpack-native and small enough.
+
+        ``SerializationError`` names the offending type and ``where``;
+        ``PayloadTooLargeError`` when the value alone leaves no room in a message.
+        """
+        check_value(value, where)
+        try:
+            size = len(self._wire.pack(value))
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise SerializationError(f"{where}: cannot be packed by msgpack: {exc}") from exc
+        limit = self._limits.max_message_bytes - _ENVELOPE_ROOM
+        if size > limit:
+            raise PayloadTooLargeError(
+                f"{where}: {size} bytes encoded, more than the {limit}-byte room in a "
+                f"{self._limits.max_message_bytes}-byte message (CodecLimits.max_message_bytes); "
+                "pass large data by reference (e.g. a blob-store key) instead"
+            )
 
     def decode_message(self, data: bytes) -> Message:
         """Decode bytes made by :meth:`encode_message`; raises ``DecodeError`` otherwise."""

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from flowmesh.engine._tasks import Task, WhenAllTask, WhenAnyTask
-from flowmesh.model import RetryPolicy, check_instance_id, check_value
+from flowmesh.model import RetryPolicy, check_instance_id
 
 if TYPE_CHECKING:
     from flowmesh.engine._executor import WorkflowExecution
@@ -146,7 +146,7 @@ class WorkflowContext:
         (and is retried if the policy allows).
         """
         name = task_name(name_or_fn)
-        check_value(input, f"input of activity {name!r}")
+        self._execution.check_value(input, f"input of activity {name!r}")
         if timeout is not None and timeout <= timedelta(0):
             raise ValueError("call_activity timeout must be positive")
         target = app_id or self.app_id
@@ -172,7 +172,7 @@ class WorkflowContext:
         ``<parent id>:<seq>``, deterministic across replays.
         """
         name = task_name(name_or_fn)
-        check_value(input, f"input of child workflow {name!r}")
+        self._execution.check_value(input, f"input of child workflow {name!r}")
         if instance_id is not None:
             check_instance_id(instance_id)
         target = app_id or self.app_id
@@ -211,12 +211,12 @@ class WorkflowContext:
 
         With ``save_events``, external events received but not yet consumed are carried over.
         """
-        check_value(input, f"input of continue_as_new of workflow {self.name!r}")
+        self._execution.check_value(input, f"input of continue_as_new of workflow {self.name!r}")
         raise ContinueAsNew(input, save_events)
 
     def set_custom_status(self, value: object) -> None:
         """Publish a small value describing progress; shown by ``describe()`` and the CLI."""
-        check_value(value, f"custom status of workflow {self.name!r}")
+        self._execution.check_value(value, f"custom status of workflow {self.name!r}")
         self._execution.custom_status = value
 
     def is_patched(self, name: str) -> bool:

@@ -67,6 +67,9 @@ WorkflowFunction = Callable[[WorkflowContext, Any], Coroutine[Any, Any, Any]]
 WorkflowResolver = Callable[[str], WorkflowFunction | None]
 """Looks a workflow function up by its registered name."""
 
+ValueCheck = Callable[[object, str], None]
+"""Raises ``SerializationError`` unless a value can be sent; the str says whose value it is."""
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -160,9 +163,18 @@ class WorkflowExecution:
     or build a fresh one and replay the whole history: both give the same outcome.
     """
 
-    def __init__(self, resolve: WorkflowResolver, *, logger: Logger | None = None) -> None:
+    def __init__(
+        self,
+        resolve: WorkflowResolver,
+        *,
+        logger: Logger | None = None,
+        check_value: ValueCheck = check_value,
+    ) -> None:
         self._resolve = resolve
         self._logger: Logger = logger or logging.getLogger("flowmesh.workflow")
+        # Injected so the runtime can also enforce its codec's size limit at the call site,
+        # while the engine itself stays free of msgpack.
+        self.check_value = check_value
         self.instance_id = ""
         self.app_id = ""
         self.name = ""
@@ -180,6 +192,8 @@ class WorkflowExecution:
         self._event_waiters: dict[str, deque[Task[Any]]] = {}
         self._event_buffer: dict[str, deque[EventRaised]] = {}
         self._suspended_buffer: list[HistoryEvent] = []
+        self._seen_event_ids: set[str] = set()
+        self._held_buffer_replay = False  # True while applying events held during suspension
         self._suspended = False
         self._patches_recorded: set[str] = set()
         self._patch_decisions: dict[str, bool] = {}
@@ -254,6 +268,11 @@ class WorkflowExecution:
 
     def _process(self, event: HistoryEvent) -> bool:
         """Apply one event; False if it is a duplicate or stray and must not be recorded."""
+        if isinstance(event, EventRaised) and event.event_id and not self._held_buffer_replay:
+            # A redelivered RaiseEvent (the step committed, the ack was lost) is recorded once.
+            if event.event_id in self._seen_event_ids:
+                return False
+            self._seen_event_ids.add(event.event_id)
         if (
             self._suspended
             and not isinstance(
@@ -309,8 +328,12 @@ class WorkflowExecution:
                     return False
                 self._suspended = False
                 buffered, self._suspended_buffer = self._suspended_buffer, []
-                for held in buffered:
-                    self._process(held)
+                self._held_buffer_replay = True  # their IDs were already checked on arrival
+                try:
+                    for held in buffered:
+                        self._process(held)
+                finally:
+                    self._held_buffer_replay = False
                 return True
             case WorkflowTerminated(reason=reason, recursive=recursive):
                 if self._completion is not None:
@@ -448,7 +471,7 @@ class WorkflowExecution:
 
     def _finish(self, output: object) -> None:
         try:
-            check_value(output, f"output of workflow {self.name!r}")
+            self.check_value(output, f"output of workflow {self.name!r}")
         except Exception as exc:
             self._finish_failed(exc)
             return

@@ -119,6 +119,8 @@ class EventRaised:
 
     name: str
     data: object = None
+    event_id: str = ""
+    """Unique per raise, so a redelivered event is recorded once ('' disables the check)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -110,6 +110,8 @@ class RaiseEvent:
     instance_id: str
     name: str
     data: object = None
+    event_id: str = ""
+    """Unique per raise; the engine records an event ID once (redeliveries are dropped)."""
 
 
 class ControlAction(StrEnum):
@@ -150,6 +152,8 @@ class StartAck:
     instance_id: str
     created: bool
     error: str = ""
+    code: str = ""
+    """Why it was not created: ``"exists"`` or ``"unknown_workflow"``."""
 
 
 @dataclass(frozen=True, slots=True)

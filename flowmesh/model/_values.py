@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from flowmesh._errors import InvalidInstanceIdError, SerializationError
+from flowmesh._errors import InvalidInstanceIdError, SerializationError, ValidationError
 
 MAX_VALUE_DEPTH = 32
 """Deepest nesting of lists/dicts accepted in a user value (the decoder enforces the same)."""
@@ -73,9 +73,9 @@ def check_instance_id(instance_id: str) -> str:
 
 
 def check_name(name: str, kind: str) -> str:
-    """Return a workflow/activity ``name`` if valid, else raise ``ValueError``."""
+    """Return a workflow/activity ``name`` if valid, else raise :class:`ValidationError`."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise ValueError(
+        raise ValidationError(
             f"invalid {kind} name {name!r}: use 1-200 characters from A-Z a-z 0-9 _ . -, "
             "starting with a letter or underscore"
         )
@@ -83,13 +83,13 @@ def check_name(name: str, kind: str) -> str:
 
 
 def check_app_id(app_id: str) -> str:
-    """Return ``app_id`` if valid, else raise ``ValueError``.
+    """Return ``app_id`` if valid, else raise :class:`ValidationError`.
 
     App IDs name RabbitMQ queues and Redis key prefixes and appear in DNS-style deployment
     names, so they are lower-case letters, digits and ``-`` (max 63), like Kubernetes names.
     """
     if not isinstance(app_id, str) or not _APP_ID.fullmatch(app_id):
-        raise ValueError(
+        raise ValidationError(
             f"invalid app ID {app_id!r}: use 1-63 characters from a-z 0-9 -, starting with a "
             "letter or digit"
         )

@@ -55,7 +55,9 @@ class ActivityContext:
     def heartbeat(self, details: object = None) -> None:
         """Report progress (thread-safe; callable from sync activities in the thread pool).
 
-        The worker logs the latest details and keeps the task's broker delivery alive.
+        The worker logs ``details`` as a structured ``heartbeat`` line. Long activities do not
+        need heartbeats to stay alive: past the ack deadline the worker keeps the task on a
+        lease it renews itself (see ``WorkerOptions.ack_deadline``).
         """
         if self._heartbeat_sink is not None:
             self._heartbeat_sink(details)

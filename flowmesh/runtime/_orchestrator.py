@@ -21,7 +21,13 @@ from typing import Any
 import structlog
 
 from flowmesh._app import App
-from flowmesh._errors import FlowmeshError, SerializationError, VersionConflictError
+from flowmesh._errors import (
+    FlowmeshError,
+    SerializationError,
+    StoreError,
+    TransportError,
+    VersionConflictError,
+)
 from flowmesh.codec import Codec
 from flowmesh.engine import StepOutcome, WorkflowExecution
 from flowmesh.model import (
@@ -160,13 +166,31 @@ class Orchestrator:
         try:
             await self._advance(instance_id, batch)
         except Exception as exc:
-            # Store or broker trouble: nothing was acked, so the broker redelivers later.
+            # Store or broker trouble: nothing was acked, so the broker redelivers later. A
+            # delivery that keeps failing its step (e.g. a state grown past the size limit)
+            # would loop forever, so after max_deliveries it goes to the dead-letter queue.
             self._cache.pop(instance_id, None)
             self._log.warning(
                 "step failed; deliveries requeued", instance_id=instance_id, error=str(exc)
             )
+            transient = isinstance(exc, StoreError | TransportError | OSError)
+            limit = self._options.max_deliveries if not transient else float("inf")
+            if transient:
+                # Back off a little so an outage does not turn into a hot redelivery loop.
+                attempts = max(item.delivery.delivery_count for item in batch)
+                await asyncio.sleep(min(0.05 * 2**attempts, 2.0))
             await asyncio.gather(
-                *(item.delivery.requeue() for item in batch), return_exceptions=True
+                *(
+                    self._transport.dead_letter(
+                        item.delivery,
+                        self._app.app_id,
+                        f"step of {instance_id} failed {item.delivery.delivery_count} times: {exc}",
+                    )
+                    if item.delivery.delivery_count >= limit
+                    else item.delivery.requeue()
+                    for item in batch
+                ),
+                return_exceptions=True,
             )
         for item in batch:
             if not item.done.done():
@@ -242,7 +266,7 @@ class Orchestrator:
 
         if live is None:
             live = _Live(
-                WorkflowExecution(self._resolve, logger=self._log),
+                self._new_execution(),
                 _blank_state(instance_id, self._app.app_id),
             )
         outcome = live.execution.step(events)
@@ -278,12 +302,14 @@ class Orchestrator:
                 error = (
                     f"workflow instance {message.instance_id!r} already exists (status {status})"
                 )
-                replies.append((delivery, StartAck(message.instance_id, False, error)))
+                replies.append((delivery, StartAck(message.instance_id, False, error, "exists")))
             return  # a duplicate start (redelivery, or retried child start) changes nothing
         if message.name not in self._app.workflows:
             # Only client starts get here (see handle): refuse them clearly, write nothing.
             error = f"workflow {message.name!r} is not registered on app {self._app.app_id!r}"
-            replies.append((delivery, StartAck(message.instance_id, False, error)))
+            replies.append(
+                (delivery, StartAck(message.instance_id, False, error, "unknown_workflow"))
+            )
             return
         events.append(
             WorkflowStarted(
@@ -340,7 +366,7 @@ class Orchestrator:
                 ),
                 *continued.carried_events,
             ]
-            execution = WorkflowExecution(self._resolve, logger=self._log)
+            execution = self._new_execution()
             next_outcome = execution.step(restart)
             append = list(next_outcome.append)
             commands = [c for c in commands if c is not continued] + list(next_outcome.commands)
@@ -419,6 +445,11 @@ class Orchestrator:
 
     # -- loading and caching ---------------------------------------------------------------------
 
+    def _new_execution(self) -> WorkflowExecution:
+        return WorkflowExecution(
+            self._resolve, logger=self._log, check_value=self._codec.check_value
+        )
+
     def _resolve(self, name: str) -> Any:
         return self._app.workflows.get(name)
 
@@ -427,7 +458,7 @@ class Orchestrator:
         record = await self._store.load(instance_id)
         if record is None:
             return None
-        execution = WorkflowExecution(self._resolve, logger=self._log)
+        execution = self._new_execution()
         execution.replay(record.history)
         return _Live(execution, record.state, list(record.history))
 

@@ -59,8 +59,8 @@ def message_to_event(message: Message) -> HistoryEvent | None:
             return ChildWorkflowFailed(seq, failure)
         case TimerDue(seq=seq):
             return TimerFired(seq)
-        case RaiseEvent(name=name, data=data):
-            return EventRaised(name, data)
+        case RaiseEvent(name=name, data=data, event_id=event_id):
+            return EventRaised(name, data, event_id)
         case Control(action=ControlAction.SUSPEND, reason=reason):
             return WorkflowSuspended(reason)
         case Control(action=ControlAction.RESUME, reason=reason):

@@ -164,9 +164,12 @@ class Worker:
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop taking work, let in-flight work finish (up to ``timeout``), release the rest."""
-        for subscription in self._subscriptions:
-            with contextlib.suppress(Exception):
-                await subscription.cancel()
+        # Cancel every consumer at once: each waits for its in-flight handlers, and the drain
+        # budget applies to the replica as a whole, not to each queue in turn.
+        await asyncio.gather(
+            *(subscription.cancel() for subscription in self._subscriptions),
+            return_exceptions=True,
+        )
         self._subscriptions.clear()
         drain = timeout if timeout is not None else self._options.drain_timeout
         with contextlib.suppress(TimeoutError):

@@ -260,3 +260,21 @@ async def test_two_replicas_of_one_app_share_work_in_process() -> None:
         assert [r["charged"].split()[1] for r in results] == [str(i) for i in range(20)]  # type: ignore[index]
         ran = [env.worker("payments", i).activities_completed for i in range(2)]
         assert sum(ran) == 20 and all(ran), ran
+
+
+@orders.workflow
+async def oversized(ctx: WorkflowContext, size: int) -> object:
+    try:
+        await ctx.call_activity("charge", b"x" * size, app_id="payments")
+    except Exception as exc:  # noqa: BLE001 - the test inspects the error the workflow sees
+        return f"{type(exc).__name__}: {exc}"
+    return "sent"
+
+
+async def test_oversized_activity_input_fails_at_the_call_site_inside_the_workflow() -> None:
+    """The codec's size limit is enforced where the workflow calls the activity."""
+    async with TestEnvironment(APPS) as env:
+        handle = await env.client.start_workflow(oversized, 5 * 1024 * 1024, app_id="orders")
+        result = await handle.result(timeout=5)
+    assert isinstance(result, str)
+    assert result.startswith("PayloadTooLargeError: input of activity 'charge'")

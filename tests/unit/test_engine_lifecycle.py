@@ -475,3 +475,26 @@ def test_timer_fired_twice_is_applied_once() -> None:
     outcome = replay_step(resolver(wf), history, [step(T0 + S), timer_fired(0), timer_fired(0)])
     assert outcome.dropped == (timer_fired(0),)
     assert outcome.commands == (ScheduleActivity(1, "after", "app", None, 1),)
+
+
+def test_redelivered_external_event_with_the_same_event_id_is_recorded_once() -> None:
+    """A RaiseEvent redelivered after its step committed does not reach the workflow twice."""
+    from flowmesh.engine import replay_step
+    from flowmesh.model import EventRaised, StepStarted, WorkflowStarted
+    from flowmesh.testing.history import T0
+
+    async def collect(ctx, _):  # type: ignore[no-untyped-def]
+        first = await ctx.wait_for_external_event("e")
+        second = await ctx.wait_for_external_event("e")
+        return [first, second]
+
+    resolve = {"collect": collect}.get
+    history = list(
+        replay_step(resolve, [], [StepStarted(T0), WorkflowStarted("collect", "i", "a")]).append
+    )
+    step = replay_step(resolve, history, [StepStarted(T0), EventRaised("e", 1, "id-1")])
+    history += step.append
+    again = replay_step(resolve, history, [StepStarted(T0), EventRaised("e", 1, "id-1")])
+    assert again.append == () and len(again.dropped) == 1
+    done = replay_step(resolve, history, [StepStarted(T0), EventRaised("e", 2, "id-2")])
+    assert done.output == [1, 2]

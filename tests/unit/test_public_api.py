@@ -1,0 +1,43 @@
+"""The public surface is exactly what the docs promise."""
+
+from __future__ import annotations
+
+import inspect
+
+import flowmesh
+
+DOCUMENTED = {
+    # Authoring
+    "App", "WorkflowContext", "ActivityContext", "RetryPolicy", "Task",
+    # Client
+    "Client", "ClientOptions", "WorkflowHandle", "WorkflowState", "WorkflowStatus",
+    "PendingTask", "FailureDetails",
+    # Running workers programmatically
+    "Worker", "WorkerOptions",
+    # Errors (one hierarchy under FlowmeshError)
+    "FlowmeshError", "ConfigurationError", "SerializationError", "PayloadTooLargeError",
+    "DecodeError", "RegistrationError", "UnknownNameError", "ValidationError",
+    "InvalidInstanceIdError", "WorkflowAlreadyExistsError", "WorkflowNotFoundError",
+    "NonDeterminismError", "WorkflowFailedError", "TaskFailedError", "ActivityFailedError",
+    "ActivityTimeoutError", "ChildWorkflowFailedError", "NonRetryableError", "StoreError",
+    "VersionConflictError", "TransportError", "PublishTimeoutError", "UnroutableError",
+    "AppUnavailableError",
+}  # fmt: skip
+
+
+def test_all_is_exactly_the_documented_public_names() -> None:
+    assert set(flowmesh.__all__) == DOCUMENTED
+    assert len(flowmesh.__all__) == len(DOCUMENTED)  # no duplicates
+
+
+def test_every_public_name_exists_and_has_a_docstring() -> None:
+    for name in flowmesh.__all__:
+        value = getattr(flowmesh, name)
+        assert inspect.getdoc(value), f"flowmesh.{name} has no docstring"
+
+
+def test_every_error_derives_from_flowmesh_error() -> None:
+    errors = [getattr(flowmesh, n) for n in flowmesh.__all__ if n.endswith("Error")]
+    assert all(issubclass(e, flowmesh.FlowmeshError) for e in errors)
+    assert issubclass(flowmesh.ActivityTimeoutError, TimeoutError)
+    assert issubclass(flowmesh.InvalidInstanceIdError, ValueError)
