@@ -1,0 +1,126 @@
+"""The operator CLI against real RabbitMQ, Redis and worker processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.harness.processes import REPO, Services, WorkerProcesses
+
+pytestmark = [pytest.mark.real_services, pytest.mark.timeout(180)]
+
+
+def flowmesh(
+    services: Services, *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI with the session's broker, Redis and key prefix."""
+    env = {
+        **os.environ,
+        "FLOWMESH_AMQP_URL": services.amqp_url,
+        "FLOWMESH_REDIS_URL": services.redis_url,
+        "FLOWMESH_REDIS_PREFIX": services.key_prefix,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "flowmesh.cli", *args],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+
+
+def test_operator_commands_start_inspect_and_control_workflows(
+    services: Services, workers: WorkerProcesses
+) -> None:
+    """start --wait, status, history, raise-event, terminate, purge and apps all work."""
+    for app_id in ("app1", "app2", "app3"):
+        workers.start(app_id)
+    done = flowmesh(
+        services, "start", "pipeline", "--app-id", "app1", "--instance-id", "cli-1",
+        "--input", json.dumps({"text": "from the cli"}), "--wait", "--timeout", "60",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "started pipeline as cli-1 on app1" in done.stdout
+    assert "FROM THE CLI" in done.stdout
+
+    status = flowmesh(services, "status", "cli-1", "--app-id", "app1")
+    assert status.returncode == 0, status.stderr
+    assert "status:        COMPLETED" in status.stdout
+
+    history = flowmesh(services, "history", "cli-1", "--app-id", "app1")
+    assert history.returncode == 0, history.stderr
+    for kind in ("WorkflowStarted", "ActivityScheduled", "ActivityCompleted", "WorkflowCompleted"):
+        assert kind in history.stdout
+
+    apps = flowmesh(services, "apps", "app1", "app2", "app3")
+    assert apps.returncode == 0, apps.stderr
+    rows = {line.split()[0]: line.split() for line in apps.stdout.splitlines()[2:]}
+    assert rows["app2"][2] == "1"  # one consumer (replica) on app2's work queue
+    assert rows["app1"][4] == "1"  # app1 hosts workflows: one consumer on its reply queue
+
+    purge = flowmesh(services, "purge", "cli-1", "--app-id", "app1")
+    assert purge.returncode == 0, purge.stderr
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        gone = flowmesh(services, "status", "cli-1", "--app-id", "app1")
+        if gone.returncode != 0:
+            break
+        time.sleep(0.3)
+    assert "WorkflowNotFoundError" in gone.stderr
+
+
+def test_event_suspend_resume_terminate_from_the_cli(
+    services: Services, workers: WorkerProcesses
+) -> None:
+    """An instance waiting on nothing but its child can be suspended, resumed and terminated."""
+    workers.start("e2e-host", module="tests.e2e.apps")
+    workers.start("e2e-child", module="tests.e2e.apps")
+    started = flowmesh(
+        services, "start", "parent_of_waiter", "--app-id", "e2e-host", "--instance-id", "cli-parent"
+    )
+    assert started.returncode == 0, started.stderr
+    for verb in ("suspend", "resume"):
+        result = flowmesh(services, verb, "cli-parent", "--app-id", "e2e-host", "--reason", "ops")
+        assert result.returncode == 0 and f"{verb} sent" in result.stdout, result.stderr
+    event = flowmesh(
+        services,
+        "raise-event",
+        "cli-parent-child",
+        "never",
+        "--app-id",
+        "e2e-child",
+        "--data",
+        '{"a": 1}',
+    )
+    assert event.returncode == 0, event.stderr
+    child = flowmesh(services, "status", "cli-parent-child", "--app-id", "e2e-child")
+    assert "status:        COMPLETED" in child.stdout  # the event released the child
+    parent = flowmesh(services, "status", "cli-parent", "--app-id", "e2e-host")
+    deadline = time.monotonic() + 20
+    while "COMPLETED" not in parent.stdout and time.monotonic() < deadline:
+        time.sleep(0.3)
+        parent = flowmesh(services, "status", "cli-parent", "--app-id", "e2e-host")
+    assert "status:        COMPLETED" in parent.stdout
+    assert "unreachable" in parent.stdout
+
+
+def test_cli_errors_are_one_clear_line(services: Services) -> None:
+    """Unknown instance, bad JSON and an unreachable broker: exit 1, one line, no traceback."""
+    missing = flowmesh(services, "status", "nope", "--app-id", "app1", timeout=60)
+    bad_json = flowmesh(services, "start", "pipeline", "--app-id", "app1", "--input", "{not json")
+    env_url = "amqp://guest:s3cr3t-pw@127.0.0.1:1/"
+    unreachable = subprocess.run(
+        [sys.executable, "-m", "flowmesh.cli", "status", "x", "--app-id", "app1",
+         "--amqp-url", env_url],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    for result in (missing, bad_json, unreachable):
+        assert result.returncode != 0
+        assert "Traceback" not in result.stderr
+        error_lines = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+        assert len(error_lines) == 1, result.stderr
+    assert "AppUnavailableError" in missing.stderr
+    assert "not valid JSON" in bad_json.stderr
+    assert "s3cr3t-pw" not in unreachable.stderr
