@@ -79,3 +79,13 @@ def sleep_for(ctx: ActivityContext, seconds: float) -> str:
 def crash_worker(ctx: ActivityContext, _: object) -> None:
     """A poison task: kills the process running it, every time."""
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+@host.workflow
+async def double_then_sleep(ctx: WorkflowContext, seconds: float) -> list[object]:
+    """``double(21)``, then ``sleep_for(seconds)``, then ``double(50)``: while it sleeps, one
+    result is applied, one task is open and one is not scheduled yet."""
+    first = await ctx.call_activity("double", 21, app_id="fault-act")
+    slept = await ctx.call_activity("sleep_for", seconds, app_id="fault-act")
+    last = await ctx.call_activity("double", 50, app_id="fault-act")
+    return [first, slept, last]
