@@ -123,7 +123,7 @@ class Client:
         """
         name = check_name(task_name(workflow), "workflow")
         check_app_id(app_id)
-        instance_id = check_instance_id(instance_id or uuid.uuid4().hex)
+        instance_id = check_instance_id(uuid.uuid4().hex if instance_id is None else instance_id)
         check_value(input, f"input of workflow {name!r}")
         request_id = uuid.uuid4().hex
         message = StartWorkflow(instance_id, name, app_id, input, request_id=request_id)

@@ -378,6 +378,9 @@ class WorkflowExecution:
             return False
         self.instance_id, self.app_id, self.name = event.instance_id, event.app_id, event.name
         self.input, self.parent = event.input, event.parent
+        # After continue-as-new, sequence numbers carry on from the previous run, so a late
+        # result for the old run can never match a task of the new one.
+        self._next_seq = event.first_seq
         function = self._resolve(event.name)
         if function is None:
             raise _Stall(f"workflow {event.name!r} is not registered on app {event.app_id!r}")
@@ -740,6 +743,11 @@ class WorkflowExecution:
             PendingTask("event", name) for name, waiters in self._event_waiters.items() if waiters
         )
         return tuple(pending)
+
+    @property
+    def next_seq(self) -> int:
+        """The sequence number the next task will get (a continued run starts here)."""
+        return self._next_seq
 
     def open_activity(self, seq: int) -> ScheduleActivity | None:
         """The scheduled activity ``seq`` if it still waits for its result, else None."""

@@ -35,6 +35,8 @@ class WorkflowStarted:
     parent: ParentRef | None = None
     request_id: str = ""
     """The client start request that created the instance ('' for children)."""
+    first_seq: int = 0
+    """First task sequence number of this run (continued runs carry on numbering)."""
 
 
 @dataclass(frozen=True, slots=True)

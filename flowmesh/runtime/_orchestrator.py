@@ -31,6 +31,7 @@ from flowmesh._errors import (
 from flowmesh.codec import Codec
 from flowmesh.engine import StepOutcome, WorkflowExecution
 from flowmesh.model import (
+    ActivityResult,
     ChildWorkflowScheduled,
     CompleteWorkflow,
     Control,
@@ -248,6 +249,14 @@ class Orchestrator:
                     instance_id=instance_id,
                     kind=type(message).__name__,
                 )
+            elif isinstance(message, ActivityResult) and _wrong_attempt(live, message):
+                # Each attempt has its own seq, so a mismatch is a forged or corrupt result.
+                self._log.warning(
+                    "activity result for another attempt dropped",
+                    instance_id=instance_id,
+                    seq=message.seq,
+                    attempt=message.attempt,
+                )
             else:
                 event = message_to_event(message)
                 if event is not None:
@@ -363,6 +372,7 @@ class Orchestrator:
                     self._app.app_id,
                     continued.output,
                     execution.parent,
+                    first_seq=execution.next_seq,
                 ),
                 *continued.carried_events,
             ]
@@ -539,6 +549,11 @@ class Orchestrator:
         )
         await self._clock.sleep(delay)
         await delivery.requeue()
+
+
+def _wrong_attempt(live: _Live | None, result: ActivityResult) -> bool:
+    action = live.execution.open_activity(result.seq) if live else None
+    return action is not None and action.attempt != result.attempt
 
 
 def _start_request(live: _Live | None, pending: list[HistoryEvent]) -> str:

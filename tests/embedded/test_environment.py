@@ -266,7 +266,7 @@ async def test_two_replicas_of_one_app_share_work_in_process() -> None:
 async def oversized(ctx: WorkflowContext, size: int) -> object:
     try:
         await ctx.call_activity("charge", b"x" * size, app_id="payments")
-    except Exception as exc:  # noqa: BLE001 - the test inspects the error the workflow sees
+    except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     return "sent"
 
@@ -278,3 +278,22 @@ async def test_oversized_activity_input_fails_at_the_call_site_inside_the_workfl
         result = await handle.result(timeout=5)
     assert isinstance(result, str)
     assert result.startswith("PayloadTooLargeError: input of activity 'charge'")
+
+
+@orders.workflow
+async def relay(ctx: WorkflowContext, state: dict[str, int]) -> list[str]:
+    shipped = await ctx.call_child_workflow("ship", {"amount": state["run"]}, app_id="shipping")
+    seen = [*state.get("seen", []), shipped]  # type: ignore[list-item]
+    if state["run"] < 3:
+        return ctx.continue_as_new({"run": state["run"] + 1, "seen": seen})
+    return seen
+
+
+async def test_children_of_successive_continued_runs_get_distinct_ids() -> None:
+    """Each run's child gets a fresh default ID, so no run waits on an old run's child."""
+    async with TestEnvironment(APPS) as env:
+        handle = await env.client.start_workflow(
+            relay, {"run": 1}, app_id="orders", instance_id="relay"
+        )
+        assert await handle.result(timeout=5) == [f"shipped with label-{i}" for i in (1, 2, 3)]
+        assert len(await env.stores["shipping"].list_instances()) == 3

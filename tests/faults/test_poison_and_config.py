@@ -264,11 +264,6 @@ async def test_bad_input_at_the_api_is_refused_and_writes_nothing(
     assert listed.isdisjoint(ids)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (reported; flowmesh/client is outside this change): Client.start_workflow "
-    "treats instance_id='' like None and starts the workflow under a random ID",
-)
 async def test_empty_instance_id_is_refused(
     workers: WorkerProcesses, client: Client, store_for: StoreOpener
 ) -> None:

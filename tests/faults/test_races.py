@@ -408,11 +408,6 @@ async def test_duplicate_reordered_and_stray_results_leave_histories_unchanged(
     assert last == upcoming, "the forged 'future' result did not target the seq used later"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (reported, not fixed): a result is matched to its task by seq only; one "
-    "carrying the open seq but another attempt is applied",
-)
 async def test_result_for_the_open_seq_but_another_attempt_is_not_applied(
     workers: WorkerProcesses, client: Client, store_for: StoreOpener, services: Services
 ) -> None:

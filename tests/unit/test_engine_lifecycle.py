@@ -498,3 +498,17 @@ def test_redelivered_external_event_with_the_same_event_id_is_recorded_once() ->
     assert again.append == () and len(again.dropped) == 1
     done = replay_step(resolve, history, [StepStarted(T0), EventRaised("e", 2, "id-2")])
     assert done.output == [1, 2]
+
+
+def test_a_continued_run_numbers_its_tasks_after_the_previous_run() -> None:
+    """first_seq keeps seqs (and default child IDs) unique across continue-as-new runs."""
+    from flowmesh.engine import replay_step
+    from flowmesh.model import ScheduleActivity, StepStarted, WorkflowStarted
+    from flowmesh.testing.history import T0
+
+    async def one(ctx, _):  # type: ignore[no-untyped-def]
+        return await ctx.call_activity("a")
+
+    started = WorkflowStarted("one", "i", "app", None, first_seq=7)
+    outcome = replay_step({"one": one}.get, [], [StepStarted(T0), started])
+    assert [c.seq for c in outcome.commands if isinstance(c, ScheduleActivity)] == [7]
