@@ -15,7 +15,13 @@ from typing import Any, TypeVar
 import click
 
 from flowmesh._errors import FlowmeshError
-from flowmesh.cli._config import DEFAULT_AMQP_URL, DEFAULT_REDIS_URL, configure_logging, mask_url
+from flowmesh.cli._config import (
+    DEFAULT_AMQP_URL,
+    DEFAULT_REDIS_URL,
+    build_codec,
+    configure_logging,
+    mask_url,
+)
 from flowmesh.cli._format import history_table, state_text, stats_table
 from flowmesh.cli._loader import discover_app_ids, load_app
 from flowmesh.runtime import WorkerOptions
@@ -26,7 +32,7 @@ amqp_option = click.option(
     "--amqp-url",
     envvar="FLOWMESH_AMQP_URL",
     default=DEFAULT_AMQP_URL,
-    show_default=True,
+    show_default=mask_url(DEFAULT_AMQP_URL),
     help="RabbitMQ URL (env FLOWMESH_AMQP_URL).",
 )
 redis_option = click.option(
@@ -52,11 +58,11 @@ def _run(coro: Awaitable[T]) -> T:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             return runner.run(coro)  # type: ignore[arg-type]
     except FlowmeshError as exc:
-        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+        raise click.ClickException(f"{type(exc).__name__}: {mask_url(str(exc))}") from None
     except (OSError, ConnectionError) as exc:
         raise click.ClickException(f"connection failed: {mask_url(str(exc))}") from None
     except TimeoutError as exc:
-        raise click.ClickException(f"timed out: {exc}") from None
+        raise click.ClickException(f"timed out: {mask_url(str(exc))}") from None
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -146,7 +152,7 @@ def worker(
     try:
         app = load_app(app_id, module)
     except FlowmeshError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(mask_url(str(exc))) from None
     options = WorkerOptions(
         concurrency=concurrency,
         drain_timeout=drain_timeout,
@@ -169,7 +175,8 @@ def worker(
 async def _with_client(amqp_url: str, action: Callable[[Any], Awaitable[T]]) -> T:
     from flowmesh.client import Client
 
-    async with Client(amqp_url) as client:
+    # Same payload keys as the workers (FLOWMESH_PAYLOAD_KEYS), or inputs/outputs are refused.
+    async with Client(amqp_url, codec=build_codec()) as client:
         return await action(client)
 
 
@@ -225,12 +232,11 @@ def status(instance_id: str, app_id: str, amqp_url: str) -> None:
 @prefix_option
 def history(instance_id: str, app_id: str, redis_url: str, key_prefix: str) -> None:
     """Print an instance's history as a table (reads the hosting app's Redis)."""
-    from flowmesh.codec import Codec
     from flowmesh.store.redis import RedisStore, RedisStoreConfig
 
     async def action() -> None:
         config = RedisStoreConfig(url=redis_url, app_id=app_id, key_prefix=key_prefix)
-        store = RedisStore(config, Codec())
+        store = RedisStore(config, build_codec())
         await store.connect()
         try:
             record = await store.load(instance_id)

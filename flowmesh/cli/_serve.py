@@ -11,8 +11,10 @@ import structlog
 
 from flowmesh._app import App
 from flowmesh._errors import ConfigurationError
+from flowmesh.cli._config import build_codec
 from flowmesh.codec import Codec
 from flowmesh.runtime import Worker, WorkerOptions
+from flowmesh.security import EncryptionCodec
 
 
 async def serve(
@@ -23,13 +25,20 @@ async def serve(
     key_prefix: str = "fm",
     options: WorkerOptions,
     allow_unsafe_redis: bool,
+    codec: Codec | None = None,
 ) -> None:
-    """Serve ``app`` until SIGTERM/SIGINT, then drain and exit."""
+    """Serve ``app`` until SIGTERM/SIGINT, then drain and exit.
+
+    ``codec`` defaults to :func:`build_codec`: payload encryption from
+    ``FLOWMESH_PAYLOAD_KEYS`` (checked before anything connects).
+    """
     from flowmesh.store.redis import RedisStore, RedisStoreConfig
     from flowmesh.transport.rabbitmq import RabbitMQConfig, RabbitMQTransport
 
     log = structlog.get_logger("flowmesh").bind(app_id=app.app_id)
-    codec = Codec()
+    if codec is None:
+        codec = build_codec()
+    _log_payload_protection(codec, log)
     transport = RabbitMQTransport(
         RabbitMQConfig(
             url=amqp_url,
@@ -60,6 +69,21 @@ async def serve(
             with contextlib.suppress(Exception):
                 await store.close()
         await transport.close()
+
+
+def _log_payload_protection(codec: Codec, log: Any) -> None:
+    """Say whether user values are encrypted (key ids only, never keys)."""
+    payload = codec.payload_codec
+    if isinstance(payload, EncryptionCodec):
+        log.info(
+            "payload encryption enabled",
+            active_key=payload.active_key_id,
+            key_ids=list(payload.key_ids),
+        )
+    elif payload is not None:
+        log.info("payload codec enabled", payload_codec=type(payload).__name__)
+    else:
+        log.info("payload encryption disabled: user values are stored and sent in plaintext")
 
 
 async def _check_redis(store: Any, allow_unsafe: bool, log: Any) -> None:

@@ -2,9 +2,20 @@
 
 :class:`Codec` turns the model's frozen dataclasses into versioned msgpack envelopes and back,
 refusing values msgpack cannot carry (``SerializationError``) and any bytes that are not a
-valid envelope (``DecodeError``). The wire format is specified in docs/protocol-codec.md.
+valid envelope (``DecodeError``). With a :class:`PayloadCodec` (such as
+:class:`flowmesh.security.EncryptionCodec`) it encodes every user value and failure text
+through it. The wire format is specified in docs/protocol-codec.md.
 """
 
 from flowmesh.codec._codec import DEFAULT_LIMITS, FORMAT_VERSION, Codec, CodecLimits
+from flowmesh.codec._payload import PAYLOAD_MARKER, PAYLOAD_SCHEME, PayloadCodec
 
-__all__ = ["DEFAULT_LIMITS", "FORMAT_VERSION", "Codec", "CodecLimits"]
+__all__ = [
+    "DEFAULT_LIMITS",
+    "FORMAT_VERSION",
+    "PAYLOAD_MARKER",
+    "PAYLOAD_SCHEME",
+    "Codec",
+    "CodecLimits",
+    "PayloadCodec",
+]

@@ -2,6 +2,8 @@
 
 Every blob is a msgpack array ``[FORMAT_VERSION, kind, fields]`` where ``kind`` is the class
 name and ``fields`` a map of field name to wire value; docs/protocol-codec.md specifies it.
+With a payload codec, protected fields (user values, failure messages and stacks) are carried
+encoded (e.g. encrypted) as bin, and the fields map is tagged ``"$payload": 1``.
 """
 
 from __future__ import annotations
@@ -19,10 +21,19 @@ from flowmesh._errors import (
     SerializationError,
 )
 from flowmesh.codec._convert import ClassConverter, ConversionError, build_converter, wire_name
+from flowmesh.codec._payload import (
+    PAYLOAD_MARKER,
+    PAYLOAD_SCHEME,
+    Path,
+    PayloadCodec,
+    PayloadFields,
+    protected_paths,
+)
 from flowmesh.codec._where import describe, describe_value, subject
 from flowmesh.codec._wire import Wire
 from flowmesh.model import (
     HISTORY_EVENT_TYPES,
+    MAX_VALUE_DEPTH,
     MESSAGE_TYPES,
     HistoryEvent,
     Message,
@@ -72,6 +83,8 @@ class _Kind:
     tag: str
     group: str
     converter: ClassConverter
+    protected: tuple[Path, ...]
+    """Paths of the fields a payload codec encodes (user values, failure texts)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +107,7 @@ def _kinds() -> _Kinds:
     by_type: dict[type, _Kind] = {}
     for group, classes in groups:
         for cls in classes:
-            by_type[cls] = _Kind(cls.__name__, group, build_converter(cls))
+            by_type[cls] = _Kind(cls.__name__, group, build_converter(cls), protected_paths(cls))
     by_tag = {kind.tag: kind for kind in by_type.values()}
     if len(by_tag) != len(by_type):
         raise TypeError("two encodable model classes share a name, so their tags would clash")
@@ -111,18 +124,52 @@ class Codec:
     Thread-safe and cheap to share; construct one per process (or per limits) and reuse it.
     Encode errors are ``SerializationError`` (``PayloadTooLargeError`` for size); every
     problem with bytes to decode is a ``DecodeError``.
+
+    ``payload_codec`` (e.g. :class:`flowmesh.security.EncryptionCodec`) encodes every user
+    value and the message and stack trace of failure details; without one nothing changes on
+    the wire. A codec with a payload codec refuses blobs whose protected fields are plaintext,
+    unless ``allow_plaintext`` (for switching a running deployment to encryption: it reads
+    histories written before, and always writes encoded values). A codec without one refuses
+    blobs with encoded fields.
     """
 
-    __slots__ = ("_limits", "_wire")
+    __slots__ = ("_allow_plaintext", "_limits", "_payload", "_payload_codec", "_wire")
 
-    def __init__(self, limits: CodecLimits = DEFAULT_LIMITS) -> None:
+    def __init__(
+        self,
+        limits: CodecLimits = DEFAULT_LIMITS,
+        *,
+        payload_codec: PayloadCodec | None = None,
+        allow_plaintext: bool = False,
+    ) -> None:
         self._limits = limits
         self._wire = Wire(limits.max_message_bytes, limits.max_depth, limits.max_collection_len)
+        self._payload_codec = payload_codec
+        self._allow_plaintext = allow_plaintext
+        self._payload: PayloadFields | None = None
+        if payload_codec is not None:
+            if not isinstance(payload_codec, PayloadCodec):
+                raise ConfigurationError(
+                    f"payload_codec must have encode(bytes) and decode(bytes) methods, got "
+                    f"{type(payload_codec).__qualname__}"
+                )
+            # A protected value is unpacked on its own, so it gets the user-value depth limit.
+            inner = Wire(
+                limits.max_message_bytes,
+                min(limits.max_depth, MAX_VALUE_DEPTH + 1),
+                limits.max_collection_len,
+            )
+            self._payload = PayloadFields(payload_codec, inner)
 
     @property
     def limits(self) -> CodecLimits:
         """The limits this codec enforces."""
         return self._limits
+
+    @property
+    def payload_codec(self) -> PayloadCodec | None:
+        """The payload codec applied to protected fields, if any."""
+        return self._payload_codec
 
     def encode_message(self, message: Message, *, where: str = "") -> bytes:
         """Encode a wire message.
@@ -180,6 +227,16 @@ class Codec:
             body = kind.converter.encode(obj)
         except ConversionError as exc:
             raise _encode_error(obj, kind, exc, where) from None
+        if self._payload is not None and kind.protected:
+            try:
+                self._payload.seal(body, kind.protected)
+            except SerializationError as exc:
+                raise SerializationError(f"{where or describe(obj)}: {exc}") from exc
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise SerializationError(
+                    f"{where or describe(obj)}: {kind.tag}{self._culprit(body)} cannot be "
+                    f"packed by msgpack: {type(exc).__name__}: {exc}"
+                ) from exc
         try:
             data = self._wire.pack([FORMAT_VERSION, kind.tag, body])
         except (TypeError, ValueError, OverflowError) as exc:
@@ -236,11 +293,40 @@ class Codec:
             raise DecodeError(f"unknown {group} kind {_shown(tag)}")
         if kind.group != group:
             raise DecodeError(f"expected a {group}, got a {kind.group} ({tag})")
+        if type(body) is dict and kind.protected:
+            self._open(body, kind)
         try:
             return kind.converter.decode(body)
         except ConversionError as exc:
             where = f"field {exc.path!r}" if exc.path else "fields"
             raise DecodeError(f"invalid {tag} {group}: {where}: {exc.reason}") from None
+
+    def _open(self, body: dict[object, object], kind: _Kind) -> None:
+        """Decode the protected fields of ``body`` in place, or refuse the blob."""
+        marker = body.get(PAYLOAD_MARKER)
+        if marker is None:
+            if self._payload is not None and not self._allow_plaintext:
+                raise DecodeError(
+                    f"invalid {kind.tag}: its values are not encoded, but this codec requires "
+                    "encoded (encrypted) payloads; plaintext is refused unless allow_plaintext"
+                )
+            return
+        if self._payload is None:
+            raise DecodeError(
+                f"invalid {kind.tag}: its values are encoded by a payload codec (e.g. "
+                "encrypted), and this codec has none: configure the same payload keys "
+                "(FLOWMESH_PAYLOAD_KEYS) as the writer"
+            )
+        if type(marker) is not int or marker != PAYLOAD_SCHEME:
+            shown = repr(marker)[:40] if type(marker) in (int, str) else wire_name(marker)
+            raise DecodeError(
+                f"invalid {kind.tag}: unsupported {PAYLOAD_MARKER} scheme {shown}; this codec "
+                f"supports {PAYLOAD_SCHEME}"
+            )
+        try:
+            self._payload.open(body, kind.protected)
+        except DecodeError as exc:
+            raise DecodeError(f"invalid {kind.tag}: {exc}") from None
 
 
 def _encode_error(obj: object, kind: _Kind, exc: ConversionError, where: str) -> SerializationError:

@@ -36,6 +36,7 @@ from flowmesh.runtime._options import WorkerOptions
 from flowmesh.runtime._orchestrator import Orchestrator
 from flowmesh.runtime._outbox import OutboxRelay
 from flowmesh.runtime._timers import TimerPoller
+from flowmesh.security import message_problem
 from flowmesh.store import WorkflowStore
 from flowmesh.transport import Delivery, QueueKind, Subscription, Transport
 
@@ -195,10 +196,15 @@ class Worker:
 
     async def _decode(self, delivery: Delivery, queue: str) -> Message | None:
         try:
-            return self._codec.decode_message(delivery.body)
+            message = self._codec.decode_message(delivery.body)
         except DecodeError as exc:
             await self._dead_letter(delivery, queue, f"undecodable message: {exc}")
             return None
+        problem = message_problem(message)  # IDs become Redis keys and queue names
+        if problem is not None:
+            await self._dead_letter(delivery, queue, problem)
+            return None
+        return message
 
     async def _dead_letter(self, delivery: Delivery, queue: str, reason: str) -> None:
         self._log.error(

@@ -1,0 +1,54 @@
+"""Security helpers: payload encryption, payload keys, secret masking, message validation.
+
+* :class:`EncryptionCodec` - a :class:`~flowmesh.codec.PayloadCodec` encrypting every user
+  value with AES-256-GCM, with key ids and rotation; give it to
+  ``Codec(payload_codec=...)`` so RabbitMQ and Redis only ever hold ciphertext of user data.
+* :func:`parse_payload_keys` / :func:`payload_codec_from_env` - the keyring from
+  ``FLOWMESH_PAYLOAD_KEYS="k2:<base64>,k1:<base64>"`` (first = active).
+* :func:`mask_secrets` - URL passwords to ``***`` in any text; :func:`mask_log_event` is the
+  structlog processor and :class:`MaskingFormatter` the stdlib formatter that apply it.
+* :func:`message_problem` - identifier checks on decoded messages (the worker dead-letters
+  what fails them).
+
+``cryptography`` is imported only when an :class:`EncryptionCodec` is built.
+See docs/security-payloads.md.
+"""
+
+from flowmesh.codec import PayloadCodec
+from flowmesh.security._encryption import KEY_BYTES, MAGIC, EncryptionCodec, check_key_id
+from flowmesh.security._keys import (
+    ALLOW_PLAINTEXT_ENV,
+    PAYLOAD_KEYS_ENV,
+    allow_plaintext_from_env,
+    parse_payload_keys,
+    payload_codec_from_env,
+)
+from flowmesh.security._masking import (
+    MASK,
+    MaskingFormatter,
+    mask_log_event,
+    mask_secrets,
+    mask_url,
+    mask_value,
+)
+from flowmesh.security._validation import message_problem
+
+__all__ = [
+    "ALLOW_PLAINTEXT_ENV",
+    "KEY_BYTES",
+    "MAGIC",
+    "MASK",
+    "PAYLOAD_KEYS_ENV",
+    "EncryptionCodec",
+    "MaskingFormatter",
+    "PayloadCodec",
+    "allow_plaintext_from_env",
+    "check_key_id",
+    "mask_log_event",
+    "mask_secrets",
+    "mask_url",
+    "mask_value",
+    "message_problem",
+    "parse_payload_keys",
+    "payload_codec_from_env",
+]
