@@ -104,10 +104,10 @@ async def test_work_for_an_app_not_yet_running_waits_and_completes(
     assert await handle.result(timeout=60) == {"echo": 42}
 
 
-async def test_recursive_terminate_stops_a_child_on_another_app(
+async def test_recursive_terminate_and_purge_reach_a_child_on_another_app(
     workers: WorkerProcesses, client: Client
 ) -> None:
-    """Terminating the parent with recursive=True terminates its child hosted by e2e-child."""
+    """Terminate and purge with recursive=True act on the child hosted by e2e-child."""
     workers.start("e2e-host", module=E2E_APPS)
     workers.start("e2e-child", module=E2E_APPS)
     handle = await client.start_workflow(
@@ -127,3 +127,16 @@ async def test_recursive_terminate_stops_a_child_on_another_app(
             break
         await asyncio.sleep(0.1)
     assert (await child.describe()).status is WorkflowStatus.TERMINATED
+
+    # Purge with recursive=True removes the child's history on its own app too.
+    await handle.purge(recursive=True)
+    for _ in range(100):
+        try:
+            await child.describe()
+        except WorkflowNotFoundError:
+            break
+        await asyncio.sleep(0.1)
+    with pytest.raises(WorkflowNotFoundError):
+        await child.describe()
+    with pytest.raises(WorkflowNotFoundError):
+        await handle.describe()
