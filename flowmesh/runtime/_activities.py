@@ -165,7 +165,10 @@ class ActivityRunner:
                 exc, app_id=self._app.app_id, non_retryable=True
             )
         except Exception as exc:
-            self._log.info("activity raised", error=f"{type(exc).__name__}: {exc}")
+            error = type(exc).__name__
+            if self._codec.payload_codec is None:  # messages often quote user data
+                error = f"{error}: {exc}"
+            self._log.info("activity raised", error=error)
             return None, FailureDetails.from_exception(exc, app_id=self._app.app_id)
         return output, None
 
@@ -197,10 +200,12 @@ class ActivityRunner:
     def _heartbeat_sink(self, task: ActivityTask) -> Any:
         loop = asyncio.get_running_loop()
         log = self._log.bind(instance_id=task.instance_id, task=f"{task.name}#{task.seq}")
+        redact = self._codec.payload_codec is not None  # details are user data
 
         def sink(details: object) -> None:
             # Called from the activity's thread: hop to the loop, which owns the logger config.
-            loop.call_soon_threadsafe(functools.partial(log.info, "heartbeat", details=details))
+            shown = "<not logged: payload encryption is on>" if redact else details
+            loop.call_soon_threadsafe(functools.partial(log.info, "heartbeat", details=shown))
 
         return sink
 

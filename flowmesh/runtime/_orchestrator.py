@@ -448,7 +448,7 @@ class Orchestrator:
                 "workflow " + after.status.value.lower().replace("_", " "),
                 instance_id=after.instance_id,
                 workflow=after.name,
-                reason=after.stall_reason or (after.failure.message if after.failure else None),
+                reason=after.stall_reason or _failure_shown(after.failure, self._codec),
             )
         else:
             self._log.debug("step committed", instance_id=after.instance_id, version=after.version)
@@ -554,6 +554,13 @@ class Orchestrator:
 def _wrong_attempt(live: _Live | None, result: ActivityResult) -> bool:
     action = live.execution.open_activity(result.seq) if live else None
     return action is not None and action.attempt != result.attempt
+
+
+def _failure_shown(failure: FailureDetails | None, codec: Codec) -> str | None:
+    """A failure for the log: its message, or only its type under payload encryption."""
+    if failure is None:
+        return None
+    return failure.message if codec.payload_codec is None else failure.error_type
 
 
 def _start_request(live: _Live | None, pending: list[HistoryEvent]) -> str:

@@ -36,7 +36,7 @@ from flowmesh.runtime._options import WorkerOptions
 from flowmesh.runtime._orchestrator import Orchestrator
 from flowmesh.runtime._outbox import OutboxRelay
 from flowmesh.runtime._timers import TimerPoller
-from flowmesh.security import message_problem
+from flowmesh.security._validation import message_problem
 from flowmesh.store import WorkflowStore
 from flowmesh.transport import Delivery, QueueKind, Subscription, Transport
 

@@ -19,13 +19,18 @@ from flowmesh.model import (
     check_name,
 )
 
+# Dead-letter reasons travel as a message header and in a log line: keep them short even when
+# the offending ID is megabytes long.
+_MAX_REASON = 300
+
 
 def message_problem(message: Message) -> str | None:
     """Why ``message`` must not be processed (for the dead-letter reason), or None if fine."""
     try:
         _check(message)
     except ValidationError as exc:
-        return f"invalid {type(message).__name__}: {exc}"
+        reason = f"invalid {type(message).__name__}: {exc}"
+        return reason if len(reason) <= _MAX_REASON else reason[: _MAX_REASON - 3] + "..."
     return None
 
 
