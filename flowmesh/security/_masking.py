@@ -10,21 +10,20 @@ from __future__ import annotations
 
 import logging
 import re
+import string
 from collections.abc import MutableMapping
 from typing import Any, Final
 
 MASK: Final = "***"
 
-# userinfo is ``user:password@``. The password runs to the *last* "@" before whitespace or a
-# double quote: an unencoded "@" (or "/") in a password must not leave its tail visible, and
-# masking too much of a malformed text is the safe way to be wrong.
-_USERINFO: Final = re.compile(
-    r"(?P<scheme>\b[a-z][a-z0-9+.\-]*://)(?P<user>[^:/@\s\"]*):(?P<password>[^\s\"]*)@", re.I
-)
 # redis-py (and others) also take the password as a query parameter.
 _QUERY: Final = re.compile(
     r"(?P<key>[?&;](?:password|passwd|pwd|pass)=)(?P<value>[^&;#\s\"']*)", re.I
 )
+_SCHEME_CHARS: Final = frozenset(string.ascii_letters + string.digits + "+.-")
+_MAX_SCHEME = 32
+_USER_END: Final = re.compile(r"[:/@\s\"]")
+_TOKEN_END: Final = re.compile(r"[\s\"]")
 # Containers nested deeper than this in a log event are rendered as a masked repr.
 _MAX_DEPTH: Final = 8
 _PLAIN: Final = (int, float, bool, type(None), bytes, bytearray)
@@ -34,13 +33,53 @@ def mask_secrets(text: str) -> str:
     """``text`` with URL passwords replaced: ``amqp://u:secret@h/`` -> ``amqp://u:***@h/``.
 
     Also masks ``?password=...`` query parameters. Works on any text (an error message, a
-    repr), not only on a bare URL, and is idempotent.
+    repr), not only on a bare URL, is idempotent, and takes time linear in ``len(text)``
+    (log values may be large and attacker-influenced, so no backtracking regex).
     """
     if "://" in text:
-        text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
+        text = _mask_userinfo(text)
     if "=" in text:
         text = _QUERY.sub(lambda m: f"{m['key']}{MASK}", text)
     return text
+
+
+def _mask_userinfo(text: str) -> str:
+    """Mask ``scheme://user:PASSWORD@``.
+
+    The password runs to the *last* "@" before whitespace or a double quote: an unencoded
+    "@" (or "/") in a password must not leave its tail visible, and masking too much of a
+    malformed text is the safe way to be wrong.
+    """
+    parts: list[str] = []
+    copied = 0  # text[:copied] is in parts
+    search = 0
+    # The whitespace-delimited token last scanned, and its last "@", so that many "://" in
+    # one token do not rescan it.
+    token_from, token_end, token_at = -1, -1, -1
+    while (colon := text.find("://", search)) >= 0:
+        search = colon + 3
+        start = colon
+        while start > 0 and colon - start < _MAX_SCHEME and text[start - 1] in _SCHEME_CHARS:
+            start -= 1
+        if start == colon or not text[start].isalpha():
+            continue
+        user_end = _USER_END.search(text, colon + 3)
+        if user_end is None or text[user_end.start()] != ":":
+            continue
+        password = user_end.start() + 1
+        if not token_from <= password < token_end:
+            end = _TOKEN_END.search(text, password)
+            token_from, token_end = password, end.start() if end else len(text)
+            token_at = text.rfind("@", password, token_end)
+        if token_at < password:
+            continue
+        parts.append(text[copied:password])
+        parts.append(MASK)
+        copied = search = token_at
+    if not parts:
+        return text
+    parts.append(text[copied:])
+    return "".join(parts)
 
 
 mask_url = mask_secrets

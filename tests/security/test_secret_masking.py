@@ -15,6 +15,7 @@ import secrets
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,25 @@ def test_no_password_survives_masking(password: str) -> None:
             masked = mask_secrets(text)
             assert password not in masked.replace("user", "").replace("host", ""), masked
             assert MASK in masked
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a." * 50_000 + "://",
+        "a://" * 50_000,
+        "amqp://u:" * 20_000,
+        "amqp://u:" + "x" * 500_000,
+        "redis://:p@h " * 20_000,
+        "?password=" * 50_000,
+    ],
+    ids=["scheme-chars", "schemes", "userinfos", "long-password", "many-urls", "queries"],
+)
+def test_masking_takes_linear_time_on_hostile_text(text: str) -> None:
+    """Log values can be large and attacker-influenced: no backtracking blow-up."""
+    started = time.perf_counter()
+    mask_secrets(text)
+    assert time.perf_counter() - started < 1.0
 
 
 def test_mask_value_masks_strings_in_any_container_and_reprs_holding_secrets() -> None:
