@@ -170,6 +170,11 @@ def drive(program: list[list[Any]], rng: random.Random, *, full_replay: bool) ->
             replayer.raise_event(instruction[1], rng.randrange(100), at=rng.randrange(40) * S)
     if rng.random() < 0.3:
         replayer.raise_event(rng.choice(EVENT_NAMES), "extra", at=rng.randrange(40) * S)
+    # A wait with a timeout may still take an event meant for a later wait (one arriving at
+    # the very moment it times out wins): top each name up late so later waits never starve.
+    for instruction in program:
+        if instruction[0] == "event" and instruction[2] is not None:
+            replayer.raise_event(instruction[1], "spare", at=(60 + rng.randrange(20)) * S)
     return replayer.run("program_wf", program)
 
 
