@@ -39,7 +39,8 @@ def queue_name(app_id: str, kind: QueueKind) -> str:
 class Outgoing:
     """A message to publish durably to ``app_id``'s ``kind`` queue.
 
-    ``reply_to``/``correlation_id`` ask the receiver to answer on an :class:`Inbox`.
+    ``reply_to``/``correlation_id`` ask the receiver to answer on an :class:`Inbox`. The
+    transport adds the sender's identity (``user_id``) itself.
     """
 
     app_id: str
@@ -84,6 +85,14 @@ class Delivery(Protocol):
     @property
     def delivery_count(self) -> int:
         """1 on first delivery, incremented on each redelivery (poison-message detection)."""
+
+    @property
+    def user_id(self) -> str:
+        """The sender's broker user, verified by the broker ('' if the message has none).
+
+        RabbitMQ refuses a message whose ``user_id`` differs from the publishing
+        connection's user, so this identifies the sender (see ``docs/security-model.md``).
+        """
 
     async def ack(self) -> None:
         """The message's effect is durable: remove it from the queue."""

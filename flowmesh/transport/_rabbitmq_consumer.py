@@ -65,6 +65,11 @@ class RabbitDelivery:
         return self._message.correlation_id or ""
 
     @property
+    def user_id(self) -> str:
+        """The publisher's RabbitMQ user (the broker checked it), or '' if not set."""
+        return self._message.user_id or ""
+
+    @property
     def delivery_count(self) -> int:
         """1 on first delivery, then 1 + the quorum queue's ``x-delivery-count`` header.
 

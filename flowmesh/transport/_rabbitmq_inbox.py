@@ -1,4 +1,6 @@
-"""Request/reply inboxes on RabbitMQ: one exclusive, auto-deleted queue per inbox."""
+"""Request/reply inboxes on RabbitMQ: one exclusive, auto-deleted queue per inbox, bound to the
+``fm.inbox`` topic exchange with its own name as routing key (answers never go through the
+default exchange, see :mod:`flowmesh.transport._rabbitmq_topology`)."""
 
 from __future__ import annotations
 
@@ -10,11 +12,12 @@ from contextlib import suppress
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
 
 from flowmesh.transport._rabbitmq_consumer import BROKER_ERRORS
+from flowmesh.transport._rabbitmq_topology import INBOX_EXCHANGE, INBOX_PATTERN
 
 # Shared with the memory transport, which must not import aio-pika.
 from flowmesh.transport.memory import _AnswerBuffer, _new_inbox_address
 
-_ADDRESS = re.compile(r"fm\.inbox\.[0-9a-f]{32}")
+_ADDRESS = re.compile(INBOX_PATTERN)
 
 
 def is_inbox_address(address: str) -> bool:
@@ -47,11 +50,13 @@ class RabbitInbox:
         return self._address
 
     async def open(self, connection: AbstractRobustConnection) -> None:
-        """Declare the queue and start consuming it (no acks: answers are best effort)."""
+        """Declare the queue, bind it and start consuming it (no acks: answers are best
+        effort). The robust channel redeclares and rebinds it after a reconnect."""
         self._channel = await connection.channel(publisher_confirms=False)
         queue = await self._channel.declare_queue(
             self._address, exclusive=True, auto_delete=True, durable=False
         )
+        await queue.bind(INBOX_EXCHANGE, self._address)
         await queue.consume(self._on_answer, no_ack=True)
 
     async def receive(self, correlation_id: str, timeout: float) -> bytes | None:

@@ -184,6 +184,8 @@ class _Message:
     """Count the next delivery of this message will carry."""
     reason: str = ""
     """Why the message was dead-lettered (dead queues only)."""
+    user_id: str = ""
+    """The publishing transport's ``user_id`` (like RabbitMQ's validated property)."""
 
 
 class _Queue:
@@ -307,6 +309,11 @@ class _MemoryDelivery:
     def delivery_count(self) -> int:
         """1 on first delivery, incremented on each redelivery."""
         return self._delivery_count
+
+    @property
+    def user_id(self) -> str:
+        """The ``user_id`` of the transport that published the message ('' if none)."""
+        return self._message.user_id
 
     @property
     def pending(self) -> bool:
@@ -441,6 +448,8 @@ class MemoryTransport:
     :meth:`publish` raise :class:`~flowmesh.TransportError` before anything is published.
     ``drain_timeout`` is how long cancelling a subscription (or closing) lets running
     handlers finish and settle before cancelling them; by default they are cancelled at once.
+    ``user_id`` is stamped on every message this transport publishes, as RabbitMQ's validated
+    ``user_id`` property would be (for testing sender checks in process).
     """
 
     def __init__(
@@ -449,8 +458,10 @@ class MemoryTransport:
         *,
         max_message_bytes: int | None = None,
         drain_timeout: float = 0.0,
+        user_id: str = "",
     ) -> None:
         self.broker = broker if broker is not None else MemoryBroker()
+        self._user_id = user_id
         self._max_message_bytes = max_message_bytes
         self._drain_timeout = drain_timeout
         self._subscriptions: set[_MemorySubscription] = set()
@@ -488,6 +499,7 @@ class MemoryTransport:
                     message.message_id,
                     message.reply_to,
                     message.correlation_id,
+                    user_id=self._user_id,
                 )
             )
             touched[id(queue)] = queue
@@ -540,6 +552,7 @@ class MemoryTransport:
                 delivery.reply_to,
                 delivery.correlation_id,
                 reason=reason,
+                user_id=self._user_id,
             )
         )
         await delivery.ack()

@@ -11,6 +11,22 @@ flow control that blocks a publishing connection cannot stall consumers' acks, a
 reverse. Every app's work, reply and dead queues are durable quorum queues; their
 ``x-delivery-count`` header gives :attr:`Delivery.delivery_count`.
 
+Routing and least privilege (see :mod:`flowmesh.transport._rabbitmq_topology` and
+``docs/security-model.md``): messages go through the topic exchange ``fm.apps`` with routing
+key ``<app>.<kind>``, answers through ``fm.inbox``, never through the default exchange. With
+full permissions (development) the transport declares the exchanges, the target app's queues
+and their bindings itself, so work for an app that never ran waits in its queue. A restricted
+user (``flowmesh security plan``) may not: where RabbitMQ refuses a declaration
+(ACCESS_REFUSED) the transport relies on the topology the plan declared, and a publish for
+which no queue is bound fails as unroutable instead of being lost.
+
+Every message carries the AMQP ``user_id`` property (the URL's user name). RabbitMQ refuses a
+message whose ``user_id`` is not the connection's user, so a receiver can trust it as the
+sender's identity (:attr:`RabbitDelivery.user_id`).
+
+TLS: an ``amqps://`` URL, with :class:`~flowmesh.security.TLSConfig` for the CA, the client
+certificate and whether to verify (on by default; turning it off is logged as a warning).
+
 Pitfalls of aio-pika/RabbitMQ defaults this module deals with:
 
 * A returned (unroutable) mandatory message is *confirmed* by RabbitMQ. aio-pika raises for
@@ -30,13 +46,14 @@ Pitfalls of aio-pika/RabbitMQ defaults this module deals with:
 from __future__ import annotations
 
 import asyncio
+import ssl
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 import aio_pika
 import aio_pika.exceptions
@@ -44,6 +61,7 @@ import aiormq.exceptions
 import structlog
 from aio_pika.abc import (
     AbstractChannel,
+    AbstractExchange,
     AbstractRobustChannel,
     AbstractRobustConnection,
     FieldValue,
@@ -56,6 +74,7 @@ from flowmesh._errors import (
     TransportError,
     UnroutableError,
 )
+from flowmesh.security._tls import TLSConfig
 from flowmesh.transport._base import (
     Delivery,
     Handler,
@@ -73,6 +92,13 @@ from flowmesh.transport._rabbitmq_consumer import (
     describe,
 )
 from flowmesh.transport._rabbitmq_inbox import RabbitInbox, is_inbox_address
+from flowmesh.transport._rabbitmq_topology import (
+    APPS_EXCHANGE,
+    EXCHANGES,
+    INBOX_EXCHANGE,
+    QUEUE_ARGUMENTS,
+    routing_key,
+)
 
 __all__ = ["RabbitMQConfig", "RabbitMQTransport"]
 
@@ -80,9 +106,7 @@ log = structlog.get_logger("flowmesh.transport")
 
 CONTENT_TYPE = "application/x-msgpack"
 
-_QUEUE_ARGUMENTS: dict[str, FieldValue] = {"x-queue-type": "quorum"}
-"""Arguments of every app queue. Every declaration must use exactly these: RabbitMQ refuses a
-redeclaration with other arguments (PRECONDITION_FAILED)."""
+_QUEUE_ARGUMENTS: dict[str, FieldValue] = dict(QUEUE_ARGUMENTS)
 
 _FAILURES: tuple[type[Exception], ...] = (TimeoutError, *BROKER_ERRORS)
 """A broker call failed or did not finish in time."""
@@ -126,12 +150,25 @@ class RabbitMQConfig:
     drain_timeout: float = 0.0
     """How long cancelling a subscription (or closing) lets running handlers finish and
     settle before cancelling them; by default they are cancelled at once."""
+    tls: TLSConfig | None = None
+    """TLS settings for an ``amqps://`` URL. None: the URL's query parameters (``cafile``,
+    ``certfile``, ``keyfile``, ``no_verify_ssl``) if any, else verify against the system's
+    CAs."""
+    user_id: str | None = None
+    """The ``user_id`` property of published messages; None means the URL's user name
+    (``guest`` without one), which RabbitMQ checks against the connection's user. Set it when
+    the broker authenticates otherwise (``auth=external`` in the URL leaves it unset), or ``""``
+    to send none."""
 
     def __post_init__(self) -> None:
         scheme = urlsplit(self.url).scheme
         if scheme not in ("amqp", "amqps"):
             raise ConfigurationError(
                 f"RabbitMQ URL must be amqp:// or amqps://: {_mask_url(self.url)}"
+            )
+        if self.tls is not None and scheme != "amqps":
+            raise ConfigurationError(
+                f"TLS settings need an amqps:// URL, not {_mask_url(self.url)}"
             )
         for name in ("publish_timeout", "operation_timeout", "reconnect_interval"):
             if getattr(self, name) <= 0:
@@ -146,6 +183,24 @@ class RabbitMQConfig:
         """The URL with its password masked, safe to log."""
         return _mask_url(self.url)
 
+    @property
+    def effective_tls(self) -> TLSConfig | None:
+        """The TLS settings in force: ``tls``, else the URL's, else defaults for amqps://."""
+        if urlsplit(self.url).scheme != "amqps":
+            return None
+        return self.tls or TLSConfig.from_amqp_query(self.url) or TLSConfig()
+
+    @property
+    def message_user_id(self) -> str:
+        """What :meth:`RabbitMQTransport.publish` puts in ``user_id`` ('' for nothing)."""
+        if self.user_id is not None:
+            return self.user_id
+        parts = urlsplit(self.url)
+        query = {k.lower(): v.lower() for k, v in parse_qsl(parts.query)}
+        if query.get("auth") == "external":
+            return ""  # the user name comes from the client certificate
+        return unquote(parts.username) if parts.username else "guest"
+
 
 @dataclass(frozen=True, slots=True)
 class _Link:
@@ -157,6 +212,10 @@ class _Link:
     """Publisher confirms on, returned messages raise."""
     replies: AbstractRobustChannel
     """No confirms: answers to inboxes are best effort."""
+    apps: AbstractExchange
+    """``fm.apps`` on the confirming channel."""
+    inbox: AbstractExchange
+    """``fm.inbox`` on the replies channel."""
 
 
 class RabbitMQTransport:
@@ -171,6 +230,8 @@ class RabbitMQTransport:
         self._link: _Link | None = None
         self._closed = False
         self._declared: set[str] = set()
+        self._predeclared: set[str] = set()
+        """Apps whose queues this user may not declare: consumed with passive declarations."""
         self._declare_lock = asyncio.Lock()
         self._ids_in_flight: dict[str, asyncio.Future[None]] = {}
         self._subscriptions: set[RabbitSubscription] = set()
@@ -194,6 +255,7 @@ class RabbitMQTransport:
             raise TransportError("the transport is closed")
         if self._link is not None:
             return
+        context = self._ssl_context()
         connections: list[AbstractRobustConnection] = []
         try:
             for role in ("publish", "consume"):
@@ -207,47 +269,91 @@ class RabbitMQTransport:
                             "connection_name": f"{self._config.connection_name} {role}"
                         },
                         reconnect_interval=self._config.reconnect_interval,
+                        ssl_context=context,
                     )
                 )
             publish, consume = connections
             async with asyncio.timeout(self._config.operation_timeout):
                 confirms = await publish.channel(publisher_confirms=True, on_return_raises=True)
                 replies = await publish.channel(publisher_confirms=False)
+            link = _Link(
+                publish,
+                consume,
+                confirms,
+                replies,
+                await confirms.get_exchange(APPS_EXCHANGE, ensure=False),
+                await replies.get_exchange(INBOX_EXCHANGE, ensure=False),
+            )
+            await self._declare_exchanges(link)
+        except ConfigurationError:
+            for connection in connections:
+                await self._close_quietly(connection)
+            raise
         except _FAILURES as exc:
             for connection in connections:
                 await self._close_quietly(connection)
             raise TransportError(
                 f"cannot connect to RabbitMQ at {self._config.masked_url}: {describe(exc)}"
             ) from exc
-        self._link = _Link(publish, consume, confirms, replies)
+        self._link = link
         log.info("transport.connected", url=self._config.masked_url)
 
-    async def declare_app(self, app_id: str) -> None:
-        """Declare ``app_id``'s work, reply and dead queues (once per transport)."""
+    async def declare_app(self, app_id: str, *, required: bool = False) -> None:
+        """Declare ``app_id``'s work, reply and dead queues and bind them to ``fm.apps``
+        (once per transport).
+
+        A restricted user may not declare another app's queues, nor bind its own: where
+        RabbitMQ refuses (ACCESS_REFUSED) the transport relies on the queues and bindings the
+        security plan declared, and remembers not to try again. With ``required`` (an
+        administrator applying the plan) a refusal is a :class:`ConfigurationError` instead.
+        """
         link = self._require_link()
-        if app_id in self._declared:
+        if app_id in self._declared and not required:
             return
         async with self._declare_lock:
             if app_id in self._declared:
                 return
             name = ""
+            binding = False
             try:
                 async with (
                     asyncio.timeout(self._config.operation_timeout),
                     self._plain_channel(link.publish) as channel,
                 ):
+                    queues = []
                     for kind in QueueKind:
                         name = queue_name(app_id, kind)
-                        await channel.declare_queue(name, durable=True, arguments=_QUEUE_ARGUMENTS)
+                        queues.append(
+                            await channel.declare_queue(
+                                name, durable=True, arguments=_QUEUE_ARGUMENTS
+                            )
+                        )
+                    binding = True
+                    for kind, queue in zip(QueueKind, queues, strict=True):
+                        name = queue.name
+                        await queue.bind(APPS_EXCHANGE, routing_key(app_id, kind))
             except aio_pika.exceptions.ChannelPreconditionFailed as exc:
                 raise ConfigurationError(
                     f"queue {name!r} exists with other settings than flowmesh's (durable "
                     f"quorum queue); delete or migrate it: {describe(exc)}"
                 ) from exc
             except aiormq.exceptions.ChannelAccessRefused as exc:
-                raise ConfigurationError(
-                    f"RabbitMQ user may not declare queue {name!r}: {describe(exc)}"
-                ) from exc
+                if required:
+                    raise ConfigurationError(
+                        f"RabbitMQ user {self._user_id or '?'!r} may not "
+                        f"{'bind' if binding else 'declare'} queue {name!r}: {describe(exc)}"
+                    ) from exc
+                # Least privilege: the security plan declared what this user may not.
+                if not binding:
+                    self._predeclared.add(app_id)
+                log.info(
+                    "transport.declare_refused",
+                    app_id=app_id,
+                    action="bind" if binding else "declare",
+                    queue=name,
+                    detail=describe(exc),
+                    relying_on="the queues and bindings the security plan declared",
+                )
             except _FAILURES as exc:
                 raise TransportError(f"declaring queue {name!r} failed: {describe(exc)}") from exc
             self._declared.add(app_id)
@@ -287,16 +393,20 @@ class RabbitMQTransport:
             delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
             correlation_id=correlation_id or None,
             content_type=CONTENT_TYPE,
+            user_id=self._user_id,
         )
         try:
             async with asyncio.timeout(self._config.publish_timeout):
                 await _opened(link.replies)
-                await link.replies.default_exchange.publish(
-                    message, routing_key=address, mandatory=False
-                )
+                await link.inbox.publish(message, routing_key=address, mandatory=False)
         except TimeoutError as exc:
             raise PublishTimeoutError(
                 f"reply to {address!r} not sent within {self._config.publish_timeout}s"
+            ) from exc
+        except aiormq.exceptions.ChannelAccessRefused as exc:
+            raise TransportError(
+                f"RabbitMQ refused the reply to {address!r} (ACCESS_REFUSED): user "
+                f"{self._user_id or '?'!r} may not publish to {INBOX_EXCHANGE!r}: {describe(exc)}"
             ) from exc
         except BROKER_ERRORS as exc:
             raise TransportError(f"reply to {address!r} failed: {describe(exc)}") from exc
@@ -317,8 +427,14 @@ class RabbitMQTransport:
                 channel = await link.consume.channel(publisher_confirms=False)
                 await channel.set_qos(prefetch_count=prefetch)
                 # Declared through the robust channel so that aio-pika redeclares the queue
-                # and restarts the consumer after a reconnect.
-                queue = await channel.declare_queue(name, durable=True, arguments=_QUEUE_ARGUMENTS)
+                # and restarts the consumer after a reconnect (passively where this user may
+                # not declare it: the security plan did).
+                if app_id in self._predeclared:
+                    queue = await channel.declare_queue(name, passive=True)
+                else:
+                    queue = await channel.declare_queue(
+                        name, durable=True, arguments=_QUEUE_ARGUMENTS
+                    )
                 subscription = RabbitSubscription(
                     name,
                     channel,
@@ -331,6 +447,16 @@ class RabbitMQTransport:
         except _FAILURES as exc:
             if channel is not None:
                 await self._close_quietly(channel)
+            if isinstance(exc, aiormq.exceptions.ChannelAccessRefused):
+                raise TransportError(
+                    f"RabbitMQ user {self._user_id or '?'!r} may not consume {name!r} "
+                    f"(ACCESS_REFUSED): {describe(exc)}"
+                ) from exc
+            if isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity):
+                raise TransportError(
+                    f"queue {name!r} does not exist and this RabbitMQ user may not declare it; "
+                    f"apply the security plan (flowmesh security apply): {describe(exc)}"
+                ) from exc
             raise TransportError(f"consuming {name!r} failed: {describe(exc)}") from exc
         self._subscriptions.add(subscription)
         return subscription
@@ -348,6 +474,10 @@ class RabbitMQTransport:
             "x-flowmesh-reason": _truncate(reason),
             "x-flowmesh-delivery-count": delivery.delivery_count,
         }
+        sender = getattr(delivery, "user_id", "")
+        if sender:
+            # The copy carries this app's user_id; keep who sent the original.
+            headers["x-flowmesh-original-user-id"] = sender
         if isinstance(delivery, RabbitDelivery):
             if not delivery.pending:
                 raise TransportError(f"delivery {delivery.message_id!r} was already settled")
@@ -367,8 +497,9 @@ class RabbitMQTransport:
             message_id=delivery.message_id or uuid.uuid4().hex,
             correlation_id=delivery.correlation_id or None,
             reply_to=delivery.reply_to or None,
+            user_id=self._user_id,
         )
-        await self._publish_confirmed(link, queue_name(app_id, QueueKind.DEAD), message)
+        await self._publish_confirmed(link, app_id, QueueKind.DEAD, message)
         await delivery.ack()
 
     async def open_inbox(self) -> Inbox:
@@ -412,6 +543,54 @@ class RabbitMQTransport:
 
     # -- internals ---------------------------------------------------------------------------
 
+    @property
+    def _user_id(self) -> str | None:
+        return self._config.message_user_id or None
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        tls = self._config.effective_tls
+        if tls is None:
+            return None
+        if not tls.verify:
+            log.warning(
+                "transport.tls_verification_disabled",
+                url=self._config.masked_url,
+                detail="the broker's certificate is not checked: anyone on the path can "
+                "impersonate it (development only)",
+            )
+        return tls.ssl_context()
+
+    async def _declare_exchanges(self, link: _Link) -> None:
+        """Declare ``fm.apps`` and ``fm.inbox``, or check they exist if this user may not."""
+        name = ""
+        try:
+            async with (
+                asyncio.timeout(self._config.operation_timeout),
+                self._plain_channel(link.publish) as channel,
+            ):
+                for name in EXCHANGES:
+                    await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
+            return
+        except aio_pika.exceptions.ChannelPreconditionFailed as exc:
+            raise ConfigurationError(
+                f"exchange {name!r} exists with other settings than flowmesh's (durable topic "
+                f"exchange): {describe(exc)}"
+            ) from exc
+        except aiormq.exceptions.ChannelAccessRefused:
+            pass  # a restricted user: the security plan declares the exchanges
+        try:
+            async with (
+                asyncio.timeout(self._config.operation_timeout),
+                self._plain_channel(link.publish) as channel,
+            ):
+                for name in EXCHANGES:
+                    await channel.declare_exchange(name, passive=True)
+        except aio_pika.exceptions.ChannelNotFoundEntity as exc:
+            raise ConfigurationError(
+                f"exchange {name!r} does not exist and RabbitMQ user {self._user_id or '?'!r} "
+                "may not declare it: apply the security plan first (flowmesh security apply)"
+            ) from exc
+
     def _require_link(self) -> _Link:
         if self._link is None:
             state = "closed" if self._closed else "not connected: call connect() first"
@@ -432,27 +611,42 @@ class RabbitMQTransport:
             message_id=outgoing.message_id or uuid.uuid4().hex,
             reply_to=outgoing.reply_to or None,
             correlation_id=outgoing.correlation_id or None,
+            user_id=self._user_id,
         )
-        await self._publish_confirmed(link, queue_name(outgoing.app_id, outgoing.kind), message)
+        await self._publish_confirmed(link, outgoing.app_id, outgoing.kind, message)
 
-    async def _publish_confirmed(self, link: _Link, queue: str, message: aio_pika.Message) -> None:
-        """Publish ``message`` to ``queue`` and wait for the broker's confirm."""
+    async def _publish_confirmed(
+        self, link: _Link, app_id: str, kind: QueueKind, message: aio_pika.Message
+    ) -> None:
+        """Publish ``message`` to ``app_id``'s ``kind`` queue and wait for the confirm."""
         timeout = self._config.publish_timeout
+        queue = queue_name(app_id, kind)
+        key = routing_key(app_id, kind)
         try:
             async with asyncio.timeout(timeout), self._exclusive_id(message.message_id or ""):
                 await _opened(link.confirms)
-                # Routing: the default exchange delivers to the queue named by the routing
-                # key. This is the one place to change for routing through named exchanges.
-                await link.confirms.default_exchange.publish(
-                    message, routing_key=queue, mandatory=True
-                )
+                await link.apps.publish(message, routing_key=key, mandatory=True)
         except aio_pika.exceptions.PublishError as exc:  # a Basic.Return
-            raise UnroutableError(f"RabbitMQ could not route the message to {queue!r}") from exc
+            raise UnroutableError(
+                f"RabbitMQ could not route the message to {queue!r}: no queue is bound to "
+                f"{APPS_EXCHANGE!r} with routing key {key!r} (apply the security plan, or "
+                "start the app once with a user that may declare its queues)"
+            ) from exc
         except aio_pika.exceptions.DeliveryError as exc:  # a Basic.Nack
             raise TransportError(f"RabbitMQ refused the message for {queue!r}") from exc
         except TimeoutError as exc:
             raise PublishTimeoutError(
                 f"no publisher confirm for {queue!r} within {timeout}s"
+            ) from exc
+        except aiormq.exceptions.ChannelAccessRefused as exc:
+            raise TransportError(
+                f"RabbitMQ user {self._user_id or '?'!r} may not publish to {queue!r} "
+                f"(routing key {key!r} on {APPS_EXCHANGE!r}; ACCESS_REFUSED): {describe(exc)}"
+            ) from exc
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            raise TransportError(
+                f"RabbitMQ refused the message for {queue!r} (PRECONDITION_FAILED, e.g. a "
+                f"user_id other than the connection's user): {describe(exc)}"
             ) from exc
         except BROKER_ERRORS as exc:
             raise TransportError(f"publishing to {queue!r} failed: {describe(exc)}") from exc
