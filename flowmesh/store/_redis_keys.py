@@ -16,6 +16,45 @@ from flowmesh._errors import DecodeError
 from flowmesh.model import WorkflowStatus
 from flowmesh.transport._base import Outgoing, QueueKind
 
+REDIS_COMMANDS = (
+    # sent by the store
+    "ping",
+    "evalsha",
+    "script|load",
+    "multi",
+    "exec",
+    "discard",
+    "hget",
+    "hgetall",
+    "lrange",
+    "smembers",
+    "del",
+    "zrange",
+    "zrevrange",
+    "info|persistence",
+    "info|memory",
+    # run by its Lua scripts (ACLs apply to commands inside scripts too)
+    "exists",
+    "hdel",
+    "hmget",
+    "hset",
+    "hvals",
+    "incr",
+    "rpush",
+    "sadd",
+    "zadd",
+    "zrangebyscore",
+    "zrem",
+    "zscore",
+)
+"""Every command the store needs (besides ``AUTH``), for a least-privilege ACL user.
+
+``script|load`` reloads a script after a restart emptied the cache; the ``info`` sections
+stand in for ``config get`` (refused to such a user) in ``RedisStore.check_safety``. Not
+listed: ``client|setinfo`` (Redis 7.2+), whose refusal redis-py's handshake ignores.
+``tests/security/test_permissions.py`` runs the store contract suite under a user limited to
+exactly these."""
+
 # Instance IDs never contain "|" (see check_instance_id), so it safely separates the fields of
 # a timer member.
 _SEP = "|"

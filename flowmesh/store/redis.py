@@ -14,6 +14,11 @@ Round trips: ``commit`` is one ``EVALSHA``; ``load`` is one ``MULTI``/``EXEC`` (
 history read together, so they always belong to the same version). After a Redis restart the
 first call of each script costs two more (``NOSCRIPT``, ``SCRIPT LOAD``), done by redis-py.
 
+TLS: a ``rediss://`` URL, with :class:`~flowmesh.security.TLSConfig` (CA, client certificate,
+verification on by default; turning it off is logged as a warning). Access control: the store
+only touches keys under ``<key_prefix>:{<app_id>}:`` and runs the commands listed in
+``REDIS_COMMANDS``, so an ACL user limited to exactly those works (``flowmesh security plan``).
+
 A commit whose reply was lost (the connection dropped after Redis applied it) and that is
 retried fails its version check and raises :class:`~flowmesh.VersionConflictError`: the caller
 reloads, finds its own events in the history, and carries on as after any conflict. Likewise a
@@ -33,6 +38,7 @@ from typing import Any, Protocol, Self, cast
 from urllib.parse import urlsplit
 
 import redis.asyncio
+import structlog
 from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
@@ -41,8 +47,10 @@ from redis.exceptions import RedisError, ResponseError
 
 from flowmesh._errors import ConfigurationError, StoreError, VersionConflictError
 from flowmesh.model import HistoryEvent, WorkflowState, WorkflowStatus, check_app_id
+from flowmesh.security._tls import TLSConfig, strip_tls_query
 from flowmesh.store._base import Commit, InstanceRecord, OutboxEntry, TimerEntry
 from flowmesh.store._redis_keys import (
+    REDIS_COMMANDS,
     RedisKeys,
     decode_outgoing,
     encode_outgoing,
@@ -50,10 +58,18 @@ from flowmesh.store._redis_keys import (
     parse_timer_member,
     timer_member,
 )
-from flowmesh.store._redis_safety import SAFETY_SETTINGS, safety_warnings
+from flowmesh.store._redis_safety import (
+    INFO_SECTIONS,
+    SAFETY_SETTINGS,
+    info_safety_warnings,
+    safety_warnings,
+)
 from flowmesh.store.memory import _check_commit, _epoch_ms, _from_epoch_ms, _lease_ms
 
-__all__ = ["RedisStore", "RedisStoreConfig", "StoreCodec"]
+__all__ = ["REDIS_COMMANDS", "RedisStore", "RedisStoreConfig", "StoreCodec"]
+
+log = structlog.get_logger("flowmesh.store")
+
 
 _TERMINAL = tuple(status.value for status in WorkflowStatus if status.is_terminal)
 _URL_SCHEMES = ("redis", "rediss", "unix")
@@ -91,6 +107,10 @@ class RedisStoreConfig:
     socket_timeout: float = 10.0
     connect_timeout: float = 5.0
     retries: int = 3
+    tls: TLSConfig | None = None
+    """TLS settings for a ``rediss://`` URL. None: the URL's query parameters
+    (``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs=none``) if any, else
+    verify against the system's CAs."""
 
     def __post_init__(self) -> None:
         try:
@@ -100,6 +120,10 @@ class RedisStoreConfig:
         if urlsplit(self.url).scheme not in _URL_SCHEMES:
             raise ConfigurationError(
                 f"Redis URL {mask_url(self.url)!r} must start with redis://, rediss:// or unix://"
+            )
+        if self.tls is not None and urlsplit(self.url).scheme != "rediss":
+            raise ConfigurationError(
+                f"TLS settings need a rediss:// URL, not {mask_url(self.url)!r}"
             )
         if not self.key_prefix or any(c in self.key_prefix for c in "{} \t\r\n"):
             raise ConfigurationError(
@@ -115,6 +139,51 @@ class RedisStoreConfig:
     def masked_url(self) -> str:
         """``url`` with its password replaced by ``***``."""
         return mask_url(self.url)
+
+    @property
+    def effective_tls(self) -> TLSConfig | None:
+        """The TLS settings in force: ``tls``, else the URL's, else defaults for rediss://."""
+        if urlsplit(self.url).scheme != "rediss":
+            return None
+        return self.tls or TLSConfig.from_redis_query(self.url) or TLSConfig()
+
+
+def redis_client(config: RedisStoreConfig) -> redis.asyncio.Redis:
+    """A redis-py client for ``config`` (timeouts, retries, TLS); it connects lazily.
+
+    Raises :class:`ConfigurationError` for unreadable TLS files.
+    """
+    url = config.url
+    tls_options: dict[str, Any] = {}
+    tls = config.effective_tls
+    if tls is not None:
+        tls.ssl_context()  # fails early, as a ConfigurationError, on unreadable files
+        if not tls.verify:
+            log.warning(
+                "store.tls_verification_disabled",
+                url=config.masked_url,
+                detail="the Redis server's certificate is not checked: anyone on the path "
+                "can impersonate it (development only)",
+            )
+        # The URL's own TLS parameters would override these keyword arguments.
+        url = strip_tls_query(url, redis=True)
+        tls_options = {
+            "ssl_ca_certs": tls.ca_file,
+            "ssl_certfile": tls.cert_file,
+            "ssl_keyfile": tls.key_file,
+            "ssl_cert_reqs": "required" if tls.verify else "none",
+            "ssl_check_hostname": tls.verify,
+        }
+    client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
+        url,
+        socket_timeout=config.socket_timeout,
+        socket_connect_timeout=config.connect_timeout,
+        # redis-py's default backoff waits up to 14 s over three retries; a worker would
+        # rather fail the step quickly and let the message be redelivered.
+        retry=Retry(ExponentialWithJitterBackoff(cap=2.0, base=0.1), config.retries),
+        **tls_options,
+    )
+    return client
 
 
 @cache
@@ -155,14 +224,7 @@ class RedisStore:
         """Create the client and check that the server answers (idempotent)."""
         if self._client is not None:
             return
-        client = redis.asyncio.Redis.from_url(
-            self.config.url,
-            socket_timeout=self.config.socket_timeout,
-            socket_connect_timeout=self.config.connect_timeout,
-            # redis-py's default backoff waits up to 14 s over three retries; a worker would
-            # rather fail the step quickly and let the message be redelivered.
-            retry=Retry(ExponentialWithJitterBackoff(cap=2.0, base=0.1), self.config.retries),
-        )
+        client = redis_client(self.config)
         try:
             with self._translating("connect"):
                 await client.ping()
@@ -373,7 +435,9 @@ class RedisStore:
     async def check_safety(self) -> list[str]:
         """Reasons the Redis server may lose data: eviction, no or weak persistence.
 
-        If the server refuses ``CONFIG`` (ACLs, managed Redis), says so instead of failing.
+        If the server refuses ``CONFIG`` (an ACL user of ``flowmesh security plan``, a managed
+        Redis), reads what ``INFO persistence`` and ``INFO memory`` show instead (AOF on or off,
+        the eviction policy); if those are refused too, says so instead of failing.
         """
         pipe: Pipeline
         with self._translating("check safety"):
@@ -382,12 +446,22 @@ class RedisStore:
                     for name in SAFETY_SETTINGS:
                         pipe.config_get(name)
                     replies = await pipe.execute()
-            except ResponseError as exc:  # NOPERM or an unknown (renamed) CONFIG command
-                return [
-                    f"could not check the Redis server's persistence and eviction settings "
-                    f"(CONFIG GET refused: {exc}); make sure maxmemory-policy is "
-                    "noeviction and AOF persistence (appendonly yes) is on"
-                ]
+            except ResponseError as config_refused:  # NOPERM, or CONFIG renamed away
+                try:
+                    sections = {name: await self._redis.info(name) for name in INFO_SECTIONS}
+                except ResponseError as exc:
+                    return [
+                        f"could not check the Redis server's persistence and eviction settings "
+                        f"(CONFIG GET refused: {config_refused}; INFO refused: {exc}); make "
+                        "sure maxmemory-policy is noeviction and AOF persistence (appendonly "
+                        "yes) is on"
+                    ]
+                log.info(
+                    "store.safety_checked_with_info",
+                    app_id=self.config.app_id,
+                    detail="CONFIG GET refused; appendfsync and save could not be checked",
+                )
+                return info_safety_warnings(sections)
         settings = {_text(name): _text(value) for reply in replies for name, value in reply.items()}
         return safety_warnings(settings)
 

@@ -230,7 +230,11 @@ async def test_check_safety_without_config_permission_warns_instead_of_failing(
     with private_redis(tmp_path, "--appendonly", "yes") as url:
         admin = redis.asyncio.Redis.from_url(url)
         await admin.acl_setuser(
-            "app", enabled=True, passwords=["+s3cret"], keys=["*"], commands=["+@all", "-config"]
+            "app",
+            enabled=True,
+            passwords=["+s3cret"],
+            keys=["*"],
+            commands=["+@all", "-config", "-info"],
         )
         await admin.aclose()
         async with new_store(url.replace("//", "//app:s3cret@")) as store:
@@ -238,6 +242,35 @@ async def test_check_safety_without_config_permission_warns_instead_of_failing(
     assert len(warnings) == 1
     assert "could not check" in warnings[0]
     assert "s3cret" not in warnings[0]
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        (("--appendonly", "yes"), []),
+        (("--appendonly", "no"), ["appendonly is 'no'"]),
+        (("--appendonly", "yes", "--maxmemory-policy", "allkeys-lru"), ["evicts keys"]),
+    ],
+)
+async def test_check_safety_falls_back_to_info_when_config_is_refused(
+    tmp_path: Path, settings: tuple[str, ...], expected: list[str]
+) -> None:
+    """A least-privilege ACL user (security plan) may run INFO sections but not CONFIG."""
+    with private_redis(tmp_path, *settings) as url:
+        admin = redis.asyncio.Redis.from_url(url)
+        await admin.acl_setuser(
+            "app",
+            enabled=True,
+            passwords=["+s3cret"],
+            keys=["*"],
+            commands=["+@all", "-config", "-info", "+info|persistence", "+info|memory"],
+        )
+        await admin.aclose()
+        async with new_store(url.replace("//", "//app:s3cret@")) as store:
+            warnings = await store.check_safety()
+    assert len(warnings) == len(expected), warnings
+    for warning, fragment in zip(warnings, expected, strict=True):
+        assert fragment in warning
 
 
 async def test_connection_errors_become_store_errors_with_the_password_masked() -> None:
