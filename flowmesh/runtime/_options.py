@@ -45,6 +45,11 @@ class WorkerOptions:
     if no renewal arrives in time (the worker died)."""
     crash_at: str | None = None
     """Test-only: SIGKILL the process at this crash point (see ``runtime._crash``)."""
+    app_user_pattern: str | None = None
+    """Broker user naming of apps, e.g. ``"fm-{app}"``: turns on sender checks. Every message
+    must then carry a broker-verified ``user_id``, and is accepted only from the user allowed
+    to send it (``flowmesh.security.SenderPolicy``); others are dead-lettered. Users that do
+    not match the pattern are clients."""
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:

@@ -69,6 +69,7 @@ from flowmesh.runtime._translate import (
     new_timers,
     open_timer_seqs,
 )
+from flowmesh.security._senders import SenderPolicy
 from flowmesh.store import WorkflowStore
 from flowmesh.transport import Delivery, Outgoing, QueueKind, Transport
 
@@ -107,6 +108,7 @@ class Orchestrator:
         options: WorkerOptions,
         on_timer_added: Callable[[datetime], None] = lambda _: None,
         crash: Callable[[str], None] = lambda _: None,
+        senders: SenderPolicy | None = None,
     ) -> None:
         self._app = app
         self._store = store
@@ -116,6 +118,7 @@ class Orchestrator:
         self._options = options
         self._on_timer_added = on_timer_added
         self._crash = crash
+        self._senders = senders
         self._mailboxes: dict[str, list[_Inbound]] = {}
         self._drains: dict[str, asyncio.Task[None]] = {}
         self._cache: OrderedDict[str, _Live] = OrderedDict()
@@ -201,24 +204,39 @@ class Orchestrator:
 
     async def _advance(self, instance_id: str, batch: list[_Inbound]) -> None:
         use_cache = True
+        refusals: list[tuple[Delivery, str]] = []
         for _ in range(self._options.conflict_retries):
             try:
-                settled = await self._try_step(instance_id, batch, use_cache=use_cache)
+                settled = await self._try_step(
+                    instance_id, batch, use_cache=use_cache, refusals=refusals
+                )
             except (VersionConflictError, _StaleCache):
                 self._cache.pop(instance_id, None)
                 use_cache = False
                 continue
             self._crash("after_publish")
-            await asyncio.gather(*(d.ack() for d in settled))
+            await asyncio.gather(
+                *(d.ack() for d in settled),
+                *(
+                    self._transport.dead_letter(d, self._app.app_id, f"sender refused: {reason}")
+                    for d, reason in refusals
+                ),
+            )
             return
         raise FlowmeshError(
             f"gave up on {instance_id} after {self._options.conflict_retries} conflicts"
         )
 
     async def _try_step(
-        self, instance_id: str, batch: list[_Inbound], *, use_cache: bool
+        self,
+        instance_id: str,
+        batch: list[_Inbound],
+        *,
+        use_cache: bool,
+        refusals: list[tuple[Delivery, str]],
     ) -> list[Delivery]:
-        """Run one step; returns the deliveries to ack.
+        """Run one step; returns the deliveries to ack (and fills ``refusals`` with those to
+        dead-letter because their sender may not send them, see :meth:`_check_senders`).
 
         A cached execution is only proven current by a successful commit. So when a step
         based on the cache would commit nothing (results dropped as duplicates, a start
@@ -235,7 +253,7 @@ class Orchestrator:
         replies: list[tuple[Delivery, Message]] = []
         purge: Control | None = None
         book = TaskBookkeeping()
-        for item in batch:
+        for item in self._check_senders(live, batch, refusals):
             message = item.message
             if book.add(message):
                 pass
@@ -288,6 +306,34 @@ class Orchestrator:
             await self._commit(instance_id, live, outcome, now, effects)
         await self._send_replies(replies)
         return to_ack
+
+    def _check_senders(
+        self, live: _Live | None, batch: list[_Inbound], refusals: list[tuple[Delivery, str]]
+    ) -> list[_Inbound]:
+        """The batch without messages whose verified sender may not send them for this
+        instance (a result from another app than the task's, ...), which go to ``refusals``."""
+        refusals.clear()
+        if self._senders is None or live is None:
+            return batch
+        task_apps = _task_apps(live.execution)
+        children = live.execution.child_instances()
+        accepted = []
+        for item in batch:
+            reason = self._senders.refuse_for_instance(
+                item.delivery.user_id,
+                item.message,
+                task_apps=task_apps,
+                child_apps=children,
+                parent=live.state.parent,
+            )
+            if reason is None:
+                accepted.append(item)
+            else:
+                self._log.error(
+                    "message refused", instance_id=live.state.instance_id, reason=reason
+                )
+                refusals.append((item.delivery, reason))
+        return accepted
 
     def _admit_start(
         self,
@@ -554,6 +600,11 @@ class Orchestrator:
 def _wrong_attempt(live: _Live | None, result: ActivityResult) -> bool:
     action = live.execution.open_activity(result.seq) if live else None
     return action is not None and action.attempt != result.attempt
+
+
+def _task_apps(execution: WorkflowExecution) -> dict[int, str]:
+    """Open activity and child seqs -> the app they were sent to ("" for timers)."""
+    return {task.seq: task.app_id for task in execution.waiting_on() if task.kind != "event"}
 
 
 def _failure_shown(failure: FailureDetails | None, codec: Codec) -> str | None:

@@ -36,6 +36,7 @@ from flowmesh.runtime._options import WorkerOptions
 from flowmesh.runtime._orchestrator import Orchestrator
 from flowmesh.runtime._outbox import OutboxRelay
 from flowmesh.runtime._timers import TimerPoller
+from flowmesh.security._senders import AppUsers, SenderPolicy
 from flowmesh.security._validation import message_problem
 from flowmesh.store import WorkflowStore
 from flowmesh.transport import Delivery, QueueKind, Subscription, Transport
@@ -87,6 +88,11 @@ class Worker:
         self._orchestrator: Orchestrator | None = None
         self._timers: TimerPoller | None = None
         self._relay: OutboxRelay | None = None
+        self._senders = (
+            SenderPolicy(app.app_id, AppUsers(self._options.app_user_pattern))
+            if self._options.app_user_pattern
+            else None
+        )
 
     @property
     def idle(self) -> bool:
@@ -133,6 +139,7 @@ class Worker:
                 options=self._options,
                 on_timer_added=lambda _: self._timers.notify() if self._timers else None,
                 crash=self._crash,
+                senders=self._senders,
             )
             self._relay = OutboxRelay(
                 self._store,
@@ -216,6 +223,16 @@ class Worker:
         )
         await self._transport.dead_letter(delivery, self.app.app_id, reason)
 
+    async def _refused(self, delivery: Delivery, message: Message, queue: str) -> bool:
+        """Dead-letter ``message`` if its verified sender may not send it (sender checks)."""
+        if self._senders is None:
+            return False
+        reason = self._senders.refuse(delivery.user_id, message)
+        if reason is None:
+            return False
+        await self._dead_letter(delivery, queue, f"sender refused: {reason}")
+        return True
+
     def _enter(self) -> None:
         self._in_flight += 1
         self._quiet.clear()
@@ -229,7 +246,7 @@ class Worker:
         self._enter()
         try:
             message = await self._decode(delivery, "work")
-            if message is None:
+            if message is None or await self._refused(delivery, message, "work"):
                 return
             self._crash("after_receive")
             if isinstance(message, ActivityTask) and self._activities is not None:
@@ -253,7 +270,7 @@ class Worker:
         self._enter()
         try:
             message = await self._decode(delivery, "reply")
-            if message is None:
+            if message is None or await self._refused(delivery, message, "reply"):
                 return
             self._crash("after_receive")
             if not isinstance(message, _REPLY_KINDS) or self._orchestrator is None:
