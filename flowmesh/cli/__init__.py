@@ -24,6 +24,7 @@ from flowmesh.cli._config import (
 )
 from flowmesh.cli._format import history_table, state_text, stats_table
 from flowmesh.cli._loader import discover_app_ids, load_app
+from flowmesh.cli._security import security, tls_options, tls_urls
 from flowmesh.runtime import WorkerOptions
 
 T = TypeVar("T")
@@ -131,6 +132,14 @@ def main(log_level: str, log_format: str) -> None:
     envvar="FLOWMESH_ACTIVITY_LEASE",
     help="Lease of a long activity; the host re-dispatches it if renewals stop.",
 )
+@click.option(
+    "--app-user-pattern",
+    envvar="FLOWMESH_APP_USER_PATTERN",
+    default=None,
+    help="Broker user name of each app, e.g. 'fm-{app}': turns on sender checks (messages "
+    "from a user that may not send them are dead-lettered). See docs/security-model.md.",
+)
+@tls_options
 @amqp_option
 @redis_option
 @prefix_option
@@ -142,6 +151,11 @@ def worker(
     drain_timeout: float,
     ack_deadline: float,
     activity_lease: float,
+    app_user_pattern: str | None,
+    tls_ca: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_insecure: bool,
     amqp_url: str,
     redis_url: str,
     key_prefix: str,
@@ -153,12 +167,22 @@ def worker(
         app = load_app(app_id, module)
     except FlowmeshError as exc:
         raise click.ClickException(mask_url(str(exc))) from None
+    amqp_url, tls_redis_url = tls_urls(
+        amqp_url,
+        redis_url if app.hosts_workflows else None,
+        tls_ca=tls_ca,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_insecure=tls_insecure,
+    )
+    redis_url = tls_redis_url or redis_url
     options = WorkerOptions(
         concurrency=concurrency,
         drain_timeout=drain_timeout,
         ack_deadline=ack_deadline,
         activity_lease=activity_lease,
         crash_at=os.environ.get("FLOWMESH_CRASH_AT") or None,  # test-only fault injection
+        app_user_pattern=app_user_pattern or None,
     )
     _run(
         serve(
@@ -334,3 +358,6 @@ def apps(app_ids: tuple[str, ...], amqp_url: str) -> None:
         click.echo(stats_table(stats))
 
     _run(action())
+
+
+main.add_command(security)

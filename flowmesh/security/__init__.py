@@ -9,9 +9,15 @@
   structlog processor and :class:`MaskingFormatter` the stdlib formatter that apply it.
 * :func:`message_problem` - identifier checks on decoded messages (the worker dead-letters
   what fails them).
+* :class:`SecurityPlan` - least-privilege RabbitMQ users (topic permissions per routing key)
+  and Redis ACL users per app ID (``flowmesh security plan|apply``); :func:`declare_topology`
+  declares the exchanges, queues and bindings with admin credentials.
+* :class:`AppUsers` / :class:`SenderPolicy` - which app a broker-verified ``user_id`` is, and
+  which messages it may send (``WorkerOptions.app_user_pattern``).
+* :class:`TLSConfig` - CA, client certificate and verification for ``amqps://``/``rediss://``.
 
 ``cryptography`` is imported only when an :class:`EncryptionCodec` is built.
-See docs/security-payloads.md.
+See docs/security-payloads.md and docs/security-model.md.
 """
 
 from flowmesh.codec import PayloadCodec
@@ -31,24 +37,42 @@ from flowmesh.security._masking import (
     mask_url,
     mask_value,
 )
+from flowmesh.security._plan import (
+    SecurityPlan,
+    Topology,
+    declare_topology,
+    password_variable,
+    topology_from_sources,
+)
+from flowmesh.security._senders import DEFAULT_APP_USER_PATTERN, AppUsers, SenderPolicy
+from flowmesh.security._tls import TLSConfig
 from flowmesh.security._validation import message_problem
 
 __all__ = [
     "ALLOW_PLAINTEXT_ENV",
+    "DEFAULT_APP_USER_PATTERN",
     "KEY_BYTES",
     "MAGIC",
     "MASK",
     "PAYLOAD_KEYS_ENV",
+    "AppUsers",
     "EncryptionCodec",
     "MaskingFormatter",
     "PayloadCodec",
+    "SecurityPlan",
+    "SenderPolicy",
+    "TLSConfig",
+    "Topology",
     "allow_plaintext_from_env",
     "check_key_id",
+    "declare_topology",
     "mask_log_event",
     "mask_secrets",
     "mask_url",
     "mask_value",
     "message_problem",
     "parse_payload_keys",
+    "password_variable",
     "payload_codec_from_env",
+    "topology_from_sources",
 ]

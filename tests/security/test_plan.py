@@ -1,0 +1,116 @@
+"""``flowmesh security plan``: the topology it reads and the permissions it renders.
+
+Applying a plan against real servers is covered by ``test_permissions.py``.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from flowmesh._errors import ConfigurationError
+from flowmesh.cli import main
+from flowmesh.security import SecurityPlan, password_variable, topology_from_sources
+from tests.harness.processes import REPO
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["security", *args], env=env, catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def test_the_topology_is_read_from_the_example_apps() -> None:
+    sources = [p for p in (REPO / "workers").glob("*.py") if p.stem not in ("demo", "__init__")]
+    topology = topology_from_sources(sources)
+    assert topology.apps == {"app1", "app2", "app3", "gpu-trainer"}
+    assert topology.hosts == {"app1", "gpu-trainer"}
+    assert topology.calls == {"app1": {"app2", "app3"}}
+    assert topology.children == {"app1": {"gpu-trainer"}}
+    assert topology.unresolved == ()
+
+
+def test_non_literal_targets_are_reported(tmp_path: Path) -> None:
+    (tmp_path / "dyn.py").write_text(
+        textwrap.dedent(
+            """
+            from flowmesh import App
+            app = App("dyn")
+
+            @app.workflow(name="w")
+            async def w(ctx, target):
+                await ctx.call_activity("a", 1, app_id=target)
+                await ctx.call_activity("b", 2)
+                await ctx.call_child_workflow("c", 3, app_id="kid")
+            """
+        )
+    )
+    topology = topology_from_sources([tmp_path / "dyn.py"])
+    assert topology.children == {"dyn": {"kid"}}
+    assert topology.calls == {}
+    assert len(topology.unresolved) == 1
+    assert "call_activity" in topology.unresolved[0]
+
+
+def test_plan_from_flags_renders_rabbitmqctl_and_redis_lines() -> None:
+    code, out = run(
+        "plan",
+        "--calls", "orders=payments,mail",
+        "--children", "orders=gpu",
+        "--client", "fmc-shop=orders",
+        "--vhost", "prod",
+        "--key-prefix", "wf",
+    )  # fmt: skip
+    assert code == 0, out
+    lines = out.splitlines()
+    assert (
+        "rabbitmqctl set_topic_permissions -p prod fm-payments fm.apps "
+        r"'^(orders\.reply|payments\.dead|payments\.work)$' '^$'"
+    ) in lines
+    assert (
+        "rabbitmqctl set_permissions -p prod fm-payments '^(fm\\.payments\\.dead|"
+        "fm\\.payments\\.reply|fm\\.payments\\.work)$' '^fm\\.apps$' '^fm\\.payments\\.work$'"
+    ) in lines
+    redis_lines = [line for line in lines if line.startswith("redis-cli ACL SETUSER")]
+    assert [line.split()[3] for line in redis_lines] == ["fm-gpu", "fm-orders"]
+    assert "'~wf:{orders}:*'" in redis_lines[1]
+    assert '">$FLOWMESH_PASSWORD_FM_ORDERS"' in redis_lines[1]
+    assert not any("amq.default" in line or "'.*'" in line for line in lines)
+    # Passwords only ever appear as variables.
+    assert re.search(r"add_user fm-orders \"\$FLOWMESH_PASSWORD_FM_ORDERS\"", out)
+
+
+def test_plan_defaults_to_the_workers_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    code, out = run("plan")
+    assert code == 0, out
+    assert "#   app1: hosts workflows; runs activities on app2, app3; starts child" in out
+    assert "fm-app3" in out
+
+
+def test_example_plan_in_deploy_is_current(monkeypatch: pytest.MonkeyPatch) -> None:
+    """deploy/security/plan-example.txt is this command's output (regenerate it if not)."""
+    monkeypatch.chdir(REPO)
+    code, out = run(
+        "plan", "--workers", "workers", "--client", "fmc-ops=app1", "--vhost", "flowmesh"
+    )
+    assert code == 0, out
+    assert (REPO / "deploy/security/plan-example.txt").read_text() == out
+
+
+def test_client_users_must_not_look_like_app_users() -> None:
+    with pytest.raises(ConfigurationError, match="named like an app user"):
+        SecurityPlan.build(calls={"a": ["b"]}, clients={"fm-ops": ["a"]})
+    code, out = run("plan", "--calls", "a=b", "--client", "ops=b")
+    assert code != 0
+    assert "host no workflows" in out
+
+
+def test_apply_wants_every_password_before_touching_anything() -> None:
+    code, out = run("apply", "--calls", "a=b", "--amqp-url", "amqp://admin:x@127.0.0.1:1/", env={})
+    assert code != 0
+    assert password_variable("fm-a") in out
+    assert password_variable("fm-b") in out
