@@ -17,6 +17,9 @@ test: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check flowmesh workers tests
 	$(VENV)/bin/mypy
 
+bench: $(VENV)/.installed
+	$(PY) -m bench.run
+
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check flowmesh workers tests
 	$(VENV)/bin/mypy
