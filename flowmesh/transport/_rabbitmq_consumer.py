@@ -37,11 +37,14 @@ def describe(exc: BaseException) -> str:
 class RabbitDelivery:
     """A message received from a queue; settling it acks or rejects it on its channel."""
 
-    __slots__ = ("_message", "_queue", "_settled")
+    __slots__ = ("_message", "_queue", "_settle_timeout", "_settled")
 
-    def __init__(self, message: AbstractIncomingMessage, queue: str) -> None:
+    def __init__(
+        self, message: AbstractIncomingMessage, queue: str, *, settle_timeout: float = 10.0
+    ) -> None:
         self._message = message
         self._queue = queue
+        self._settle_timeout = settle_timeout
         self._settled = False
 
     @property
@@ -117,7 +120,22 @@ class RabbitDelivery:
             raise TransportError(f"delivery {self.message_id!r} was already settled")
         self._settled = True
         try:
-            await settle()
+            # Bounded: aiormq queues outgoing frames in a small per-connection queue (10
+            # frames) that only the connection's writer task empties. When the connection
+            # dies under load, an ack/reject issued before the channel notices can wait for
+            # room in that queue forever, wedging the handler (and, in the orchestrator,
+            # every later message of the same instance). Past the timeout the settle did
+            # not reach the broker, which redelivers the message like after any lost settle.
+            async with asyncio.timeout(self._settle_timeout):
+                await settle()
+        except TimeoutError:
+            log.warning(
+                "transport.settle_failed",
+                action=action,
+                queue=self._queue,
+                message_id=self.message_id,
+                error=f"no answer from the connection within {self._settle_timeout}s",
+            )
         except BROKER_ERRORS as exc:
             # The channel the message came on is gone (connection lost, consumer cancelled):
             # the broker has already put the message back and will deliver it again.
@@ -185,7 +203,7 @@ class RabbitSubscription:
         # settle then fails harmlessly and the broker redelivers.
         if not self._active:
             return  # left unacked: the channel close that follows returns it
-        delivery = RabbitDelivery(message, self._queue_name)
+        delivery = RabbitDelivery(message, self._queue_name, settle_timeout=self._close_timeout)
         task = asyncio.create_task(
             _run_handler(self._handler, delivery, self._queue_name),
             name=f"flowmesh-consume-{self._queue_name}",
