@@ -63,14 +63,25 @@ class ActivityRunner:
         """True while an activity runs."""
         return self._running > 0
 
-    async def handle(self, delivery: Delivery, task: ActivityTask) -> None:
-        """Run ``task`` (or fail it as poison), publish the result, then ack."""
+    async def handle(
+        self, delivery: Delivery, task: ActivityTask, *, quarantined: bool = False
+    ) -> None:
+        """Run ``task`` (or quarantine it, or fail it as poison), publish the result, then ack.
+
+        A task redelivered from the work queue was in flight when a worker died, maybe killed
+        by another task beside it. It moves to the quarantine queue, where each replica runs
+        one task at a time: a poison task then only counts its own deaths, and innocent tasks
+        that shared a process with it run normally.
+        """
         with structlog.contextvars.bound_contextvars(
             instance_id=task.instance_id, task=f"{task.name}#{task.seq}", attempt=task.attempt
         ):
             function = self._app.activities.get(task.name)
             if function is None:
                 await self._wait_for_deployment(delivery, task)
+                return
+            if not quarantined and delivery.delivery_count > 1:
+                await self._quarantine(delivery)
                 return
             if delivery.delivery_count > self._options.max_deliveries:
                 poison = FailureDetails(
@@ -101,6 +112,21 @@ class ActivityRunner:
             if not acked:
                 await delivery.ack()
             self.completed += 1
+
+    async def _quarantine(self, delivery: Delivery) -> None:
+        try:
+            await self._transport.publish(
+                [
+                    Outgoing(
+                        self._app.app_id, QueueKind.QUARANTINE, delivery.body, delivery.message_id
+                    )
+                ]
+            )
+        except FlowmeshError:
+            await delivery.requeue()
+            return
+        await delivery.ack()
+        self._log.info("redelivered task moved to quarantine", deliveries=delivery.delivery_count)
 
     async def _run_within_deadline(
         self,

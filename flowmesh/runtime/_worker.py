@@ -163,6 +163,13 @@ class Worker:
                 self.app.app_id, QueueKind.WORK, self._on_work, prefetch=self._options.concurrency
             )
         )
+        if self.app.activities:
+            # One quarantined task at a time: if it kills the process, nothing else dies with it.
+            self._subscriptions.append(
+                await self._transport.consume(
+                    self.app.app_id, QueueKind.QUARANTINE, self._on_quarantine, prefetch=1
+                )
+            )
         self._log.info(
             "worker started",
             workflows=sorted(self.app.workflows),
@@ -262,6 +269,23 @@ class Worker:
             else:
                 await self._dead_letter(
                     delivery, "work", f"unexpected {type(message).__name__} on a work queue"
+                )
+        finally:
+            self._leave()
+
+    async def _on_quarantine(self, delivery: Delivery) -> None:
+        # No sender check: only this app may publish to its quarantine queue, and the task was
+        # checked when it first arrived on the work queue.
+        self._enter()
+        try:
+            message = await self._decode(delivery, "quarantine")
+            if message is None:
+                return
+            if isinstance(message, ActivityTask) and self._activities is not None:
+                await self._activities.handle(delivery, message, quarantined=True)
+            else:
+                await self._dead_letter(
+                    delivery, "quarantine", f"unexpected {type(message).__name__} in quarantine"
                 )
         finally:
             self._leave()

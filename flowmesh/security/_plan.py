@@ -13,10 +13,11 @@
 
 What each user gets follows from who sends what where (``docs/protocol.md``):
 
-* app X (user ``fm-X``): configure its own three queues; read its work queue (and its reply
-  queue if it hosts workflows); write to ``fm.apps`` only with the routing keys it needs (topic
-  permissions): its own ``X.work`` (a task waiting for a deployment is republished) and
-  ``X.dead``, ``X.reply`` if it hosts (its timers), ``T.work`` for every app T it calls,
+* app X (user ``fm-X``): configure its own queues; read its work and quarantine queues (and
+  its reply queue if it hosts workflows); write to ``fm.apps`` only with the routing keys it
+  needs (topic permissions): its own ``X.work`` (a task waiting for a deployment is
+  republished), ``X.quarantine`` (tasks in flight when a worker died) and ``X.dead``,
+  ``X.reply`` if it hosts (its timers), ``T.work`` for every app T it calls,
   ``C.work`` and ``C.reply`` for every app C hosting its children (start, terminate, purge),
   ``H.reply`` for every app H that calls it or hosts its parent (results, leases, notes, child
   results). A hosting app also answers clients' inboxes (``fm.inbox``). Nothing else: no
@@ -230,7 +231,11 @@ class SecurityPlan:
     def publishes(self, app_id: str) -> list[str]:
         """Routing keys on ``fm.apps`` app ``app_id`` publishes with."""
         t = self.topology
-        keys = {routing_key(app_id, QueueKind.WORK), routing_key(app_id, QueueKind.DEAD)}
+        keys = {
+            routing_key(app_id, QueueKind.WORK),
+            routing_key(app_id, QueueKind.DEAD),
+            routing_key(app_id, QueueKind.QUARANTINE),
+        }
         if self.hosts(app_id):
             keys.add(routing_key(app_id, QueueKind.REPLY))
         for target in t.calls.get(app_id, ()):
@@ -254,7 +259,10 @@ class SecurityPlan:
         inbox_key = f"^{INBOX_PATTERN}$"
         for app_id in self.apps:
             own = [queue_name(app_id, kind) for kind in QueueKind]
-            consumes = [queue_name(app_id, QueueKind.WORK)]
+            consumes = [
+                queue_name(app_id, QueueKind.WORK),
+                queue_name(app_id, QueueKind.QUARANTINE),
+            ]
             exchanges = [APPS_EXCHANGE]
             topics = [(APPS_EXCHANGE, _alternatives(self.publishes(app_id)), _NOTHING)]
             if self.hosts(app_id):

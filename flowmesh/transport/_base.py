@@ -23,11 +23,14 @@ from typing import Protocol
 
 
 class QueueKind(StrEnum):
-    """The three queues every app ID owns."""
+    """The queues every app ID owns."""
 
     WORK = "work"
     REPLY = "reply"
     DEAD = "dead"
+    QUARANTINE = "quarantine"
+    """Activity tasks that were in flight when a worker died, run one at a time per replica
+    so a poison task cannot take innocent tasks down with it."""
 
 
 def queue_name(app_id: str, kind: QueueKind) -> str:
@@ -61,6 +64,7 @@ class QueueStats:
     reply_messages: int
     reply_consumers: int
     dead_messages: int
+    quarantine_messages: int = 0
 
 
 class Delivery(Protocol):

@@ -575,7 +575,8 @@ class MemoryTransport:
             return (0, 0) if queue is None else (len(queue.ready), len(queue.consumers))
 
         work, reply, dead = depth(QueueKind.WORK), depth(QueueKind.REPLY), depth(QueueKind.DEAD)
-        return QueueStats(app_id, work[0], work[1], reply[0], reply[1], dead[0])
+        quarantine = depth(QueueKind.QUARANTINE)
+        return QueueStats(app_id, work[0], work[1], reply[0], reply[1], dead[0], quarantine[0])
 
     async def close(self) -> None:
         """Cancel this transport's consumers (returning unsettled deliveries) and inboxes."""

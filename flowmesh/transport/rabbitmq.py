@@ -520,10 +520,28 @@ class RabbitMQTransport:
     async def queue_stats(self, app_id: str) -> QueueStats:
         """Ready messages and consumers of ``app_id``'s queues (zeros for missing queues)."""
         link = self._require_link()
-        (work, work_consumers), (reply, reply_consumers), (dead, _) = await asyncio.gather(
-            *(self._queue_counts(link, queue_name(app_id, kind)) for kind in QueueKind)
+        counts = dict(
+            zip(
+                QueueKind,
+                await asyncio.gather(
+                    *(self._queue_counts(link, queue_name(app_id, kind)) for kind in QueueKind)
+                ),
+                strict=True,
+            )
         )
-        return QueueStats(app_id, work, work_consumers, reply, reply_consumers, dead)
+        (work, work_consumers), (reply, reply_consumers) = (
+            counts[QueueKind.WORK],
+            counts[QueueKind.REPLY],
+        )
+        return QueueStats(
+            app_id,
+            work,
+            work_consumers,
+            reply,
+            reply_consumers,
+            counts[QueueKind.DEAD][0],
+            counts[QueueKind.QUARANTINE][0],
+        )
 
     async def close(self) -> None:
         """Cancel consumers (unsettled deliveries return to their queues), close inboxes and

@@ -436,16 +436,17 @@ def test_the_plan_grants_each_app_exactly_its_routing_keys(secured: Secured) -> 
     app2 = by_user[secured.user("app2")]
     trainer = by_user[secured.user("gpu-trainer")]
     assert set(app1.publishes) == {
-        "app1.work", "app1.reply", "app1.dead", "app2.work", "app3.work",
+        "app1.work", "app1.reply", "app1.dead", "app1.quarantine", "app2.work", "app3.work",
         "gpu-trainer.work", "gpu-trainer.reply",
     }  # fmt: skip
-    assert set(app2.publishes) == {"app2.work", "app2.dead", "app1.reply"}
+    assert set(app2.publishes) == {"app2.work", "app2.dead", "app2.quarantine", "app1.reply"}
     assert set(trainer.publishes) == {
         "gpu-trainer.work",
         "gpu-trainer.reply",
         "gpu-trainer.dead",
+        "gpu-trainer.quarantine",
         "app1.reply",
     }
-    assert app2.consumes == ("fm.app2.work",)
+    assert app2.consumes == ("fm.app2.quarantine", "fm.app2.work")
     assert "fm.inbox" not in app2.write  # activity-only apps answer no inboxes
     assert all("amq.default" not in u.write and ".*" not in u.write for u in by_user.values())

@@ -68,11 +68,12 @@ def test_plan_from_flags_renders_rabbitmqctl_and_redis_lines() -> None:
     lines = out.splitlines()
     assert (
         "rabbitmqctl set_topic_permissions -p prod fm-payments fm.apps "
-        r"'^(orders\.reply|payments\.dead|payments\.work)$' '^$'"
+        r"'^(orders\.reply|payments\.dead|payments\.quarantine|payments\.work)$' '^$'"
     ) in lines
     assert (
         "rabbitmqctl set_permissions -p prod fm-payments '^(fm\\.payments\\.dead|"
-        "fm\\.payments\\.reply|fm\\.payments\\.work)$' '^fm\\.apps$' '^fm\\.payments\\.work$'"
+        "fm\\.payments\\.quarantine|fm\\.payments\\.reply|fm\\.payments\\.work)$' "
+        "'^fm\\.apps$' '^(fm\\.payments\\.quarantine|fm\\.payments\\.work)$'"
     ) in lines
     redis_lines = [line for line in lines if line.startswith("redis-cli ACL SETUSER")]
     assert [line.split()[3] for line in redis_lines] == ["fm-gpu", "fm-orders"]
