@@ -13,6 +13,7 @@ workflow function is stepped by hand with ``send``.
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
@@ -66,6 +67,9 @@ WorkflowFunction = Callable[[WorkflowContext, Any], Coroutine[Any, Any, Any]]
 
 WorkflowResolver = Callable[[str], WorkflowFunction | None]
 """Looks a workflow function up by its registered name."""
+
+WAITING_SHOWN = 20
+"""How many pending tasks a workflow state lists individually."""
 
 ValueCheck = Callable[[object, str], None]
 """Raises ``SerializationError`` unless a value can be sent; the str says whose value it is."""
@@ -734,11 +738,17 @@ class WorkflowExecution:
             dropped=tuple(dropped),
         )
 
-    def waiting_on(self) -> tuple[PendingTask, ...]:
-        """What the workflow currently waits for, for ``describe()``."""
+    def waiting_on(self, limit: int = WAITING_SHOWN) -> tuple[PendingTask, ...]:
+        """What the workflow waits for, for ``describe()``: the ``limit`` oldest tasks, then
+        one ``more`` entry counting the rest (a fan-out of thousands must not make every
+        step's state that large)."""
         if self._completion is not None:
             return ()
-        pending = [_pending_task(seq, o) for seq, o in sorted(self._open.items())]
+        oldest = heapq.nsmallest(limit, self._open)
+        pending = [_pending_task(seq, self._open[seq]) for seq in oldest]
+        if len(self._open) > limit:
+            rest = len(self._open) - limit
+            pending.append(PendingTask("more", f"{rest} more tasks", detail="not listed"))
         pending.extend(
             PendingTask("event", name) for name, waiters in self._event_waiters.items() if waiters
         )

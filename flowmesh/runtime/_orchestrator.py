@@ -245,7 +245,10 @@ class Orchestrator:
         """
         live = self._cache.get(instance_id) if use_cache else None
         from_cache = live is not None
-        if live is None:
+        # A batch of starts for an unknown instance skips the load: the commit's version check
+        # (expected 0) proves the instance is new, and a conflict re-runs the step with a load.
+        assume_new = use_cache and all(isinstance(i.message, StartWorkflow) for i in batch)
+        if live is None and not assume_new:
             live = await self._load(instance_id)
         now = self._clock.now()
         events: list[HistoryEvent] = [StepStarted(now)]
@@ -468,7 +471,7 @@ class Orchestrator:
         self._crash("before_commit")
         await self._store.commit(commit)
         self._crash("after_commit")
-        history = [*history, *append]
+        history.extend(append)  # in place: copying it every step would be O(n^2) over a life
         self._remember(instance_id, _Live(execution, state, history))
         for timer in timers:
             self._on_timer_added(timer.fire_at)
