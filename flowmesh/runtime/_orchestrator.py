@@ -60,7 +60,7 @@ from flowmesh.runtime._leases import (
 )
 from flowmesh.runtime._log import get_logger
 from flowmesh.runtime._options import WorkerOptions
-from flowmesh.runtime._outbox import publish_outbox
+from flowmesh.runtime._outbox import OutboxClearer, publish_outbox
 from flowmesh.runtime._translate import (
     build_commit,
     build_state,
@@ -108,6 +108,7 @@ class Orchestrator:
         options: WorkerOptions,
         on_timer_added: Callable[[datetime], None] = lambda _: None,
         crash: Callable[[str], None] = lambda _: None,
+        clearer: OutboxClearer | None = None,
         senders: SenderPolicy | None = None,
     ) -> None:
         self._app = app
@@ -118,6 +119,7 @@ class Orchestrator:
         self._options = options
         self._on_timer_added = on_timer_added
         self._crash = crash
+        self._clearer = clearer
         self._senders = senders
         self._mailboxes: dict[str, list[_Inbound]] = {}
         self._drains: dict[str, asyncio.Task[None]] = {}
@@ -483,6 +485,7 @@ class Orchestrator:
             attempts=self._options.publish_retries,
             log=self._log,
             crash=self._crash,
+            clearer=self._clearer,
         )
         if state.status.is_terminal or state.status is WorkflowStatus.STALLED:
             await self._notify_waiters(instance_id, state)

@@ -20,11 +20,13 @@ async def publish_outbox(
     attempts: int,
     log: Any,
     crash: Callable[[str], None] = lambda _: None,
+    clearer: OutboxClearer | None = None,
 ) -> bool:
     """Publish ``entries`` (confirmed) and forget them; True on success.
 
     On failure the entries stay in the store and :class:`OutboxRelay` publishes them later,
-    which is why receivers must tolerate duplicates.
+    which is why receivers must tolerate duplicates. With a ``clearer`` the entries are
+    forgotten in a later batch shared with other steps.
     """
     if not entries:
         return True
@@ -41,9 +43,46 @@ async def publish_outbox(
     by_instance: dict[str, list[str]] = {}
     for entry in entries:
         by_instance.setdefault(entry.instance_id, []).append(entry.entry_id)
-    for instance_id, entry_ids in by_instance.items():
-        await store.remove_outbox(instance_id, entry_ids)
+    if clearer is not None:
+        for instance_id, entry_ids in by_instance.items():
+            clearer.forget(instance_id, entry_ids)
+        return True
+    await store.remove_outbox_many(list(by_instance.items()))
     return True
+
+
+class OutboxClearer:
+    """Forgets published outbox entries in batches: one store round trip serves many steps.
+
+    Entries waiting here are already published; if the process dies before the batch is
+    written, the relay republishes them and receivers drop the duplicates.
+    """
+
+    def __init__(self, store: WorkflowStore, *, log: Any, delay: float = 0.005) -> None:
+        self._store = store
+        self._log = log
+        self._delay = delay
+        self._pending: dict[str, list[str]] = {}
+        self._flusher: asyncio.Task[None] | None = None
+
+    def forget(self, instance_id: str, entry_ids: Sequence[str]) -> None:
+        """Queue ``entry_ids`` of ``instance_id`` for removal."""
+        self._pending.setdefault(instance_id, []).extend(entry_ids)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_soon(), name="flowmesh-outbox-clear")
+
+    async def _flush_soon(self) -> None:
+        await asyncio.sleep(self._delay)  # let concurrent steps join the batch
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Remove everything queued so far (also called on shutdown)."""
+        while self._pending:
+            batch, self._pending = self._pending, {}
+            try:
+                await self._store.remove_outbox_many(list(batch.items()))
+            except Exception as exc:  # the relay republishes what stays behind
+                self._log.warning("clearing published outbox entries failed", error=str(exc))
 
 
 class OutboxRelay:
@@ -91,5 +130,5 @@ class OutboxRelay:
             await self._clock.sleep(self._interval)
             try:
                 await self.sweep()
-            except FlowmeshError as exc:
+            except Exception as exc:  # a sweeper must outlive any failure
                 self._log.warning("outbox sweep failed", error=str(exc))

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from flowmesh._errors import FlowmeshError
 from flowmesh.codec import Codec
 from flowmesh.model import TimerDue
 from flowmesh.runtime._clock import Clock
@@ -85,7 +84,7 @@ class TimerPoller:
             try:
                 await self.fire_due()
                 next_at = await self._store.next_timer_at()
-            except FlowmeshError as exc:
+            except Exception as exc:  # the poller must outlive any failure
                 self._log.warning("timer poll failed", error=str(exc))
                 next_at = None
             wait = self._options.timer_poll_interval

@@ -34,7 +34,7 @@ from flowmesh.runtime._crash import CrashHook
 from flowmesh.runtime._log import get_logger
 from flowmesh.runtime._options import WorkerOptions
 from flowmesh.runtime._orchestrator import Orchestrator
-from flowmesh.runtime._outbox import OutboxRelay
+from flowmesh.runtime._outbox import OutboxClearer, OutboxRelay
 from flowmesh.runtime._timers import TimerPoller
 from flowmesh.security._senders import AppUsers, SenderPolicy
 from flowmesh.security._validation import message_problem
@@ -88,6 +88,7 @@ class Worker:
         self._orchestrator: Orchestrator | None = None
         self._timers: TimerPoller | None = None
         self._relay: OutboxRelay | None = None
+        self._clearer: OutboxClearer | None = None
         self._senders = (
             SenderPolicy(app.app_id, AppUsers(self._options.app_user_pattern))
             if self._options.app_user_pattern
@@ -130,6 +131,7 @@ class Worker:
                 options=self._options,
                 log=self._log,
             )
+            self._clearer = OutboxClearer(self._store, log=self._log)
             self._orchestrator = Orchestrator(
                 self.app,
                 store=self._store,
@@ -139,6 +141,7 @@ class Worker:
                 options=self._options,
                 on_timer_added=lambda _: self._timers.notify() if self._timers else None,
                 crash=self._crash,
+                clearer=self._clearer,
                 senders=self._senders,
             )
             self._relay = OutboxRelay(
@@ -189,6 +192,8 @@ class Worker:
         drain = timeout if timeout is not None else self._options.drain_timeout
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._quiet.wait(), drain)
+        if self._clearer is not None:
+            await self._clearer.flush()
         for task in self._background:
             task.cancel()
         for task in self._background:

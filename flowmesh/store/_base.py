@@ -82,6 +82,9 @@ class WorkflowStore(Protocol):
     async def remove_outbox(self, instance_id: str, entry_ids: Sequence[str]) -> None:
         """Forget outbox entries that were published (idempotent)."""
 
+    async def remove_outbox_many(self, batch: Sequence[tuple[str, Sequence[str]]]) -> None:
+        """:meth:`remove_outbox` for many instances at once (one round trip)."""
+
     async def claim_due_timers(
         self, now: datetime, lease: timedelta, limit: int = 100
     ) -> list[TimerEntry]:

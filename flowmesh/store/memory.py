@@ -186,6 +186,11 @@ class MemoryStore:
         if not found.outbox:
             self._outbox_index.pop(instance_id, None)
 
+    async def remove_outbox_many(self, batch: Sequence[tuple[str, Sequence[str]]]) -> None:
+        """Forget published outbox entries of many instances."""
+        for instance_id, entry_ids in batch:
+            await self.remove_outbox(instance_id, entry_ids)
+
     async def claim_due_timers(
         self, now: datetime, lease: timedelta, limit: int = 100
     ) -> list[TimerEntry]:

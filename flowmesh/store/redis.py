@@ -360,6 +360,21 @@ class RedisStore:
         with self._translating(f"remove outbox entries of {instance_id!r}"):
             await self._run("remove_outbox", keys, [instance_id, *entry_ids])
 
+    async def remove_outbox_many(self, batch: Sequence[tuple[str, Sequence[str]]]) -> None:
+        """Forget published outbox entries of many instances in one pipelined round trip."""
+        work = [(instance_id, ids) for instance_id, ids in batch if ids]
+        if not work:
+            return
+        pipe: Pipeline
+        with self._translating(f"remove outbox entries of {len(work)} instances"):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for instance_id, entry_ids in work:
+                    keys = [self._keys.outbox(instance_id), self._keys.outbox_index]
+                    await self._scripts["remove_outbox"](
+                        keys=keys, args=[instance_id, *entry_ids], client=pipe
+                    )
+                await pipe.execute()
+
     async def claim_due_timers(
         self, now: datetime, lease: timedelta, limit: int = 100
     ) -> list[TimerEntry]:

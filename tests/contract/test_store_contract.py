@@ -454,3 +454,26 @@ async def test_malformed_commits_are_rejected_before_touching_the_store(
     with pytest.raises(ValueError, match="invalid instance ID"):
         await store.commit(step("bad|id", 0))
     assert await store.list_instances() == []
+
+
+async def test_remove_outbox_many_forgets_entries_of_several_instances_at_once(
+    store: WorkflowStore,
+) -> None:
+    """One call clears published entries of many instances; unknown IDs are ignored."""
+    for instance_id in ("batch-a", "batch-b"):
+        await store.commit(
+            Commit(
+                instance_id,
+                0,
+                state(instance_id, 1),
+                outbox=(
+                    OutboxEntry(instance_id, "1:0", message(b"x")),
+                    OutboxEntry(instance_id, "1:1", message(b"y")),
+                ),
+            )
+        )
+    await store.remove_outbox_many(
+        [("batch-a", ["1:0", "1:1"]), ("batch-b", ["1:0", "nope"]), ("ghost", ["1:0"])]
+    )
+    left = [(e.instance_id, e.entry_id) for e in await store.list_outbox()]
+    assert left == [("batch-b", "1:1")]
