@@ -20,6 +20,14 @@
 See docs/security-payloads.md and docs/security-model.md.
 """
 
+from flowmesh._masking import (
+    MASK,
+    MaskingFormatter,
+    mask_log_event,
+    mask_secrets,
+    mask_url,
+    mask_value,
+)
 from flowmesh.codec import PayloadCodec
 from flowmesh.security._encryption import KEY_BYTES, MAGIC, EncryptionCodec, check_key_id
 from flowmesh.security._keys import (
@@ -28,14 +36,6 @@ from flowmesh.security._keys import (
     allow_plaintext_from_env,
     parse_payload_keys,
     payload_codec_from_env,
-)
-from flowmesh.security._masking import (
-    MASK,
-    MaskingFormatter,
-    mask_log_event,
-    mask_secrets,
-    mask_url,
-    mask_value,
 )
 from flowmesh.security._plan import (
     SecurityPlan,

@@ -6,8 +6,6 @@ tag, so all of an app's keys hash to one slot and a Lua script may touch any of 
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
-
 # msgpack ships no type information; "unused-ignore" keeps this valid if stubs appear.
 import msgpack  # type: ignore[import-untyped,unused-ignore]
 from msgpack.exceptions import UnpackException  # type: ignore[import-untyped,unused-ignore]
@@ -158,17 +156,3 @@ def decode_outgoing(data: bytes) -> tuple[tuple[int, int], Outgoing]:
     except (ValueError, KeyError, TypeError, UnpackException) as exc:
         raise DecodeError(f"malformed outbox entry in the Redis store: {exc}") from exc
     return (int(version), int(position)), message
-
-
-def mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    netloc = f"{parts.username or ''}:***@{host}"
-    return urlunsplit(parts._replace(netloc=netloc))

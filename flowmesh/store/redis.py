@@ -46,6 +46,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, ResponseError
 
 from flowmesh._errors import ConfigurationError, StoreError, VersionConflictError
+from flowmesh._masking import mask_secrets
 from flowmesh.model import HistoryEvent, WorkflowState, WorkflowStatus, check_app_id
 from flowmesh.security._tls import TLSConfig, strip_tls_query
 from flowmesh.store._base import Commit, InstanceRecord, OutboxEntry, TimerEntry
@@ -54,7 +55,6 @@ from flowmesh.store._redis_keys import (
     RedisKeys,
     decode_outgoing,
     encode_outgoing,
-    mask_url,
     parse_timer_member,
     timer_member,
 )
@@ -119,11 +119,11 @@ class RedisStoreConfig:
             raise ConfigurationError(str(exc)) from exc
         if urlsplit(self.url).scheme not in _URL_SCHEMES:
             raise ConfigurationError(
-                f"Redis URL {mask_url(self.url)!r} must start with redis://, rediss:// or unix://"
+                f"Redis URL {mask_secrets(self.url)!r} must start with redis://, rediss:// or unix://"
             )
         if self.tls is not None and urlsplit(self.url).scheme != "rediss":
             raise ConfigurationError(
-                f"TLS settings need a rediss:// URL, not {mask_url(self.url)!r}"
+                f"TLS settings need a rediss:// URL, not {mask_secrets(self.url)!r}"
             )
         if not self.key_prefix or any(c in self.key_prefix for c in "{} \t\r\n"):
             raise ConfigurationError(
@@ -138,7 +138,7 @@ class RedisStoreConfig:
     @property
     def masked_url(self) -> str:
         """``url`` with its password replaced by ``***``."""
-        return mask_url(self.url)
+        return mask_secrets(self.url)
 
     @property
     def effective_tls(self) -> TLSConfig | None:

@@ -53,7 +53,7 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
-from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import aio_pika
 import aio_pika.exceptions
@@ -74,6 +74,7 @@ from flowmesh._errors import (
     TransportError,
     UnroutableError,
 )
+from flowmesh._masking import mask_secrets
 from flowmesh.security._tls import TLSConfig
 from flowmesh.transport._base import (
     Delivery,
@@ -118,19 +119,6 @@ _RABBITMQ_MAX_MESSAGE_SIZE = 128 * 1024 * 1024
 """RabbitMQ's default ``max_message_size`` (since 3.8)."""
 
 
-def _mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``, for logs and error messages."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-    except ValueError:
-        return "<unparsable URL>"
-    userinfo, _, host = parts.netloc.rpartition("@")
-    user = userinfo.partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-
-
 @dataclass(frozen=True, slots=True)
 class RabbitMQConfig:
     """How to reach RabbitMQ and how long to wait for it.
@@ -164,11 +152,11 @@ class RabbitMQConfig:
         scheme = urlsplit(self.url).scheme
         if scheme not in ("amqp", "amqps"):
             raise ConfigurationError(
-                f"RabbitMQ URL must be amqp:// or amqps://: {_mask_url(self.url)}"
+                f"RabbitMQ URL must be amqp:// or amqps://: {mask_secrets(self.url)}"
             )
         if self.tls is not None and scheme != "amqps":
             raise ConfigurationError(
-                f"TLS settings need an amqps:// URL, not {_mask_url(self.url)}"
+                f"TLS settings need an amqps:// URL, not {mask_secrets(self.url)}"
             )
         for name in ("publish_timeout", "operation_timeout", "reconnect_interval"):
             if getattr(self, name) <= 0:
@@ -181,7 +169,7 @@ class RabbitMQConfig:
     @property
     def masked_url(self) -> str:
         """The URL with its password masked, safe to log."""
-        return _mask_url(self.url)
+        return mask_secrets(self.url)
 
     @property
     def effective_tls(self) -> TLSConfig | None:

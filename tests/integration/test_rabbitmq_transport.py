@@ -24,8 +24,9 @@ from flowmesh._errors import (
     TransportError,
     UnroutableError,
 )
+from flowmesh._masking import mask_secrets as _mask_url
 from flowmesh.transport import Delivery, Outgoing, QueueKind, queue_name
-from flowmesh.transport.rabbitmq import RabbitMQConfig, RabbitMQTransport, _mask_url
+from flowmesh.transport.rabbitmq import RabbitMQConfig, RabbitMQTransport
 
 pytestmark = pytest.mark.real_services
 

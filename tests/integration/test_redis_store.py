@@ -23,10 +23,10 @@ import redis
 import redis.asyncio
 
 from flowmesh._errors import ConfigurationError, StoreError
+from flowmesh._masking import mask_secrets as mask_url
 from flowmesh.codec import Codec
 from flowmesh.model import EventRaised, WorkflowState, WorkflowStatus
 from flowmesh.store import Commit, OutboxEntry, TimerEntry
-from flowmesh.store._redis_keys import mask_url
 from flowmesh.store._redis_safety import safety_warnings
 from flowmesh.store.redis import RedisStore, RedisStoreConfig
 from flowmesh.transport._base import Outgoing, QueueKind
