@@ -14,7 +14,7 @@ from flowmesh._errors import TransportError
 from flowmesh.transport._base import Handler
 
 # Shared with the memory transport, which must not import aio-pika.
-from flowmesh.transport.memory import _run_handler, _stop_handlers
+from flowmesh.transport._common import _run_handler, _stop_handlers
 
 log = structlog.get_logger("flowmesh.transport")
 

@@ -11,11 +11,10 @@ from contextlib import suppress
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
 
+# Shared with the memory transport, which must not import aio-pika.
+from flowmesh.transport._common import _AnswerBuffer, _new_inbox_address
 from flowmesh.transport._rabbitmq_consumer import BROKER_ERRORS
 from flowmesh.transport._rabbitmq_topology import INBOX_EXCHANGE, INBOX_PATTERN
-
-# Shared with the memory transport, which must not import aio-pika.
-from flowmesh.transport.memory import _AnswerBuffer, _new_inbox_address
 
 _ADDRESS = re.compile(INBOX_PATTERN)
 
