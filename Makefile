@@ -17,6 +17,10 @@ test: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check flowmesh workers tests
 	$(VENV)/bin/mypy
 
+# The fault-injection suite alone (it also runs as part of `make test`).
+test-faults: $(VENV)/.installed
+	$(PY) -m pytest -q tests/faults
+
 bench: $(VENV)/.installed
 	$(PY) -m bench.run
 
