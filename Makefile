@@ -13,8 +13,8 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
-	$(VENV)/bin/ruff check flowmesh workers tests
-	$(VENV)/bin/ruff format --check flowmesh workers tests
+	$(VENV)/bin/ruff check flowmesh workers tests bench
+	$(VENV)/bin/ruff format --check flowmesh workers tests bench
 	$(VENV)/bin/mypy
 
 # The fault-injection suite alone (it also runs as part of `make test`).
@@ -25,7 +25,7 @@ bench: $(VENV)/.installed
 	$(PY) -m bench.run
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check flowmesh workers tests
+	$(VENV)/bin/ruff check flowmesh workers tests bench
 	$(VENV)/bin/mypy
 
 clean:
