@@ -43,7 +43,7 @@ from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from flowmesh._errors import ConfigurationError, StoreError, VersionConflictError
 from flowmesh._masking import mask_secrets
@@ -365,15 +365,24 @@ class RedisStore:
         work = [(instance_id, ids) for instance_id, ids in batch if ids]
         if not work:
             return
+        calls = [
+            ([self._keys.outbox(instance_id), self._keys.outbox_index], [instance_id, *ids])
+            for instance_id, ids in work
+        ]
+        sha = self._scripts["remove_outbox"].sha
         pipe: Pipeline
         with self._translating(f"remove outbox entries of {len(work)} instances"):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for instance_id, entry_ids in work:
-                    keys = [self._keys.outbox(instance_id), self._keys.outbox_index]
-                    await self._scripts["remove_outbox"](
-                        keys=keys, args=[instance_id, *entry_ids], client=pipe
-                    )
-                await pipe.execute()
+            try:
+                # Plain EVALSHA: a pipelined Script would add SCRIPT EXISTS (another round
+                # trip, and a command the ACL users are not granted).
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for keys, args in calls:
+                        pipe.evalsha(sha, len(keys), *keys, *args)
+                    await pipe.execute()
+            except NoScriptError:
+                # The script cache was flushed (a Redis restart): the normal path reloads it.
+                for keys, args in calls:
+                    await self._run("remove_outbox", keys, args)
 
     async def claim_due_timers(
         self, now: datetime, lease: timedelta, limit: int = 100

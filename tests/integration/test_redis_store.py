@@ -343,3 +343,24 @@ def test_settings_hidden_by_a_managed_redis_are_reported_as_unchecked() -> None:
     assert len(warnings) == 1
     assert "could not read appendonly, appendfsync, save" in warnings[0]
     assert safety_warnings(SAFE) == []
+
+
+async def test_remove_outbox_many_works_after_the_script_cache_was_flushed(redis_url: str) -> None:
+    """Pipelined EVALSHA falls back to the reloading path after SCRIPT FLUSH (a restart)."""
+    app_id = f"flush-{uuid4().hex[:8]}"
+    store = RedisStore(RedisStoreConfig(url=redis_url, app_id=app_id), Codec())
+    await store.connect()
+    raw = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        state = WorkflowState("i-1", app_id, "wf", WorkflowStatus.RUNNING, version=1)
+        entry = OutboxEntry("i-1", "1:0", Outgoing("t", QueueKind.WORK, b"x"))
+        await store.commit(Commit("i-1", 0, state, outbox=(entry,)))
+        await raw.script_flush()
+        await store.remove_outbox_many([("i-1", ["1:0"])])
+        assert await store.list_outbox() == []
+    finally:
+        keys = [k async for k in raw.scan_iter(match=f"fm:{{{app_id}}}:*")]
+        if keys:
+            await raw.delete(*keys)
+        await raw.aclose()
+        await store.close()
