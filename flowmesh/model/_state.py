@@ -23,9 +23,12 @@ class PendingTask:
 
     def describe(self) -> str:
         """One readable line, e.g. ``activity 'train' on app 'gpu-trainer' (seq 3)``."""
+        if self.kind == "more":
+            return self.name
         where = f" on app {self.app_id!r}" if self.app_id else ""
+        seq = f" (seq {self.seq})" if self.kind != "event" else ""  # events have no seq
         extra = f": {self.detail}" if self.detail else ""
-        return f"{self.kind} {self.name!r}{where} (seq {self.seq}){extra}"
+        return f"{self.kind} {self.name!r}{where}{seq}{extra}"
 
 
 @dataclass(frozen=True, slots=True)

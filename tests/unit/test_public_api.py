@@ -41,3 +41,13 @@ def test_every_error_derives_from_flowmesh_error() -> None:
     assert all(issubclass(e, flowmesh.FlowmeshError) for e in errors)
     assert issubclass(flowmesh.ActivityTimeoutError, TimeoutError)
     assert issubclass(flowmesh.InvalidInstanceIdError, ValueError)
+
+
+def test_pending_tasks_describe_themselves_in_one_readable_line() -> None:
+    from flowmesh import PendingTask
+
+    assert PendingTask("activity", "train", "gpu-trainer", 3).describe() == (
+        "activity 'train' on app 'gpu-trainer' (seq 3)"
+    )
+    assert PendingTask("event", "approval").describe() == "event 'approval'"
+    assert PendingTask("more", "1980 more tasks").describe() == "1980 more tasks"
