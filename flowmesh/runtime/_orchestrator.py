@@ -469,10 +469,14 @@ class Orchestrator:
             messages=messages,
             timers=timers,
             cancel_timers=cancel,
+            # The previous step's published entries, if their batched clean-up has not run yet.
+            clear_outbox=self._clearer.pending(instance_id) if self._clearer else (),
         )
         self._crash("before_commit")
         await self._store.commit(commit)
         self._crash("after_commit")
+        if self._clearer is not None and commit.clear_outbox:
+            self._clearer.cleared(instance_id, commit.clear_outbox)
         history.extend(append)  # in place: copying it every step would be O(n^2) over a life
         self._remember(instance_id, _Live(execution, state, history))
         for timer in timers:

@@ -58,7 +58,7 @@ class OutboxClearer:
     written, the relay republishes them and receivers drop the duplicates.
     """
 
-    def __init__(self, store: WorkflowStore, *, log: Any, delay: float = 0.005) -> None:
+    def __init__(self, store: WorkflowStore, *, log: Any, delay: float = 0.05) -> None:
         self._store = store
         self._log = log
         self._delay = delay
@@ -70,6 +70,19 @@ class OutboxClearer:
         self._pending.setdefault(instance_id, []).extend(entry_ids)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_soon(), name="flowmesh-outbox-clear")
+
+    def pending(self, instance_id: str) -> tuple[str, ...]:
+        """Entries of ``instance_id`` still waiting; its next commit can clear them itself."""
+        return tuple(self._pending.get(instance_id, ()))
+
+    def cleared(self, instance_id: str, entry_ids: Sequence[str]) -> None:
+        """A commit removed ``entry_ids``: nothing left to do for them."""
+        done = set(entry_ids)
+        left = [e for e in self._pending.get(instance_id, ()) if e not in done]
+        if left:
+            self._pending[instance_id] = left
+        else:
+            self._pending.pop(instance_id, None)
 
     async def _flush_soon(self) -> None:
         await asyncio.sleep(self._delay)  # let concurrent steps join the batch

@@ -175,6 +175,7 @@ def build_commit(
     messages: Sequence[Outgoing],
     timers: Sequence[TimerEntry],
     cancel_timers: Sequence[int],
+    clear_outbox: Sequence[str] = (),
 ) -> Commit:
     """Assemble the atomic commit of one step; outbox entry IDs are unique per version."""
     outbox = tuple(
@@ -190,4 +191,5 @@ def build_commit(
         outbox=outbox,
         add_timers=tuple(timers),
         cancel_timers=tuple(sorted(set(cancel_timers))),
+        clear_outbox=tuple(clear_outbox),
     )

@@ -62,6 +62,8 @@ class Commit:
     outbox: tuple[OutboxEntry, ...] = ()
     add_timers: tuple[TimerEntry, ...] = ()
     cancel_timers: tuple[int, ...] = ()
+    clear_outbox: tuple[str, ...] = ()
+    """Entry IDs of this instance's earlier outbox entries that were published meanwhile."""
 
 
 class WorkflowStore(Protocol):

@@ -12,7 +12,7 @@
 --
 -- ARGV: id, expected version, new version, status, state blob, replace (0|1),
 --       n_events, events..., n_outbox, (entry_id, blob)..., n_cancel, seq...,
---       n_add, (seq, member, due_ms)...
+--       n_add, (seq, member, due_ms)..., n_clear, entry_id...
 --
 -- Returns {1} when applied, {0, stored_version} on a version conflict (nothing written).
 
@@ -94,6 +94,16 @@ for i = pos + 1, pos + 3 * n_add, 3 do
   end
   redis.call('ZADD', KEYS[7], due, member)
   redis.call('HSET', KEYS[4], seq, member)
+end
+pos = pos + 3 * n_add + 1
+
+-- Earlier outbox entries published since (folded in here to save a round trip).
+local n_clear = tonumber(ARGV[pos] or '0')
+if n_clear > 0 then
+  call_chunked('HDEL', KEYS[3], pos + 1, pos + n_clear, 1)
+  if redis.call('EXISTS', KEYS[3]) == 0 then
+    redis.call('ZREM', KEYS[6], id)
+  end
 end
 
 return {1}

@@ -156,6 +156,10 @@ class MemoryStore:
             found.outbox[entry.entry_id] = ((commit.state.version, index), entry.message)
         if found.outbox and instance_id not in self._outbox_index:
             self._outbox_index[instance_id] = self._next_seq()
+        for entry_id in commit.clear_outbox:
+            found.outbox.pop(entry_id, None)
+        if not found.outbox:
+            self._outbox_index.pop(instance_id, None)
 
         # Cancel before add, as the Lua script does: a commit may re-arm a cancelled seq.
         for seq in commit.cancel_timers:

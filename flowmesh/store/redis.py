@@ -322,6 +322,7 @@ class RedisStore:
         for timer in commit.add_timers:
             fire_ms = _epoch_ms(timer.fire_at)
             args += (timer.seq, timer_member(instance_id, timer.seq, fire_ms), fire_ms)
+        args += (len(commit.clear_outbox), *commit.clear_outbox)
 
         with self._translating(f"commit to {instance_id!r}"):
             reply = await self._run("commit", keys, args)

@@ -477,3 +477,24 @@ async def test_remove_outbox_many_forgets_entries_of_several_instances_at_once(
     )
     left = [(e.instance_id, e.entry_id) for e in await store.list_outbox()]
     assert left == [("batch-b", "1:1")]
+
+
+async def test_a_commit_can_clear_earlier_published_outbox_entries(store: WorkflowStore) -> None:
+    """clear_outbox removes the instance's earlier entries in the same atomic commit."""
+    first = (
+        OutboxEntry("fold-a", "1:0", message(b"x")),
+        OutboxEntry("fold-a", "1:1", message(b"y")),
+    )
+    await store.commit(Commit("fold-a", 0, state("fold-a", 1), outbox=first))
+    await store.commit(
+        Commit(
+            "fold-a",
+            1,
+            state("fold-a", 2),
+            outbox=(OutboxEntry("fold-a", "2:0", message(b"z")),),
+            clear_outbox=("1:0", "1:1", "unknown"),
+        )
+    )
+    assert [e.entry_id for e in await store.list_outbox()] == ["2:0"]
+    await store.commit(Commit("fold-a", 2, state("fold-a", 3), clear_outbox=("2:0",)))
+    assert await store.list_outbox() == []
