@@ -355,11 +355,7 @@ class RedisStore:
 
     async def remove_outbox(self, instance_id: str, entry_ids: Sequence[str]) -> None:
         """Forget published outbox entries; unknown IDs are ignored."""
-        if not entry_ids:
-            return
-        keys = [self._keys.outbox(instance_id), self._keys.outbox_index]
-        with self._translating(f"remove outbox entries of {instance_id!r}"):
-            await self._run("remove_outbox", keys, [instance_id, *entry_ids])
+        await self.remove_outbox_many([(instance_id, entry_ids)])
 
     async def remove_outbox_many(self, batch: Sequence[tuple[str, Sequence[str]]]) -> None:
         """Forget published outbox entries of many instances in one pipelined round trip."""
