@@ -17,6 +17,7 @@ import socket
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -29,6 +30,16 @@ from flowmesh.runtime._activity_context import ActivityContext
 from flowmesh.runtime._clock import Clock
 from flowmesh.runtime._options import WorkerOptions
 from flowmesh.transport import Delivery, Outgoing, QueueKind, Transport
+
+
+@dataclass(slots=True)
+class _Lease:
+    """A long activity's switch to a lease (see ``ActivityRunner._run_within_deadline``)."""
+
+    holder: asyncio.Task[None] | None = None
+    acked: bool = False
+    stopping: bool = False
+    sleeping: bool = False
 
 
 class ActivityRunner:
@@ -136,28 +147,61 @@ class ActivityRunner:
     ) -> tuple[tuple[object, FailureDetails | None], bool]:
         """Run the activity; past the ack deadline, switch it to a lease.
 
-        Returns the outcome and whether the delivery was already acked (lease mode).
+        Returns the outcome and whether the delivery was already acked (lease mode). The
+        activity runs in this task (no task of its own: most activities are short); a timer
+        starts the lease holder only if the deadline passes.
         """
-        running = asyncio.ensure_future(execution)
         deadline = self._options.ack_deadline
         if deadline is None:
-            return await running, False
-        done, _ = await asyncio.wait({running}, timeout=deadline)
-        if done:
-            return running.result(), False
-        # A long activity: take it off RabbitMQ's consumer_timeout clock. The lease is
-        # published (confirmed) before the ack, so at every moment either the broker or the
-        # host's lease timer guarantees the task is run again if this process dies.
-        lease = self._options.activity_lease
-        await self._send_lease(task, lease)
-        await delivery.ack()
-        self._log.info("long activity now runs on a lease", lease_seconds=lease)
+            return await execution, False
+        lease = _Lease()
+
+        def hold_on_lease() -> None:
+            lease.holder = asyncio.create_task(
+                self._hold_on_lease(delivery, task, lease),
+                name=f"flowmesh-lease-{task.instance_id}#{task.seq}",
+            )
+
+        timer = asyncio.get_running_loop().call_later(deadline, hold_on_lease)
+        try:
+            outcome = await execution
+        finally:
+            timer.cancel()
+            if lease.holder is not None:
+                # A renewal in progress finishes first (lease published, delivery acked),
+                # so the delivery is settled exactly once; a sleeping holder just stops.
+                lease.stopping = True
+                if lease.sleeping:
+                    lease.holder.cancel()
+                await asyncio.wait([lease.holder])
+        return outcome, lease.acked
+
+    async def _hold_on_lease(self, delivery: Delivery, task: ActivityTask, lease: _Lease) -> None:
+        """Take a long activity off RabbitMQ's consumer_timeout clock, then renew its lease.
+
+        The lease is published (confirmed) before the ack, so at every moment either the
+        broker or the host's lease timer guarantees the task is run again if this process
+        dies. If the lease cannot be published the delivery stays held, and the switch is
+        tried again at the next renewal.
+        """
+        seconds = self._options.activity_lease
         while True:
-            done, _ = await asyncio.wait({running}, timeout=lease / 3)
-            if done:
-                return running.result(), True
-            with contextlib.suppress(FlowmeshError):  # the next renewal may get through
-                await self._send_lease(task, lease)
+            try:
+                await self._send_lease(task, seconds)
+            except FlowmeshError as exc:
+                self._log.warning("activity lease not sent", error=str(exc))
+            else:
+                if not lease.acked:
+                    await delivery.ack()
+                    lease.acked = True
+                    self._log.info("long activity now runs on a lease", lease_seconds=seconds)
+            if lease.stopping:
+                return
+            lease.sleeping = True
+            try:
+                await asyncio.sleep(seconds / 3)
+            finally:
+                lease.sleeping = False
 
     async def _send_lease(self, task: ActivityTask, lease: float) -> None:
         message = ActivityLease(task.instance_id, task.seq, task.attempt, lease, self._worker_name)
@@ -225,12 +269,12 @@ class ActivityRunner:
 
     def _heartbeat_sink(self, task: ActivityTask) -> Any:
         loop = asyncio.get_running_loop()
-        log = self._log.bind(instance_id=task.instance_id, task=f"{task.name}#{task.seq}")
         redact = self._codec.payload_codec is not None  # details are user data
 
         def sink(details: object) -> None:
             # Called from the activity's thread: hop to the loop, which owns the logger config.
             shown = "<not logged: payload encryption is on>" if redact else details
+            log = self._log.bind(instance_id=task.instance_id, task=f"{task.name}#{task.seq}")
             loop.call_soon_threadsafe(functools.partial(log.info, "heartbeat", details=shown))
 
         return sink

@@ -217,6 +217,9 @@ class Orchestrator:
                 use_cache = False
                 continue
             self._crash("after_publish")
+            if len(settled) == 1 and not refusals:  # the common case: no task per ack
+                await settled[0].ack()
+                return
             await asyncio.gather(
                 *(d.ack() for d in settled),
                 *(
@@ -471,9 +474,12 @@ class Orchestrator:
             cancel_timers=cancel,
             # The previous step's published entries, if their batched clean-up has not run yet.
             clear_outbox=self._clearer.pending(instance_id) if self._clearer else (),
+            # Result waiters are answered once the instance finishes or stalls; taking them in
+            # the same script leaves no window for one to be added and missed.
+            take_waiters=_finished(state),
         )
         self._crash("before_commit")
-        await self._store.commit(commit)
+        waiters = await self._store.commit(commit)
         self._crash("after_commit")
         if self._clearer is not None and commit.clear_outbox:
             self._clearer.cleared(instance_id, commit.clear_outbox)
@@ -491,8 +497,8 @@ class Orchestrator:
             crash=self._crash,
             clearer=self._clearer,
         )
-        if state.status.is_terminal or state.status is WorkflowStatus.STALLED:
-            await self._notify_waiters(instance_id, state)
+        if waiters:
+            await self._notify_waiters(instance_id, state, waiters)
 
     def _log_transition(self, before: WorkflowState, after: WorkflowState) -> None:
         if before.version == 0 or (
@@ -561,10 +567,9 @@ class Orchestrator:
         finally:
             await delivery.ack()
 
-    async def _notify_waiters(self, instance_id: str, state: WorkflowState) -> None:
-        waiters = await self._store.take_waiters(instance_id)
-        if not waiters:
-            return
+    async def _notify_waiters(
+        self, instance_id: str, state: WorkflowState, waiters: Sequence[str]
+    ) -> None:
         body = self._codec.encode_message(StateReply(instance_id, state))
         for address in waiters:
             await self._transport.send_reply(address, "wait:" + instance_id, body)

@@ -176,6 +176,7 @@ def build_commit(
     timers: Sequence[TimerEntry],
     cancel_timers: Sequence[int],
     clear_outbox: Sequence[str] = (),
+    take_waiters: bool = False,
 ) -> Commit:
     """Assemble the atomic commit of one step; outbox entry IDs are unique per version."""
     outbox = tuple(
@@ -192,4 +193,5 @@ def build_commit(
         add_timers=tuple(timers),
         cancel_timers=tuple(sorted(set(cancel_timers))),
         clear_outbox=tuple(clear_outbox),
+        take_waiters=take_waiters,
     )

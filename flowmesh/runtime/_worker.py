@@ -131,7 +131,11 @@ class Worker:
                 options=self._options,
                 log=self._log,
             )
-            self._clearer = OutboxClearer(self._store, log=self._log)
+            # Well within a sweep interval, so the relay never sees a published entry twice;
+            # long enough that most entries are cleared by their instance's next commit.
+            self._clearer = OutboxClearer(
+                self._store, log=self._log, delay=self._options.outbox_sweep_interval / 5
+            )
             self._orchestrator = Orchestrator(
                 self.app,
                 store=self._store,

@@ -5,7 +5,8 @@ Implementations: :mod:`flowmesh.store.memory` (in process) and :mod:`flowmesh.st
 
 A store belongs to one app ID. The single-writer invariant lives here: :meth:`commit` applies
 only if the stored version equals ``expected_version``, and then atomically appends the events,
-replaces the state, records the outbox and updates the timers.
+replaces the state, records the outbox, updates the timers and (on request) takes the result
+waiters.
 """
 
 from __future__ import annotations
@@ -64,6 +65,10 @@ class Commit:
     cancel_timers: tuple[int, ...] = ()
     clear_outbox: tuple[str, ...] = ()
     """Entry IDs of this instance's earlier outbox entries that were published meanwhile."""
+    take_waiters: bool = False
+    """Also remove and return the addresses waiting for this instance (set when the step
+    finishes or stalls it): atomically with the state change, so a waiter added before the
+    commit is always answered and none is added after. Left in place on a version conflict."""
 
 
 class WorkflowStore(Protocol):
@@ -75,8 +80,12 @@ class WorkflowStore(Protocol):
     async def load_state(self, instance_id: str) -> WorkflowState | None:
         """The instance's state without its history (cheap), or None."""
 
-    async def commit(self, commit: Commit) -> None:
-        """Apply ``commit`` atomically or raise :class:`~flowmesh.VersionConflictError`."""
+    async def commit(self, commit: Commit) -> list[str]:
+        """Apply ``commit`` atomically or raise :class:`~flowmesh.VersionConflictError`.
+
+        Returns the waiter addresses it removed, sorted: those registered by
+        :meth:`add_waiter` if ``commit.take_waiters`` is set, else none (an empty list).
+        """
 
     async def list_outbox(self, limit: int = 100) -> list[OutboxEntry]:
         """Outbox entries of all instances, oldest commit first."""
@@ -107,7 +116,11 @@ class WorkflowStore(Protocol):
         """
 
     async def take_waiters(self, instance_id: str) -> list[str]:
-        """Remove and return the addresses waiting for ``instance_id``."""
+        """Remove and return the addresses waiting for ``instance_id``, sorted.
+
+        A step that finishes the instance takes them in its commit instead
+        (:attr:`Commit.take_waiters`), which cannot miss a waiter added meanwhile.
+        """
 
     async def purge(self, instance_id: str) -> bool:
         """Delete everything about the instance; False if it did not exist."""

@@ -8,13 +8,15 @@
 -- KEYS[6] outbox index   fm:{app}:outbox   zset id -> sequence of oldest pending commit
 -- KEYS[7] timers         fm:{app}:timers   zset "<id>|<seq>|<fire_ms>" -> due ms
 -- KEYS[8] sequence       fm:{app}:seq      counter ordering creations and outbox commits
--- KEYS[9..] status index fm:{app}:idx:<STATUS>, one per status
+-- KEYS[9] waiters        fm:{app}:w:<id>   set of reply addresses waiting for the result
+-- KEYS[10..] status index fm:{app}:idx:<STATUS>, one per status
 --
 -- ARGV: id, expected version, new version, status, state blob, replace (0|1),
 --       n_events, events..., n_outbox, (entry_id, blob)..., n_cancel, seq...,
---       n_add, (seq, member, due_ms)..., n_clear, entry_id...
+--       n_add, (seq, member, due_ms)..., n_clear, entry_id..., take_waiters (0|1)
 --
--- Returns {1} when applied, {0, stored_version} on a version conflict (nothing written).
+-- Returns {1, waiter...} when applied (the waiters it removed, only with take_waiters = 1),
+-- {0, stored_version} on a version conflict (nothing written, the waiters stay).
 
 local id = ARGV[1]
 local stored = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
@@ -32,7 +34,7 @@ local function call_chunked(command, key, first, last, step)
 end
 
 local status_keys = {}
-for i = 9, #KEYS do
+for i = 10, #KEYS do
   status_keys[string.match(KEYS[i], ':([A-Z_]+)$')] = KEYS[i]
 end
 local status = ARGV[4]
@@ -98,12 +100,25 @@ end
 pos = pos + 3 * n_add + 1
 
 -- Earlier outbox entries published since (folded in here to save a round trip).
-local n_clear = tonumber(ARGV[pos] or '0')
+local n_clear = tonumber(ARGV[pos])
 if n_clear > 0 then
   call_chunked('HDEL', KEYS[3], pos + 1, pos + n_clear, 1)
   if redis.call('EXISTS', KEYS[3]) == 0 then
     redis.call('ZREM', KEYS[6], id)
   end
 end
+pos = pos + n_clear + 1
 
-return {1}
+-- Result waiters, taken in the same atomic step as the state change that answers them
+-- (add_waiter.lua reads the status this script just wrote).
+local reply = {1}
+if ARGV[pos] == '1' then
+  local waiters = redis.call('SMEMBERS', KEYS[9])
+  if #waiters > 0 then
+    redis.call('DEL', KEYS[9])
+    for i = 1, #waiters do
+      reply[i + 1] = waiters[i]
+    end
+  end
+end
+return reply

@@ -129,8 +129,11 @@ class MemoryStore:
         found = self._instances.get(instance_id)
         return None if found is None else found.state
 
-    async def commit(self, commit: Commit) -> None:
-        """Apply ``commit`` atomically or raise :class:`~flowmesh.VersionConflictError`."""
+    async def commit(self, commit: Commit) -> list[str]:
+        """Apply ``commit`` atomically or raise :class:`~flowmesh.VersionConflictError`.
+
+        Returns the waiters it took (``commit.take_waiters``), sorted; else an empty list.
+        """
         _check_commit(commit)
         instance_id = commit.instance_id
         found = self._instances.get(instance_id)
@@ -166,6 +169,11 @@ class MemoryStore:
             self._timers.pop((instance_id, seq), None)
         for seq, fire_ms in fire_times:
             self._timers[(instance_id, seq)] = _Timer(due_ms=fire_ms, fire_ms=fire_ms)
+
+        if not commit.take_waiters:
+            return []
+        waiters, found.waiters = sorted(found.waiters), set()
+        return waiters
 
     async def list_outbox(self, limit: int = 100) -> list[OutboxEntry]:
         """Pending outbox entries: instances by oldest pending commit, each in commit order."""

@@ -10,9 +10,11 @@ Usage::
 or ``async with RedisStore(...) as store:``. The key layout is documented in
 ``docs/redis-keys.md``.
 
-Round trips: ``commit`` is one ``EVALSHA``; ``load`` is one ``MULTI``/``EXEC`` (state and
-history read together, so they always belong to the same version). After a Redis restart the
-first call of each script costs two more (``NOSCRIPT``, ``SCRIPT LOAD``), done by redis-py.
+Round trips: ``commit`` is one ``EVALSHA`` (which also takes the result waiters when asked);
+``load`` is one ``MULTI``/``EXEC`` (state and history read together, so they always belong to
+the same version); ``remove_outbox_many`` is one pipeline of one ``EVALSHA`` per 200 instances.
+Scripts are sent as plain ``EVALSHA`` of the script's SHA1; after a Redis restart emptied the
+script cache, the first call of each script costs two more (``NOSCRIPT``, ``SCRIPT LOAD``).
 
 TLS: a ``rediss://`` URL, with :class:`~flowmesh.security.TLSConfig` (CA, client certificate,
 verification on by default; turning it off is logged as a warning). Access control: the store
@@ -27,6 +29,7 @@ retried ``purge`` may answer False for an instance it did delete.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.resources
 from collections.abc import Awaitable, Iterator, Sequence
 from contextlib import contextmanager
@@ -42,7 +45,6 @@ import structlog
 from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from flowmesh._errors import ConfigurationError, StoreError, VersionConflictError
@@ -50,6 +52,7 @@ from flowmesh._masking import mask_secrets
 from flowmesh.model import HistoryEvent, WorkflowState, WorkflowStatus, check_app_id
 from flowmesh.security._tls import TLSConfig, strip_tls_query
 from flowmesh.store._base import Commit, InstanceRecord, OutboxEntry, TimerEntry
+from flowmesh.store._redis_batch import Call, TurnBatcher
 from flowmesh.store._redis_keys import (
     REDIS_COMMANDS,
     RedisKeys,
@@ -73,6 +76,9 @@ log = structlog.get_logger("flowmesh.store")
 
 _TERMINAL = tuple(status.value for status in WorkflowStatus if status.is_terminal)
 _URL_SCHEMES = ("redis", "rediss", "unix")
+_SCRIPTS = ("commit", "claim_timers", "add_waiter", "remove_outbox", "purge")
+_OUTBOX_CHUNK = 200
+"""Instances per ``remove_outbox.lua`` call: bounds how long one call blocks the server."""
 
 
 class StoreCodec(Protocol):
@@ -191,6 +197,20 @@ def _lua(name: str) -> str:
     return importlib.resources.files(__package__).joinpath(f"{name}.lua").read_text("utf-8")
 
 
+@dataclass(slots=True)
+class _Script:
+    """A Lua script's text and the SHA1 that ``EVALSHA`` names it by."""
+
+    text: str
+    sha: str
+
+    @classmethod
+    def named(cls, name: str) -> _Script:
+        text = _lua(name)
+        # The digest Redis computes: SHA1 of the script's bytes (redis-py encodes as UTF-8).
+        return cls(text, hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest())
+
+
 class RedisStore:
     """Workflow store of one app on a standalone Redis (the key layout is Cluster-ready).
 
@@ -203,7 +223,8 @@ class RedisStore:
         self._codec = codec
         self._keys = RedisKeys(config.key_prefix, config.app_id)
         self._client: redis.asyncio.Redis | None = None
-        self._scripts: dict[str, AsyncScript] = {}
+        self._scripts = {name: _Script.named(name) for name in _SCRIPTS}
+        self._commits = TurnBatcher(self._send_commits)
 
     def __repr__(self) -> str:
         return f"RedisStore({self.config.masked_url!r}, app_id={self.config.app_id!r})"
@@ -232,10 +253,6 @@ class RedisStore:
             await client.aclose()
             raise
         self._client = client
-        self._scripts = {
-            name: client.register_script(_lua(name))
-            for name in ("commit", "claim_timers", "add_waiter", "remove_outbox", "purge")
-        }
 
     async def close(self) -> None:
         """Close the connection pool (idempotent)."""
@@ -250,8 +267,71 @@ class RedisStore:
             raise StoreError(f"{self!r} is not connected; call connect() first")
         return self._client
 
-    async def _run(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        return await self._scripts[script](keys=keys, args=args, client=self._redis)
+    async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """``EVALSHA`` the script; on ``NOSCRIPT`` (cache emptied) ``SCRIPT LOAD`` it and retry.
+
+        Plain ``evalsha`` rather than redis-py's ``Script`` objects, whose per-call overhead
+        shows in a busy worker; the wire traffic is the same.
+        """
+        client, script = self._redis, self._scripts[name]
+        try:
+            return await cast("Awaitable[Any]", client.evalsha(script.sha, len(keys), *keys, *args))
+        except NoScriptError:
+            script.sha = await client.script_load(script.text)
+            return await cast("Awaitable[Any]", client.evalsha(script.sha, len(keys), *keys, *args))
+
+    async def _run_pipelined(
+        self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
+    ) -> list[Any]:
+        """:meth:`_run` for several calls in one pipeline (no transaction: one round trip).
+
+        On ``NOSCRIPT`` loads the script and sends them all again, so the calls must be
+        idempotent.
+        """
+        client, script = self._redis, self._scripts[name]
+
+        async def send() -> list[Any]:
+            pipe: Pipeline
+            async with client.pipeline(transaction=False) as pipe:
+                for keys, args in calls:
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                return await pipe.execute()
+
+        try:
+            return await send()
+        except NoScriptError:
+            script.sha = await client.script_load(script.text)
+            return await send()
+
+    async def _send_commits(self, calls: list[Call]) -> list[Any]:
+        """Commit scripts of one loop turn in one round trip (see :class:`TurnBatcher`).
+
+        A script error (``error_reply``) fails only its own commit. On ``NOSCRIPT`` the
+        script is loaded and the calls that got it are sent again: they did not run.
+        """
+        script = self._scripts["commit"]
+        if len(calls) == 1:
+            try:
+                return [await self._run("commit", *calls[0])]
+            except ResponseError as exc:
+                return [exc]
+        client = self._redis
+        results: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for attempt in (1, 2):
+            pipe: Pipeline
+            async with client.pipeline(transaction=False) as pipe:
+                for index in todo:
+                    keys, args = calls[index]
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                replies = await pipe.execute(raise_on_error=False)
+            for index, reply in zip(todo, replies, strict=True):
+                results[index] = reply
+            todo = [i for i in todo if isinstance(results[i], NoScriptError)]
+            if not todo or attempt == 2:
+                break
+            script.sha = await client.script_load(script.text)
+        return results
 
     @contextmanager
     def _translating(self, action: str) -> Iterator[None]:
@@ -293,8 +373,12 @@ class RedisStore:
             )
         return None if blob is None else self._codec.decode_state(blob)
 
-    async def commit(self, commit: Commit) -> None:
-        """Apply ``commit`` in one EVALSHA or raise :class:`~flowmesh.VersionConflictError`."""
+    async def commit(self, commit: Commit) -> list[str]:
+        """Apply ``commit`` in one EVALSHA or raise :class:`~flowmesh.VersionConflictError`.
+
+        Returns the waiters the same script removed (``commit.take_waiters``), sorted; else an
+        empty list.
+        """
         _check_commit(commit)
         instance_id, state = commit.instance_id, commit.state
         keys = [
@@ -303,6 +387,7 @@ class RedisStore:
             self._keys.outbox_index,
             self._keys.timers,
             self._keys.seq,
+            self._keys.waiters(instance_id),
             *self._keys.status_indexes,
         ]
         args: list[Any] = [
@@ -322,15 +407,16 @@ class RedisStore:
         for timer in commit.add_timers:
             fire_ms = _epoch_ms(timer.fire_at)
             args += (timer.seq, timer_member(instance_id, timer.seq, fire_ms), fire_ms)
-        args += (len(commit.clear_outbox), *commit.clear_outbox)
+        args += (len(commit.clear_outbox), *commit.clear_outbox, 1 if commit.take_waiters else 0)
 
         with self._translating(f"commit to {instance_id!r}"):
-            reply = await self._run("commit", keys, args)
+            reply = await self._commits.call(keys, args)
         if reply[0] == 0:
             raise VersionConflictError(
                 f"instance {instance_id!r}: expected version {commit.expected_version}, "
                 f"stored version {reply[1]}"
             )
+        return sorted(member.decode() for member in reply[1:]) if len(reply) > 1 else []
 
     async def list_outbox(self, limit: int = 100) -> list[OutboxEntry]:
         """Pending outbox entries: instances by oldest pending commit, each in commit order."""
@@ -358,28 +444,28 @@ class RedisStore:
         await self.remove_outbox_many([(instance_id, entry_ids)])
 
     async def remove_outbox_many(self, batch: Sequence[tuple[str, Sequence[str]]]) -> None:
-        """Forget published outbox entries of many instances in one pipelined round trip."""
+        """Forget published outbox entries of many instances in one round trip.
+
+        One ``remove_outbox.lua`` call per 200 instances, all sent in one pipeline; each call
+        is atomic and idempotent (so resending after ``NOSCRIPT`` is harmless).
+        """
         work = [(instance_id, ids) for instance_id, ids in batch if ids]
         if not work:
             return
-        calls = [
-            ([self._keys.outbox(instance_id), self._keys.outbox_index], [instance_id, *ids])
-            for instance_id, ids in work
-        ]
-        sha = self._scripts["remove_outbox"].sha
-        pipe: Pipeline
+        outbox = self._keys.outbox
+        calls: list[tuple[list[str], list[Any]]] = []
+        for start in range(0, len(work), _OUTBOX_CHUNK):
+            keys = [self._keys.outbox_index]
+            args: list[Any] = []
+            for instance_id, ids in work[start : start + _OUTBOX_CHUNK]:
+                keys.append(outbox(instance_id))
+                args += (instance_id, len(ids), *ids)
+            calls.append((keys, args))
         with self._translating(f"remove outbox entries of {len(work)} instances"):
-            try:
-                # Plain EVALSHA: a pipelined Script would add SCRIPT EXISTS (another round
-                # trip, and a command the ACL users are not granted).
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for keys, args in calls:
-                        pipe.evalsha(sha, len(keys), *keys, *args)
-                    await pipe.execute()
-            except NoScriptError:
-                # The script cache was flushed (a Redis restart): the normal path reloads it.
-                for keys, args in calls:
-                    await self._run("remove_outbox", keys, args)
+            if len(calls) == 1:
+                await self._run("remove_outbox", *calls[0])
+            else:
+                await self._run_pipelined("remove_outbox", calls)
 
     async def claim_due_timers(
         self, now: datetime, lease: timedelta, limit: int = 100

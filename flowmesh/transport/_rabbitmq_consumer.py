@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextlib import suppress
 
 import aiormq.exceptions
@@ -105,20 +105,19 @@ class RabbitDelivery:
 
     async def ack(self) -> None:
         """Remove the message from the queue."""
-        await self._settle("ack", self._message.ack)
+        await self._settle(requeue=None)
 
     async def requeue(self) -> None:
         """Give the message back to the queue; a quorum queue counts the redelivery."""
+        await self._settle(requeue=True)
 
-        async def reject() -> None:
-            await self._message.reject(requeue=True)
-
-        await self._settle("requeue", reject)
-
-    async def _settle(self, action: str, settle: Callable[[], Awaitable[None]]) -> None:
+    async def _settle(self, *, requeue: bool | None) -> None:
+        """Ack (``requeue`` None) or reject, straight on the aiormq channel the message came
+        on (aio-pika's ``IncomingMessage.ack`` adds bookkeeping we do here ourselves)."""
         if self._settled:
             raise TransportError(f"delivery {self.message_id!r} was already settled")
         self._settled = True
+        action = "ack" if requeue is None else "requeue"
         try:
             # Bounded: aiormq queues outgoing frames in a small per-connection queue (10
             # frames) that only the connection's writer task empties. When the connection
@@ -127,7 +126,18 @@ class RabbitDelivery:
             # every later message of the same instance). Past the timeout the settle did
             # not reach the broker, which redelivers the message like after any lost settle.
             async with asyncio.timeout(self._settle_timeout):
-                await settle()
+                channel = self._message.channel  # raises once the channel is closed
+                tag = self._message.delivery_tag
+                if tag is None:  # a no_ack delivery: nothing to settle
+                    return
+                # wait=False: the frame is queued for the connection's writer, not waited
+                # for. A settle has no answer anyway, and a queued frame is lost only with
+                # the connection, when the broker redelivers the message as after any lost
+                # settle.
+                if requeue is None:
+                    await channel.basic_ack(delivery_tag=tag, wait=False)
+                else:
+                    await channel.basic_reject(delivery_tag=tag, requeue=requeue, wait=False)
         except TimeoutError:
             log.warning(
                 "transport.settle_failed",

@@ -13,6 +13,7 @@ from uuid import uuid4
 
 import pytest
 import redis.asyncio
+import redis.exceptions
 
 from flowmesh._errors import VersionConflictError
 from flowmesh.codec import Codec
@@ -198,9 +199,10 @@ async def test_of_concurrent_commits_with_the_same_version_exactly_one_wins(
     ]
     outcomes = await asyncio.gather(*attempts, return_exceptions=True)
 
-    winners = [i for i, outcome in enumerate(outcomes) if outcome is None]
+    winners = [i for i, outcome in enumerate(outcomes) if outcome == []]
     assert len(winners) == 1
-    assert all(isinstance(o, VersionConflictError) for o in outcomes if o is not None)
+    losers = [o for i, o in enumerate(outcomes) if i not in winners]
+    assert all(isinstance(o, VersionConflictError) for o in losers)
     record = await replicas[0].load("wf-1")
     assert record is not None
     assert record.history == (started("wf-1"), EventRaised(f"writer-{winners[0]}"))
@@ -498,3 +500,127 @@ async def test_a_commit_can_clear_earlier_published_outbox_entries(store: Workfl
     assert [e.entry_id for e in await store.list_outbox()] == ["2:0"]
     await store.commit(Commit("fold-a", 2, state("fold-a", 3), clear_outbox=("2:0",)))
     assert await store.list_outbox() == []
+
+
+async def test_a_commit_taking_waiters_returns_them_sorted_and_removes_them(
+    store: WorkflowStore,
+) -> None:
+    assert await store.commit(step("wf-1", 0, started("wf-1"), take_waiters=True)) == []
+    for address in ("inbox-b", "inbox-c", "inbox-a"):
+        await store.add_waiter("wf-1", address)
+    taken = await store.commit(step("wf-1", 1, take_waiters=True))
+    assert taken == ["inbox-a", "inbox-b", "inbox-c"]
+    assert await store.commit(step("wf-1", 2, take_waiters=True)) == []
+    assert await store.take_waiters("wf-1") == []
+    state_now = await store.load_state("wf-1")
+    assert state_now is not None
+    assert state_now.version == 3
+
+
+async def test_a_commit_not_taking_waiters_returns_none_of_them_and_leaves_them(
+    store: WorkflowStore,
+) -> None:
+    await store.commit(step("wf-1", 0, started("wf-1")))
+    await store.add_waiter("wf-1", "inbox-b")
+    await store.add_waiter("wf-1", "inbox-a")
+    assert await store.commit(step("wf-1", 1)) == []
+    assert await store.take_waiters("wf-1") == ["inbox-a", "inbox-b"]
+
+
+async def test_a_conflicting_commit_taking_waiters_leaves_them_in_place(
+    store: WorkflowStore,
+) -> None:
+    await store.commit(step("wf-1", 0, started("wf-1")))
+    await store.commit(step("wf-1", 1))
+    await store.add_waiter("wf-1", "inbox-a")
+    with pytest.raises(VersionConflictError):
+        await store.commit(step("wf-1", 1, status=WorkflowStatus.COMPLETED, take_waiters=True))
+    with pytest.raises(VersionConflictError):
+        await store.commit(step("wf-2", 3, take_waiters=True))  # absent instance
+    assert await store.take_waiters("wf-1") == ["inbox-a"]
+
+
+async def test_no_waiter_is_added_after_the_commit_that_finished_the_instance_took_them(
+    store: WorkflowStore,
+) -> None:
+    """A waiter is either taken by the finishing commit or sees the finished state."""
+    await store.commit(step("wf-1", 0, started("wf-1")))
+    await store.add_waiter("wf-1", "inbox-a")
+    done = step("wf-1", 1, status=WorkflowStatus.COMPLETED, take_waiters=True)
+    assert await store.commit(done) == ["inbox-a"]
+    assert await store.add_waiter("wf-1", "inbox-b") == done.state
+    assert await store.take_waiters("wf-1") == []
+
+
+async def test_remove_outbox_many_over_several_chunks_removes_exactly_the_listed_entries(
+    store: WorkflowStore,
+) -> None:
+    """450 instances (more than one batch of the Redis script), one with 9000 entries (more
+    than Lua can unpack at once).
+
+    Every instance loses e0 and e1 (and unknown IDs are ignored); even-numbered ones lose e2
+    as well, so only the odd ones stay listed, each with e2 alone, in their original order.
+    """
+    ids = [f"ob-{n:03}" for n in range(450)]
+    big = tuple(OutboxEntry(ids[0], f"big-{n}", message(b"b")) for n in range(9000))
+    for n, instance_id in enumerate(ids):
+        entries = tuple(OutboxEntry(instance_id, f"e{k}", message(b"%d" % k)) for k in range(3))
+        await store.commit(step(instance_id, 0, outbox=(*entries, *(big if n == 0 else ()))))
+
+    batch: list[tuple[str, list[str]]] = [("ghost", ["e0"])]
+    for n, instance_id in enumerate(ids):
+        removed = ["e0", "nope", "e1"] + (["e2"] if n % 2 == 0 else [])
+        if n == 0:
+            removed += [entry.entry_id for entry in big[:-1]]
+        batch.append((instance_id, removed))
+    batch.append((ids[3], []))
+    await store.remove_outbox_many(batch)
+
+    left = [(e.instance_id, e.entry_id) for e in await store.list_outbox(limit=10_000)]
+    assert left == [(ids[0], "big-8999")] + [(i, "e2") for i in ids[1::2]]
+    await store.remove_outbox_many([(ids[0], ["big-8999"]), (ids[1], ["e2"])])
+    left = [(e.instance_id, e.entry_id) for e in await store.list_outbox(limit=10_000)]
+    assert left == [(i, "e2") for i in ids[3::2]]
+
+
+async def _empty_script_cache(store: WorkflowStore) -> None:
+    """What a Redis restart does to scripts: ``SCRIPT FLUSH`` (nothing for other stores).
+
+    A least-privilege user (tests/security runs this suite as one) may not flush; the store
+    is then made to name its scripts by digests the server never saw, which takes it down
+    the same path (``NOSCRIPT``, ``SCRIPT LOAD``, retry) with that user's permissions.
+    """
+    if not isinstance(store, RedisStore):
+        return
+    client = redis.asyncio.Redis.from_url(store.config.url)
+    try:
+        await client.script_flush()
+    except redis.exceptions.NoPermissionError:
+        for script in store._scripts.values():
+            script.sha = "0" * 40
+    finally:
+        await client.aclose()
+
+
+async def test_commits_and_outbox_removal_survive_an_emptied_script_cache(
+    store: WorkflowStore,
+) -> None:
+    """The Redis store reloads its scripts; the memory store has none to lose, and must
+    give the same answers."""
+    ids = [f"fl-{n:03}" for n in range(250)]
+    for instance_id in ids:
+        outbox = (
+            OutboxEntry(instance_id, "e0", message()),
+            OutboxEntry(instance_id, "e1", message()),
+        )
+        await store.commit(step(instance_id, 0, outbox=outbox))
+    await store.add_waiter(ids[0], "inbox-a")
+
+    await _empty_script_cache(store)
+    assert await store.commit(step(ids[0], 1, take_waiters=True)) == ["inbox-a"]
+    await _empty_script_cache(store)
+    await store.remove_outbox_many([(instance_id, ["e0"]) for instance_id in ids])  # 2 chunks
+    await _empty_script_cache(store)
+    await store.remove_outbox_many([(ids[0], ["e1"])])  # 1 chunk
+    left = [(e.instance_id, e.entry_id) for e in await store.list_outbox(limit=1000)]
+    assert left == [(instance_id, "e1") for instance_id in ids[1:]]

@@ -22,7 +22,7 @@ import pytest
 import redis
 import redis.asyncio
 
-from flowmesh._errors import ConfigurationError, StoreError
+from flowmesh._errors import ConfigurationError, StoreError, VersionConflictError
 from flowmesh._masking import mask_secrets as mask_url
 from flowmesh.codec import Codec
 from flowmesh.model import EventRaised, WorkflowState, WorkflowStatus
@@ -170,8 +170,23 @@ async def test_commit_is_a_single_evalsha_and_load_a_single_transaction(tmp_path
                 url, store.commit(commit("wf-1", 1, append=two_events))
             )
             loaded = await _client_commands(url, store.load("wf-1"))
+            await store.add_waiter("wf-1", "inbox-a")
+            finished = commit("wf-1", 2, take_waiters=True)
+            taken: list[str] = []
+
+            async def finish() -> None:
+                taken.extend(await store.commit(finished))
+
+            finishing = await _client_commands(url, finish())
+            await store.remove_outbox("wf-1", ["1:0"])  # loads the script
+            ids = [f"wf-{n}" for n in range(450)]
+            removing = await _client_commands(
+                url, store.remove_outbox_many([(i, ["1:0", "1:1"]) for i in ids])
+            )
     assert committed == ["evalsha"]
     assert loaded == ["multi", "hget", "lrange", "exec"]  # sent as one batch
+    assert (finishing, taken) == (["evalsha"], ["inbox-a"])  # waiters taken by the commit
+    assert removing == ["evalsha"] * 3  # 200 instances per call, pipelined
 
 
 async def _client_commands(url: str, action: Awaitable[object]) -> list[str]:
@@ -364,3 +379,28 @@ async def test_remove_outbox_many_works_after_the_script_cache_was_flushed(redis
             await raw.delete(*keys)
         await raw.aclose()
         await store.close()
+
+
+async def test_commits_of_one_loop_turn_share_a_round_trip_and_keep_their_own_results(
+    store: RedisStore,
+) -> None:
+    ids = [f"turn-{n:02}" for n in range(20)]
+    await asyncio.gather(*(store.commit(commit(i, 0)) for i in ids))
+    batches: list[int] = []
+    send = store._commits._send
+
+    async def counting(calls: list[tuple[object, object]]) -> list[object]:
+        batches.append(len(calls))
+        return await send(calls)  # type: ignore[arg-type]
+
+    store._commits._send = counting  # type: ignore[assignment]
+    results = await asyncio.gather(
+        *(store.commit(commit(i, 7 if i == ids[5] else 1)) for i in ids), return_exceptions=True
+    )
+
+    assert batches == [20]  # one pipeline for the whole turn
+    assert isinstance(results[5], VersionConflictError)
+    assert "stored version 1" in str(results[5])
+    assert [r for n, r in enumerate(results) if n != 5] == [[]] * 19
+    states = await asyncio.gather(*(store.load_state(i) for i in ids))
+    assert [s.version if s else None for s in states] == [1 if i == ids[5] else 2 for i in ids]

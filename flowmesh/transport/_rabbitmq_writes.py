@@ -1,0 +1,153 @@
+"""Fewer socket writes for aiormq: every frame written in one event-loop turn goes out in one
+system call.
+
+aiormq writes each frame (a publish, an ack, a heartbeat) with its own ``write()``, and on a
+loopback or LAN socket every ``send()`` costs more than the framing itself (profiling a host
+worker under load showed a third of its CPU in socket writes). Publishes and acks issued by
+many concurrent steps land in the same loop turn, so buffering them until the end of the turn
+turns dozens of system calls into one, without delaying any frame past that turn.
+
+The buffering writer plugs into aiormq through its public ``TransportFactory`` extension
+point; :class:`BufferingRobustConnection` lets aio-pika pass the factory through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Any
+
+import aiormq.connection
+from aio_pika.abc import AbstractRobustConnection, ConnectionParameter
+from aio_pika.robust_connection import RobustConnection
+from yarl import URL
+
+
+class TurnBufferedWriter:
+    """A ``StreamWriter`` stand-in that sends everything written in one loop turn at once.
+
+    Only the methods aiormq calls are provided. Closing flushes first, so nothing written
+    before a close is dropped; a frame still buffered when the connection dies is lost just
+    like one sitting in the kernel's buffer would be (the broker redelivers unacked messages
+    and never confirms unsent publishes).
+    """
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self._pending: list[bytes] = []
+        self._loop = asyncio.get_running_loop()
+
+    @property
+    def transport(self) -> asyncio.WriteTransport:
+        """The underlying transport."""
+        return self._writer.transport
+
+    def write(self, data: bytes) -> None:
+        """Queue ``data``; it is sent with the rest of this loop turn's writes."""
+        if not self._pending:
+            self._loop.call_soon(self.flush)
+        self._pending.append(data)
+
+    def flush(self) -> None:
+        """Send what was queued (one system call for all of it)."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        if not self._writer.is_closing():
+            self._writer.writelines(pending)
+
+    async def drain(self) -> None:
+        """Flow control of the underlying writer (queued data counts once it is flushed)."""
+        await self._writer.drain()
+
+    def is_closing(self) -> bool:
+        """Whether the underlying transport is closing or closed."""
+        return self._writer.is_closing()
+
+    def can_write_eof(self) -> bool:
+        """Whether the transport supports :meth:`write_eof`."""
+        return self._writer.can_write_eof()
+
+    def write_eof(self) -> None:
+        """Flush, then close the write end."""
+        self.flush()
+        self._writer.write_eof()
+
+    def close(self) -> None:
+        """Flush, then close."""
+        self.flush()
+        self._writer.close()
+
+    async def wait_closed(self) -> None:
+        """Wait until the underlying writer is closed."""
+        await self._writer.wait_closed()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """Transport information (peer name, SSL object, ...)."""
+        return self._writer.get_extra_info(name, default)
+
+
+class TurnBufferedTransportFactory(aiormq.connection.TransportFactory):
+    """aiormq's TCP/TLS connection, with a :class:`TurnBufferedWriter`."""
+
+    async def create(
+        self, url: URL, **kwargs: Any
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        factory: aiormq.connection.TransportFactory = (
+            aiormq.connection.TLSTransportFactory()
+            if url.scheme == "amqps"
+            else aiormq.connection.TCPTransportFactory()
+        )
+        reader, writer = await factory.create(url, **kwargs)
+        # Duck-typed: aiormq only calls the methods TurnBufferedWriter provides.
+        buffered: Any = TurnBufferedWriter(writer)
+        return reader, buffered
+
+
+def _factory(value: Any) -> Any:
+    return value
+
+
+class BufferingRobustConnection(RobustConnection):
+    """aio-pika's robust connection, letting a ``transport_factory`` through to aiormq.
+
+    aio-pika passes only the keyword arguments its connection class lists in ``PARAMETERS``;
+    the factory is kept for every reconnect.
+    """
+
+    PARAMETERS = (
+        *RobustConnection.PARAMETERS,
+        ConnectionParameter(name="transport_factory", parser=_factory, is_kwarg=True),
+    )
+
+
+async def connect_buffered(
+    url: str,
+    *,
+    timeout: float,
+    connection_name: str,
+    reconnect_interval: float,
+    ssl_context: ssl.SSLContext | None,
+) -> AbstractRobustConnection:
+    """A connected robust connection whose frames leave in one write per loop turn.
+
+    What ``aio_pika.connect_robust`` does, minus copying keyword arguments into the URL's
+    query (it cannot hold a factory object).
+    """
+    connection = BufferingRobustConnection(
+        URL(url),
+        ssl_context=ssl_context,
+        client_properties={"connection_name": connection_name},
+        reconnect_interval=reconnect_interval,
+        transport_factory=TurnBufferedTransportFactory(),
+    )
+    await connection.connect(timeout=timeout)
+    return connection
+
+
+__all__ = [
+    "BufferingRobustConnection",
+    "TurnBufferedTransportFactory",
+    "TurnBufferedWriter",
+    "connect_buffered",
+]
