@@ -332,13 +332,17 @@ def run_rabbitmqctl(
 ) -> None:
     """Create or update the plan's RabbitMQ users and set their permissions."""
     for command in security_plan.rabbitmqctl_commands(passwords):
-        done = _ctl(rabbitmqctl, command)
+        if command[0] == "add_user":
+            # "--": a password starting with "-" is not an option (1 in 32 generated ones).
+            done = _ctl(rabbitmqctl, ["add_user", "--", *command[1:]])
+        else:
+            done = _ctl(rabbitmqctl, command)
         if (
             done.returncode != 0
             and command[0] == "add_user"
             and "already" in done.stdout + done.stderr
         ):
-            done = _ctl(rabbitmqctl, ["change_password", command[1], command[2]])
+            done = _ctl(rabbitmqctl, ["change_password", "--", command[1], command[2]])
         if done.returncode != 0:
             shown = command[:2] if command[0] == "add_user" else command  # no password
             raise click.ClickException(

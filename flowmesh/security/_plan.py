@@ -403,8 +403,8 @@ class SecurityPlan:
             password = f'"${password_variable(user.name)}"'
             out.append(f"# {user.role} {user.name}")
             out.append(
-                f"rabbitmqctl add_user {name} {password} 2>/dev/null || "
-                f"rabbitmqctl change_password {name} {password}"
+                f"rabbitmqctl add_user -- {name} {password} 2>/dev/null || "
+                f"rabbitmqctl change_password -- {name} {password}"
             )
             out.append(
                 f"rabbitmqctl set_permissions -p {vhost} {name} "

@@ -14,7 +14,9 @@ from click.testing import CliRunner
 
 from flowmesh._errors import ConfigurationError
 from flowmesh.cli import main
+from flowmesh.cli._security import run_rabbitmqctl
 from flowmesh.security import SecurityPlan, password_variable, topology_from_sources
+from flowmesh.security._plan import Topology
 from tests.harness.processes import REPO
 
 
@@ -81,7 +83,7 @@ def test_plan_from_flags_renders_rabbitmqctl_and_redis_lines() -> None:
     assert '">$FLOWMESH_PASSWORD_FM_ORDERS"' in redis_lines[1]
     assert not any("amq.default" in line or "'.*'" in line for line in lines)
     # Passwords only ever appear as variables.
-    assert re.search(r"add_user fm-orders \"\$FLOWMESH_PASSWORD_FM_ORDERS\"", out)
+    assert re.search(r"add_user -- fm-orders \"\$FLOWMESH_PASSWORD_FM_ORDERS\"", out)
 
 
 def test_plan_defaults_to_the_workers_directory(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -115,3 +117,16 @@ def test_apply_wants_every_password_before_touching_anything() -> None:
     assert code != 0
     assert password_variable("fm-a") in out
     assert password_variable("fm-b") in out
+
+
+def test_a_password_starting_with_a_dash_is_not_taken_for_an_option(tmp_path: Path) -> None:
+    """One generated password in 32 starts with "-": rabbitmqctl gets "--" before it."""
+    record = tmp_path / "args"
+    fake = tmp_path / "rabbitmqctl"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {record}\n')
+    fake.chmod(0o755)
+    plan = SecurityPlan(
+        Topology(frozenset({"app1"}), frozenset({"app1"}), {}, {}), vhost="v", key_prefix="fm"
+    )
+    run_rabbitmqctl(plan, {"fm-app1": "-dash-first"}, [str(fake)])
+    assert record.read_text().splitlines()[0] == "add_user -- fm-app1 -dash-first"
