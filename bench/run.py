@@ -414,7 +414,7 @@ class Bench:
         py_spy = Path(sys.executable).with_name("py-spy")
         command = [
             str(py_spy), "record", "--pid", str(target.pid), "--format", "raw",
-            "--output", self.args.profile, "--rate", "200", "--nonblocking",
+            "--output", self.args.profile, "--rate", "1000", "--nonblocking",
         ]  # fmt: skip
         profiler = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(1.0)  # py-spy needs a moment to attach

@@ -1,11 +1,11 @@
-"""Commits made in the same event-loop turn go to Redis in one pipeline.
+"""Commits made close together go to Redis in one pipeline (group commit).
 
 A busy host steps many instances at once, and each step ends in one ``EVALSHA``. Sent one by
 one, every commit costs a socket write, a read and a pooled connection; a worker under load
 spent more CPU in those system calls than in running workflows. Queued until the end of the
-loop turn and sent as one pipeline (no ``MULTI``: each script is atomic on its own and the
-commits are independent), they share one write and one read, and each caller still gets
-its own result or error.
+loop turn, or while the previous batch is in flight, and sent as one pipeline (no ``MULTI``:
+each script is atomic on its own and the commits are independent), they share one write and
+one read, and each caller still gets its own result or error.
 """
 
 from __future__ import annotations
@@ -23,31 +23,46 @@ call that failed on its own (raises only if the whole round trip failed)."""
 
 
 class TurnBatcher:
-    """Collects script calls during one loop turn and sends them together.
+    """Collects script calls and sends them together: group commit.
 
-    The constructor does no I/O and starts nothing; the first call of a turn schedules the
-    send for the end of that turn.
+    With nothing in flight, the calls of one loop turn go at the end of that turn (no added
+    latency). While a batch is in flight, new calls wait for it and then all go in the next
+    batch, so under load batches grow with the load instead of each call paying a round
+    trip. The constructor does no I/O and starts nothing.
     """
 
     def __init__(self, send: SendBatch) -> None:
         self._send = send
         self._queued: list[tuple[Call, asyncio.Future[Any]]] = []
-        self._sending: set[asyncio.Task[None]] = set()
+        self._scheduled = False
+        self._sender: asyncio.Task[None] | None = None
 
     async def call(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """The script's result for ``keys``/``args``; raises what Redis raised for it."""
         loop = asyncio.get_running_loop()
         result: asyncio.Future[Any] = loop.create_future()
-        if not self._queued:
-            loop.call_soon(self._flush)
         self._queued.append(((keys, args), result))
+        if self._sender is None and not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._start)
         return await result
 
-    def _flush(self) -> None:
-        batch, self._queued = self._queued, []
-        task = asyncio.create_task(self._deliver(batch), name="flowmesh-redis-batch")
-        self._sending.add(task)  # held until done: the loop keeps only weak references
-        task.add_done_callback(self._sending.discard)
+    def _start(self) -> None:
+        self._scheduled = False
+        if self._sender is None and self._queued:
+            self._sender = asyncio.create_task(self._send_all(), name="flowmesh-redis-batch")
+
+    async def _send_all(self) -> None:
+        try:
+            while self._queued:
+                batch, self._queued = self._queued, []
+                await self._deliver(batch)
+        finally:
+            self._sender = None
+            if self._queued:  # cancelled mid-way (shutdown): nothing will send these
+                for _, future in self._queued:
+                    future.cancel()
+                self._queued = []
 
     async def _deliver(self, batch: list[tuple[Call, asyncio.Future[Any]]]) -> None:
         try:

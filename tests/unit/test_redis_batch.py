@@ -73,3 +73,27 @@ async def test_a_cancelled_caller_does_not_disturb_the_others() -> None:
     assert await second == 2
     with pytest.raises(asyncio.CancelledError):
         await first
+
+
+async def test_calls_made_while_a_batch_is_in_flight_go_together_in_the_next() -> None:
+    redis = FakeRedis()
+    slow, sending = asyncio.Event(), asyncio.Event()
+    send = redis.send
+
+    async def slow_send(calls: list[Call]) -> list[Any]:
+        if not redis.batches:
+            sending.set()
+            await slow.wait()  # the first round trip takes a while
+        return await send(calls)
+
+    batcher = TurnBatcher(slow_send)
+    first = asyncio.ensure_future(batcher.call(["k"], ["first"]))
+    await sending.wait()  # the first batch is on its way
+    later = []
+    for n in range(3):  # three separate loop turns while the first batch is in flight
+        await asyncio.sleep(0)
+        later.append(asyncio.ensure_future(batcher.call(["k"], [n])))
+    slow.set()
+    assert await first == "first"
+    assert await asyncio.gather(*later) == [0, 1, 2]
+    assert redis.batches == [["first"], [0, 1, 2]]
