@@ -267,17 +267,17 @@ class ActivityRunner:
             ]
         )
 
-    def _heartbeat_sink(self, task: ActivityTask) -> Any:
-        loop = asyncio.get_running_loop()
-        redact = self._codec.payload_codec is not None  # details are user data
+    def _heartbeat_sink(self, task: ActivityTask) -> Callable[[object], None]:
+        return functools.partial(self._on_heartbeat, asyncio.get_running_loop(), task)
 
-        def sink(details: object) -> None:
-            # Called from the activity's thread: hop to the loop, which owns the logger config.
-            shown = "<not logged: payload encryption is on>" if redact else details
-            log = self._log.bind(instance_id=task.instance_id, task=f"{task.name}#{task.seq}")
-            loop.call_soon_threadsafe(functools.partial(log.info, "heartbeat", details=shown))
-
-        return sink
+    def _on_heartbeat(
+        self, loop: asyncio.AbstractEventLoop, task: ActivityTask, details: object
+    ) -> None:
+        # Called from the activity's thread: hop to the loop, which owns the logger config.
+        # (Built per heartbeat, not per task: most activities never send one.)
+        shown = "<not logged: payload encryption is on>" if self._codec.payload_codec else details
+        log = self._log.bind(instance_id=task.instance_id, task=f"{task.name}#{task.seq}")
+        loop.call_soon_threadsafe(functools.partial(log.info, "heartbeat", details=shown))
 
     async def _wait_for_deployment(self, delivery: Delivery, task: ActivityTask) -> None:
         """An activity this app does not register: keep the task, retry with backoff.

@@ -225,6 +225,7 @@ class RabbitMQTransport:
         self._declare_lock = asyncio.Lock()
         self._ids_in_flight: dict[str, asyncio.Future[None]] = {}
         self._message_id_prefix = f"{uuid.uuid4().hex[:16]}-"
+        self._message_user_id = config.message_user_id or None  # parsed once, not per message
         self._message_count = 0
         self._subscriptions: set[RabbitSubscription] = set()
         self._inboxes: set[RabbitInbox] = set()
@@ -385,7 +386,11 @@ class RabbitMQTransport:
                 await _opened(link.replies)
                 channel = await link.replies.get_underlay_channel()
                 await channel.basic_publish(
-                    body, exchange=INBOX_EXCHANGE, routing_key=address, properties=properties
+                    body,
+                    exchange=INBOX_EXCHANGE,
+                    routing_key=address,
+                    properties=properties,
+                    wait=False,  # see _publish_confirmed
                 )
         except TimeoutError as exc:
             raise PublishTimeoutError(
@@ -550,7 +555,7 @@ class RabbitMQTransport:
 
     @property
     def _user_id(self) -> str | None:
-        return self._config.message_user_id or None
+        return self._message_user_id
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         tls = self._config.effective_tls
@@ -659,6 +664,11 @@ class RabbitMQTransport:
                     routing_key=key,
                     properties=properties,
                     mandatory=True,
+                    # Do not hold the channel's lock until the writer has taken the frame:
+                    # concurrent publishes then queue in one loop turn and leave in one
+                    # socket write. The confirm is still awaited (and the frame queue is
+                    # bounded, so a slow socket still pushes back).
+                    wait=False,
                 )
         except aio_pika.exceptions.PublishError as exc:  # a Basic.Return
             raise UnroutableError(
