@@ -52,11 +52,12 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Self
+from typing import Self, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import aio_pika
 import aio_pika.exceptions
+import aiormq
 import aiormq.exceptions
 import structlog
 from aio_pika.abc import (
@@ -384,7 +385,7 @@ class RabbitMQTransport:
         try:
             async with asyncio.timeout(self._config.publish_timeout):
                 await _opened(link.replies)
-                channel = await link.replies.get_underlay_channel()
+                channel = await _aiormq_channel(link.replies)
                 await channel.basic_publish(
                     body,
                     exchange=INBOX_EXCHANGE,
@@ -657,7 +658,7 @@ class RabbitMQTransport:
         try:
             async with asyncio.timeout(timeout):
                 await _opened(link.confirms)
-                channel = await link.confirms.get_underlay_channel()
+                channel = await _aiormq_channel(link.confirms)
                 await channel.basic_publish(
                     body,
                     exchange=APPS_EXCHANGE,
@@ -752,6 +753,12 @@ async def _opened(channel: AbstractRobustChannel) -> None:
     while channel.is_closed:
         await asyncio.sleep(0.05)
         await channel.ready()
+
+
+async def _aiormq_channel(channel: AbstractRobustChannel) -> aiormq.Channel:
+    """The aiormq channel under ``channel`` (its ``basic_publish`` takes ``wait``, which the
+    abstract interface does not declare)."""
+    return cast("aiormq.Channel", await channel.get_underlay_channel())
 
 
 def _truncate(reason: str) -> str:

@@ -205,8 +205,13 @@ async def test_broker_outage_under_500_workflows_loses_and_duplicates_nothing(
     async with Client(rabbit.url, options=ClientOptions(start_ack_timeout=1.0)) as client:
         await start_all(ledger, client, WORKFLOWS, outage)
         started_in = time.monotonic() - starting
-        await asyncio.sleep(1.0)
+        # Begin the outage as soon as the run is under way (the first completions), not after
+        # a fixed pause: a fast enough fleet would finish everything during the pause.
         before = await completed(ledger, host_store)
+        under_way = time.monotonic() + 5.0
+        while before == 0 and time.monotonic() < under_way:
+            await asyncio.sleep(0.02)
+            before = await completed(ledger, host_store)
         print(
             f"\n[{outage}] workers ready in {starting - began:.1f}s; {WORKFLOWS} started in "
             f"{started_in:.1f}s; {before} done when the outage begins"
