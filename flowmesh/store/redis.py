@@ -280,42 +280,14 @@ class RedisStore:
             script.sha = await client.script_load(script.text)
             return await cast("Awaitable[Any]", client.evalsha(script.sha, len(keys), *keys, *args))
 
-    async def _run_pipelined(
-        self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
-    ) -> list[Any]:
+    async def _run_pipelined(self, name: str, calls: Sequence[Call]) -> list[Any]:
         """:meth:`_run` for several calls in one pipeline (no transaction: one round trip).
 
-        On ``NOSCRIPT`` loads the script and sends them all again, so the calls must be
-        idempotent.
+        Returns one result per call; a call that failed on its own (a script ``error_reply``)
+        gets its exception object instead. On ``NOSCRIPT`` the script is loaded and only the
+        calls that got it are sent again: they did not run.
         """
         client, script = self._redis, self._scripts[name]
-
-        async def send() -> list[Any]:
-            pipe: Pipeline
-            async with client.pipeline(transaction=False) as pipe:
-                for keys, args in calls:
-                    pipe.evalsha(script.sha, len(keys), *keys, *args)
-                return await pipe.execute()
-
-        try:
-            return await send()
-        except NoScriptError:
-            script.sha = await client.script_load(script.text)
-            return await send()
-
-    async def _send_commits(self, calls: list[Call]) -> list[Any]:
-        """Commit scripts of one loop turn in one round trip (see :class:`TurnBatcher`).
-
-        A script error (``error_reply``) fails only its own commit. On ``NOSCRIPT`` the
-        script is loaded and the calls that got it are sent again: they did not run.
-        """
-        script = self._scripts["commit"]
-        if len(calls) == 1:
-            try:
-                return [await self._run("commit", *calls[0])]
-            except ResponseError as exc:
-                return [exc]
-        client = self._redis
         results: list[Any] = [None] * len(calls)
         todo = list(range(len(calls)))
         for attempt in (1, 2):
@@ -332,6 +304,16 @@ class RedisStore:
                 break
             script.sha = await client.script_load(script.text)
         return results
+
+    async def _send_commits(self, calls: list[Call]) -> list[Any]:
+        """Commit scripts gathered by the :class:`TurnBatcher`, in one round trip; a script
+        error fails only its own commit."""
+        if len(calls) == 1:
+            try:
+                return [await self._run("commit", *calls[0])]
+            except ResponseError as exc:
+                return [exc]
+        return await self._run_pipelined("commit", calls)
 
     @contextmanager
     def _translating(self, action: str) -> Iterator[None]:
@@ -447,7 +429,7 @@ class RedisStore:
         """Forget published outbox entries of many instances in one round trip.
 
         One ``remove_outbox.lua`` call per 200 instances, all sent in one pipeline; each call
-        is atomic and idempotent (so resending after ``NOSCRIPT`` is harmless).
+        is atomic and idempotent.
         """
         work = [(instance_id, ids) for instance_id, ids in batch if ids]
         if not work:
@@ -465,7 +447,9 @@ class RedisStore:
             if len(calls) == 1:
                 await self._run("remove_outbox", *calls[0])
             else:
-                await self._run_pipelined("remove_outbox", calls)
+                for result in await self._run_pipelined("remove_outbox", calls):
+                    if isinstance(result, Exception):
+                        raise result
 
     async def claim_due_timers(
         self, now: datetime, lease: timedelta, limit: int = 100
