@@ -109,7 +109,8 @@ class WorkflowStore(Protocol):
         """When the earliest stored timer is due (None if there are no timers)."""
 
     async def add_waiter(self, instance_id: str, address: str) -> WorkflowState | None:
-        """Atomically: if the instance is unfinished, remember ``address`` to notify.
+        """Atomically: unless the instance is finished or stalled, remember ``address`` to
+        notify.
 
         Returns the current state (the caller answers at once if it is already terminal), or
         None if the instance does not exist.

@@ -233,7 +233,8 @@ class MemoryStore:
         found = self._instances.get(instance_id)
         if found is None:
             return None
-        if not found.state.status.is_terminal:
+        status = found.state.status
+        if not (status.is_terminal or status is WorkflowStatus.STALLED):
             found.waiters.add(address)
         return found.state
 

@@ -74,7 +74,12 @@ __all__ = ["REDIS_COMMANDS", "RedisStore", "RedisStoreConfig", "StoreCodec"]
 log = structlog.get_logger("flowmesh.store")
 
 
-_TERMINAL = tuple(status.value for status in WorkflowStatus if status.is_terminal)
+_NOT_AWAITED = tuple(
+    status.value
+    for status in WorkflowStatus
+    if status.is_terminal or status is WorkflowStatus.STALLED
+)
+"""Statuses for which ``add_waiter`` answers at once instead of storing the waiter."""
 _URL_SCHEMES = ("redis", "rediss", "unix")
 _SCRIPTS = ("commit", "claim_timers", "add_waiter", "remove_outbox", "purge")
 _OUTBOX_CHUNK = 200
@@ -479,7 +484,7 @@ class RedisStore:
         """Remember ``address`` unless the instance is finished; its state, or None if absent."""
         keys = [self._keys.instance(instance_id), self._keys.waiters(instance_id)]
         with self._translating(f"add waiter to {instance_id!r}"):
-            blob = await self._run("add_waiter", keys, [address, *_TERMINAL])
+            blob = await self._run("add_waiter", keys, [address, *_NOT_AWAITED])
         return None if blob is None else self._codec.decode_state(blob)
 
     async def take_waiters(self, instance_id: str) -> list[str]:

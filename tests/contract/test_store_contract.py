@@ -342,13 +342,16 @@ async def test_add_waiter_to_running_instance_returns_state_and_take_returns_add
     assert await store.take_waiters("wf-1") == []
 
 
-async def test_add_waiter_to_finished_instance_returns_its_state_and_stores_nothing(
-    store: WorkflowStore,
+@pytest.mark.parametrize("final", [WorkflowStatus.FAILED, WorkflowStatus.STALLED])
+async def test_add_waiter_to_finished_or_stalled_instance_returns_its_state_and_stores_nothing(
+    store: WorkflowStore, final: WorkflowStatus
 ) -> None:
+    """A stalled instance is answered at once too (it needs a fix and a deployment, not a
+    wait), so no waiter is left stored for it."""
     await store.commit(step("wf-1", 0, started("wf-1")))
-    await store.commit(step("wf-1", 1, status=WorkflowStatus.FAILED))
+    await store.commit(step("wf-1", 1, status=final))
     finished = await store.add_waiter("wf-1", "inbox-a")
-    assert finished == state("wf-1", 2, WorkflowStatus.FAILED)
+    assert finished == state("wf-1", 2, final)
     assert await store.take_waiters("wf-1") == []
 
 
