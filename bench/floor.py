@@ -37,14 +37,16 @@ import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-import aio_pika
+import aiormq
 import msgpack  # type: ignore[import-untyped,unused-ignore]
 import redis.asyncio
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from aiormq import spec
 
 from bench import loops
+from flowmesh.transport._rabbitmq_writes import connect_buffered
 
 _QUEUE_ARGS: dict[str, Any] = {"x-queue-type": "quorum"}
 MESSAGE_BYTES = 200
@@ -56,6 +58,15 @@ redis.call('RPUSH', KEYS[1], unpack(ARGV, 2))
 if ARGV[1] == '1' then redis.call('INCR', KEYS[2]) end
 return 1
 """
+
+
+_PERSISTENT = spec.Basic.Properties(delivery_mode=2)
+_CONNECT: dict[str, Any] = {
+    "timeout": 30.0,
+    "connection_name": "flowmesh-bench-floor",
+    "reconnect_interval": 1.0,
+    "ssl_context": None,
+}
 
 
 def queue(name: str, kind: str = "work") -> str:
@@ -87,13 +98,15 @@ class _Link:
 
     def __init__(self, url: str) -> None:
         self._url = url
-        self.publisher: aio_pika.abc.AbstractConnection | None = None
-        self.consumer: aio_pika.abc.AbstractConnection | None = None
+        self.publisher: AbstractRobustConnection | None = None
+        self.consumer: AbstractRobustConnection | None = None
         self.confirms: AbstractChannel | None = None
 
     async def open(self) -> None:
-        self.publisher = await aio_pika.connect(self._url)
-        self.consumer = await aio_pika.connect(self._url)
+        # The same socket handling as flowmesh's transport (one write per loop turn), so the
+        # floor measures the I/O a step needs, not how a client library schedules its writes.
+        self.publisher = await connect_buffered(self._url, **_CONNECT)
+        self.consumer = await connect_buffered(self._url, **_CONNECT)
         self.confirms = await self.publisher.channel(publisher_confirms=True)
         for name in ("a", "b", "c"):
             await self.confirms.declare_queue(queue(name), durable=True, arguments=_QUEUE_ARGS)
@@ -102,9 +115,13 @@ class _Link:
     async def publish(self, routing_key: str, body: bytes) -> None:
         """Persistent, confirmed (aio-pika waits for the broker's ack of this message)."""
         assert self.confirms is not None
-        message = aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
         async with asyncio.timeout(30):
-            await self.confirms.default_exchange.publish(message, routing_key=routing_key)
+            channel = cast("aiormq.Channel", await self.confirms.get_underlay_channel())
+            # wait=False, as flowmesh publishes: the confirm is awaited, but concurrent
+            # publishes do not queue behind aiormq's channel lock one socket write at a time.
+            await channel.basic_publish(
+                body, routing_key=routing_key, properties=_PERSISTENT, wait=False
+            )
 
     async def consume(self, name: str, prefetch: int, callback: Any) -> None:
         assert self.consumer is not None

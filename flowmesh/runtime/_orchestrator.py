@@ -1,17 +1,17 @@
 """The orchestrator: advances the workflows an app hosts.
 
 Every message that concerns a hosted instance (start, activity/child results, due timers,
-events, control) lands in that instance's mailbox. One drain task per instance takes the whole
-mailbox at once and runs one step for it: replay (or reuse the cached execution), apply the
-new events, commit history + state + outbox + timers atomically with a version check, publish
-the outbox, then ack the deliveries. Batching is what keeps a fan-in of hundreds of results
-cheap, and the per-instance task means this replica never races itself.
+events, control) lands in that instance's mailbox. One task per instance at a time (that of
+the delivery that found no step running) drains it, taking the whole mailbox for one step:
+replay (or reuse the cached execution), apply the new events, commit history + state +
+outbox + timers atomically with a version check, publish the outbox, then ack the
+deliveries. Batching is what keeps a fan-in of hundreds of results cheap, and one drain per
+instance means this replica never races itself.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -122,14 +122,15 @@ class Orchestrator:
         self._clearer = clearer
         self._senders = senders
         self._mailboxes: dict[str, list[_Inbound]] = {}
-        self._drains: dict[str, asyncio.Task[None]] = {}
+        self._draining: set[str] = set()
+        """Instances whose mailbox a task is draining (one step at a time per instance)."""
         self._cache: OrderedDict[str, _Live] = OrderedDict()
         self._log = get_logger(app_id=app.app_id)
 
     @property
     def busy(self) -> bool:
         """True while any step is in progress."""
-        return bool(self._drains)
+        return bool(self._draining)
 
     # -- entry points ----------------------------------------------------------------------------
 
@@ -150,15 +151,14 @@ class Orchestrator:
         instance_id = getattr(message, "instance_id", "")
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._mailboxes.setdefault(instance_id, []).append(_Inbound(delivery, message, done))
-        if instance_id not in self._drains:
-            # A fresh context: the drain serves many deliveries, so it must not inherit the
-            # log bindings (task, attempt) of whichever delivery happened to start it.
-            self._drains[instance_id] = asyncio.create_task(
-                self._drain(instance_id),
-                name=f"flowmesh-step-{instance_id}",
-                context=contextvars.Context(),
-            )
-        await done
+        if instance_id in self._draining:
+            await done  # the instance's drain will take it with its next batch
+            return
+        # No step runs for this instance: this delivery's task drains the mailbox itself (a
+        # task of its own per step would cost more than the step's bookkeeping). Each
+        # delivery runs in a task of its own, so no other work waits behind this one.
+        self._draining.add(instance_id)
+        await self._drain(instance_id)
 
     async def _drain(self, instance_id: str) -> None:
         try:
@@ -166,7 +166,7 @@ class Orchestrator:
                 with structlog.contextvars.bound_contextvars(instance_id=instance_id):
                     await self._run_batch(instance_id, batch)
         finally:
-            del self._drains[instance_id]
+            self._draining.discard(instance_id)
 
     async def _run_batch(self, instance_id: str, batch: list[_Inbound]) -> None:
         try:

@@ -207,10 +207,11 @@ class RabbitSubscription:
             async with asyncio.timeout(self._close_timeout):
                 await self._channel.close()
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        # aiormq runs this in a task that a channel close cancels. The handler gets a task
-        # of its own instead, so a connection loss does not interrupt it half way: its
-        # settle then fails harmlessly and the broker redelivers.
+    def _on_message(self, message: AbstractIncomingMessage) -> None:
+        # The handler gets a task of its own, not aiormq's consumer task, which a channel
+        # close cancels: a connection loss must not interrupt it half way (its settle then
+        # fails harmlessly and the broker redelivers). A plain function, not a coroutine:
+        # aio-pika would wrap a coroutine in one more task per message.
         if not self._active:
             return  # left unacked: the channel close that follows returns it
         delivery = RabbitDelivery(message, self._queue_name, settle_timeout=self._close_timeout)

@@ -76,5 +76,6 @@ class RabbitInbox:
             async with asyncio.timeout(self._close_timeout):
                 await channel.close()
 
-    async def _on_answer(self, message: AbstractIncomingMessage) -> None:
+    def _on_answer(self, message: AbstractIncomingMessage) -> None:
+        # A plain function: aio-pika would run a coroutine in a task of its own per answer.
         self._buffer.put(message.correlation_id or "", message.body)
