@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Callable
 from contextlib import suppress
 
@@ -218,6 +219,7 @@ class RabbitSubscription:
         task = asyncio.create_task(
             _run_handler(self._handler, delivery, self._queue_name),
             name=f"flowmesh-consume-{self._queue_name}",
+            context=contextvars.Context(),  # no log bindings from whatever ran before
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

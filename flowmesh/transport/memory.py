@@ -21,6 +21,7 @@ goes back to the front.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import enum
 from collections import deque
 from collections.abc import Sequence
@@ -261,8 +262,12 @@ class _MemorySubscription:
         """Start a handler task for ``message``."""
         delivery = _MemoryDelivery(message, self)
         self._unsettled[delivery] = None
+        # A fresh context, as with a real broker: the handler must not inherit the publisher's
+        # log bindings (an activity's task and attempt on the host's log lines).
         task = asyncio.create_task(
-            _run_handler(self._handler, delivery, self._name), name=f"flowmesh-consume-{self._name}"
+            _run_handler(self._handler, delivery, self._name),
+            name=f"flowmesh-consume-{self._name}",
+            context=contextvars.Context(),
         )
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
