@@ -58,7 +58,7 @@ class WorkflowHandle:
             )
             if state is None:
                 continue
-            if state.status.is_terminal or state.status is WorkflowStatus.STALLED:
+            if state.status.ends_waiting:
                 return state
 
     async def result(self, timeout: float | None = None) -> object:

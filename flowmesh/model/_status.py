@@ -26,5 +26,11 @@ class WorkflowStatus(StrEnum):
         """True once the instance will never advance again (continued-as-new runs anew)."""
         return self in _TERMINAL
 
+    @property
+    def ends_waiting(self) -> bool:
+        """True when a caller waiting for the result should be answered: the instance is
+        terminal, or STALLED (it needs an operator, not more waiting)."""
+        return self in _TERMINAL or self is WorkflowStatus.STALLED
+
 
 _TERMINAL = frozenset({WorkflowStatus.COMPLETED, WorkflowStatus.FAILED, WorkflowStatus.TERMINATED})

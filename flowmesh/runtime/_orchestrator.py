@@ -476,7 +476,7 @@ class Orchestrator:
             clear_outbox=self._clearer.pending(instance_id) if self._clearer else (),
             # Result waiters are answered once the instance finishes or stalls; taking them in
             # the same script leaves no window for one to be added and missed.
-            take_waiters=_finished(state),
+            take_waiters=state.status.ends_waiting,
         )
         self._crash("before_commit")
         waiters = await self._store.commit(commit)
@@ -555,7 +555,7 @@ class Orchestrator:
         try:
             if message.wait:
                 state = await self._store.add_waiter(message.instance_id, delivery.reply_to)
-                if state is not None and not _finished(state):
+                if state is not None and not state.status.ends_waiting:
                     return  # answered when the instance finishes
             else:
                 state = await self._store.load_state(message.instance_id)
@@ -634,10 +634,6 @@ def _start_request(live: _Live | None, pending: list[HistoryEvent]) -> str:
     events = [*(live.history if live else ()), *pending]
     started = next((e for e in events if isinstance(e, WorkflowStarted)), None)
     return started.request_id if started else ""
-
-
-def _finished(state: WorkflowState) -> bool:
-    return state.status.is_terminal or state.status is WorkflowStatus.STALLED
 
 
 def _blank_state(instance_id: str, app_id: str) -> WorkflowState:

@@ -233,8 +233,7 @@ class MemoryStore:
         found = self._instances.get(instance_id)
         if found is None:
             return None
-        status = found.state.status
-        if not (status.is_terminal or status is WorkflowStatus.STALLED):
+        if not found.state.status.ends_waiting:
             found.waiters.add(address)
         return found.state
 

@@ -74,11 +74,7 @@ __all__ = ["REDIS_COMMANDS", "RedisStore", "RedisStoreConfig", "StoreCodec"]
 log = structlog.get_logger("flowmesh.store")
 
 
-_NOT_AWAITED = tuple(
-    status.value
-    for status in WorkflowStatus
-    if status.is_terminal or status is WorkflowStatus.STALLED
-)
+_NOT_AWAITED = tuple(status.value for status in WorkflowStatus if status.ends_waiting)
 """Statuses for which ``add_waiter`` answers at once instead of storing the waiter."""
 _URL_SCHEMES = ("redis", "rediss", "unix")
 _SCRIPTS = ("commit", "claim_timers", "add_waiter", "remove_outbox", "purge")

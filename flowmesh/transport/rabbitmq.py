@@ -384,8 +384,7 @@ class RabbitMQTransport:
         )
         try:
             async with asyncio.timeout(self._config.publish_timeout):
-                await _opened(link.replies)
-                channel = await _aiormq_channel(link.replies)
+                channel = await _open_channel(link.replies)
                 await channel.basic_publish(
                     body,
                     exchange=INBOX_EXCHANGE,
@@ -647,7 +646,7 @@ class RabbitMQTransport:
         ``Exchange.publish`` add several microseconds per message and nothing we use.
         """
         timeout = self._config.publish_timeout
-        key = routing_key(app_id, kind)
+        queue, key = queue_name(app_id, kind), routing_key(app_id, kind)
         # aiormq finds the publish a returned message belongs to by message ID; with two in
         # flight the return would fail the wrong one and the other would look confirmed.
         message_id = properties.message_id or ""
@@ -657,8 +656,7 @@ class RabbitMQTransport:
         self._ids_in_flight[message_id] = done
         try:
             async with asyncio.timeout(timeout):
-                await _opened(link.confirms)
-                channel = await _aiormq_channel(link.confirms)
+                channel = await _open_channel(link.confirms)
                 await channel.basic_publish(
                     body,
                     exchange=APPS_EXCHANGE,
@@ -673,34 +671,30 @@ class RabbitMQTransport:
                 )
         except aio_pika.exceptions.PublishError as exc:  # a Basic.Return
             raise UnroutableError(
-                f"RabbitMQ could not route the message to {queue_name(app_id, kind)!r}: no "
+                f"RabbitMQ could not route the message to {queue!r}: no "
                 f"queue is bound to {APPS_EXCHANGE!r} with routing key {key!r} (apply the "
                 "security plan, or start the app once with a user that may declare its queues)"
             ) from exc
         except aio_pika.exceptions.DeliveryError as exc:  # a Basic.Nack
-            raise TransportError(
-                f"RabbitMQ refused the message for {queue_name(app_id, kind)!r}"
-            ) from exc
+            raise TransportError(f"RabbitMQ refused the message for {queue!r}") from exc
         except TimeoutError as exc:
             raise PublishTimeoutError(
-                f"no publisher confirm for {queue_name(app_id, kind)!r} within {timeout}s"
+                f"no publisher confirm for {queue!r} within {timeout}s"
             ) from exc
         except aiormq.exceptions.ChannelAccessRefused as exc:
             raise TransportError(
                 f"RabbitMQ user {self._user_id or '?'!r} may not publish to "
-                f"{queue_name(app_id, kind)!r} (routing key {key!r} on {APPS_EXCHANGE!r}; "
+                f"{queue!r} (routing key {key!r} on {APPS_EXCHANGE!r}; "
                 f"ACCESS_REFUSED): {describe(exc)}"
             ) from exc
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
             raise TransportError(
-                f"RabbitMQ refused the message for {queue_name(app_id, kind)!r} "
+                f"RabbitMQ refused the message for {queue!r} "
                 "(PRECONDITION_FAILED, e.g. a user_id other than the connection's user): "
                 f"{describe(exc)}"
             ) from exc
         except BROKER_ERRORS as exc:
-            raise TransportError(
-                f"publishing to {queue_name(app_id, kind)!r} failed: {describe(exc)}"
-            ) from exc
+            raise TransportError(f"publishing to {queue!r} failed: {describe(exc)}") from exc
         finally:
             del self._ids_in_flight[message_id]
             done.set_result(None)
@@ -742,22 +736,19 @@ class RabbitMQTransport:
                 await closable.close()
 
 
-async def _opened(channel: AbstractRobustChannel) -> None:
-    """Wait out a reconnect, or a robust channel reopening after a channel error (such as an
-    oversized message), instead of failing at once.
+async def _open_channel(channel: AbstractRobustChannel) -> aiormq.Channel:
+    """The aiormq channel under ``channel``, once it is open (its ``basic_publish`` takes
+    ``wait``, which the abstract interface does not declare).
 
-    Right after the error ``ready()`` can still report the old, open state, so poll briefly;
-    callers bound the wait with their timeout.
+    Waits out a reconnect, or a robust channel reopening after a channel error (such as an
+    oversized message), instead of failing at once. Right after the error ``ready()`` can
+    still report the old, open state, so poll briefly; callers bound the wait with their
+    timeout.
     """
     await channel.ready()
     while channel.is_closed:
         await asyncio.sleep(0.05)
         await channel.ready()
-
-
-async def _aiormq_channel(channel: AbstractRobustChannel) -> aiormq.Channel:
-    """The aiormq channel under ``channel`` (its ``basic_publish`` takes ``wait``, which the
-    abstract interface does not declare)."""
     return cast("aiormq.Channel", await channel.get_underlay_channel())
 
 
