@@ -404,16 +404,20 @@ class Bench:
     def profiling(self, workload: str) -> Iterator[None]:
         """py-spy the host worker while the block runs, if asked to for ``workload``."""
         wanted = self.args.profile and self.args.profile_workload == workload
-        target = next(
-            (p for p in reversed(self.procs.procs) if p.name == self.args.profile_app), None
-        )
-        if not wanted or self._profiled or target is None:
+        if self.args.profile_app == "client":
+            pid: int | None = os.getpid()  # the benchmark process is the client
+        else:
+            target = next(
+                (p for p in reversed(self.procs.procs) if p.name == self.args.profile_app), None
+            )
+            pid = target.pid if target is not None else None
+        if not wanted or self._profiled or pid is None:
             yield
             return
         self._profiled = True  # the first round only
         py_spy = Path(sys.executable).with_name("py-spy")
         command = [
-            str(py_spy), "record", "--pid", str(target.pid), "--format", "raw",
+            str(py_spy), "record", "--pid", str(pid), "--format", "raw",
             "--output", self.args.profile, "--rate", "1000", "--nonblocking",
         ]  # fmt: skip
         profiler = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -473,8 +477,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile-app",
         default="bench-app1",
-        choices=["bench-app1", "bench-app2", "bench-app3"],
-        help="which worker to profile",
+        choices=["bench-app1", "bench-app2", "bench-app3", "client"],
+        help="which worker to profile (client: the benchmark process, which starts the workflows)",
     )
     parser.add_argument(
         "--profile-workload", default="W1", choices=["W1", "W2", "W3"], help="when to profile"

@@ -9,14 +9,17 @@ import re
 from collections.abc import Callable
 from contextlib import suppress
 
+import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
 
 # Shared with the memory transport, which must not import aio-pika.
 from flowmesh.transport._common import _AnswerBuffer, _new_inbox_address
+from flowmesh.transport._rabbitmq_answers import ANSWERS_TYPE, unpack_answers
 from flowmesh.transport._rabbitmq_consumer import BROKER_ERRORS
 from flowmesh.transport._rabbitmq_topology import INBOX_EXCHANGE, INBOX_PATTERN
 
 _ADDRESS = re.compile(INBOX_PATTERN)
+log = structlog.get_logger("flowmesh.transport")
 
 
 def is_inbox_address(address: str) -> bool:
@@ -78,4 +81,14 @@ class RabbitInbox:
 
     def _on_answer(self, message: AbstractIncomingMessage) -> None:
         # A plain function: aio-pika would run a coroutine in a task of its own per answer.
-        self._buffer.put(message.correlation_id or "", message.body)
+        if message.type != ANSWERS_TYPE:
+            self._buffer.put(message.correlation_id or "", message.body)
+            return
+        try:
+            answers = unpack_answers(message.body, max_bytes=len(message.body))
+        except ValueError as exc:
+            # Anyone allowed to answer inboxes could send this; it must not stop the inbox.
+            log.warning("transport.answers_dropped", inbox=self._address, error=str(exc))
+            return
+        for correlation_id, body in answers:
+            self._buffer.put(correlation_id, body)

@@ -87,6 +87,13 @@ from flowmesh.transport._base import (
     Subscription,
     queue_name,
 )
+from flowmesh.transport._rabbitmq_answers import (
+    ANSWERS_TYPE,
+    Answer,
+    AnswerBatcher,
+    chunks,
+    pack_answers,
+)
 from flowmesh.transport._rabbitmq_consumer import (
     BROKER_ERRORS,
     RabbitDelivery,
@@ -114,6 +121,8 @@ _QUEUE_ARGUMENTS: dict[str, FieldValue] = dict(QUEUE_ARGUMENTS)
 
 _PERSISTENT = 2
 _NOT_PERSISTENT = 1
+_ANSWERS_FRAME_BYTES = 64 * 1024
+"""Answers batched into one message stay under this size (a lone larger answer goes alone)."""
 """AMQP ``delivery_mode`` values."""
 
 _FAILURES: tuple[type[Exception], ...] = (TimeoutError, *BROKER_ERRORS)
@@ -230,6 +239,7 @@ class RabbitMQTransport:
         self._message_count = 0
         self._subscriptions: set[RabbitSubscription] = set()
         self._inboxes: set[RabbitInbox] = set()
+        self._answers = AnswerBatcher(self._publish_answers)
 
     async def __aenter__(self) -> Self:
         await self.connect()
@@ -370,28 +380,44 @@ class RabbitMQTransport:
             raise failures[0]
 
     async def send_reply(self, address: str, correlation_id: str, body: bytes) -> None:
-        """Answer an inbox: not persistent, not mandatory, so dropped if the inbox is gone."""
-        link = self._require_link()
+        """Answer an inbox: not persistent, not mandatory, so dropped if the inbox is gone.
+
+        Answers to one inbox in one loop turn leave as one message (see
+        :mod:`flowmesh.transport._rabbitmq_answers`).
+        """
+        self._require_link()
         if not is_inbox_address(address):
             log.warning("transport.reply_address_refused", address=address[:200])
             return
         self._check_size(body)
-        properties = spec.Basic.Properties(
-            delivery_mode=_NOT_PERSISTENT,
-            correlation_id=correlation_id or None,
-            content_type=CONTENT_TYPE,
-            user_id=self._user_id,
-        )
+        await self._answers.send(address, correlation_id, body)
+
+    async def _publish_answers(self, address: str, answers: Sequence[Answer]) -> None:
+        link = self._require_link()
+        limit = min(_ANSWERS_FRAME_BYTES, self._config.max_message_bytes or _ANSWERS_FRAME_BYTES)
         try:
             async with asyncio.timeout(self._config.publish_timeout):
                 channel = await _open_channel(link.replies)
-                await channel.basic_publish(
-                    body,
-                    exchange=INBOX_EXCHANGE,
-                    routing_key=address,
-                    properties=properties,
-                    wait=False,  # see _publish_confirmed
-                )
+                for group in chunks(answers, limit):
+                    if len(group) == 1:
+                        correlation_id, body = group[0]
+                        kind = None
+                    else:
+                        correlation_id, body, kind = "", pack_answers(group), ANSWERS_TYPE
+                    properties = spec.Basic.Properties(
+                        delivery_mode=_NOT_PERSISTENT,
+                        correlation_id=correlation_id or None,
+                        content_type=CONTENT_TYPE,
+                        message_type=kind,
+                        user_id=self._user_id,
+                    )
+                    await channel.basic_publish(
+                        body,
+                        exchange=INBOX_EXCHANGE,
+                        routing_key=address,
+                        properties=properties,
+                        wait=False,  # see _publish_confirmed
+                    )
         except TimeoutError as exc:
             raise PublishTimeoutError(
                 f"reply to {address!r} not sent within {self._config.publish_timeout}s"

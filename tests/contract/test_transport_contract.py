@@ -349,6 +349,29 @@ async def test_inbox_receives_answers_by_correlation_id(transport: Transport, ap
     await inbox.close()
 
 
+async def test_answers_sent_together_to_one_inbox_each_reach_their_receiver(
+    transport: Transport,
+) -> None:
+    # A host admitting many starts of one client answers them in the same loop turn; the
+    # RabbitMQ transport frames such answers into one message, which must stay invisible.
+    inbox = await transport.open_inbox()
+    other = await transport.open_inbox()
+    answers = [(f"c-{i}", f"answer {i}".encode()) for i in range(300)]
+    await asyncio.gather(
+        *(transport.send_reply(inbox.address, cid, body) for cid, body in answers),
+        transport.send_reply(other.address, "c-0", b"for the other inbox"),
+        transport.send_reply(inbox.address, "c-big", b"x" * 60_000),
+    )
+
+    for cid, body in reversed(answers):
+        assert await inbox.receive(cid, WAIT) == body
+    assert await inbox.receive("c-big", WAIT) == b"x" * 60_000
+    assert await other.receive("c-0", WAIT) == b"for the other inbox"
+    assert await inbox.receive("c-0", 0.2) is None  # each answer arrived once
+    await inbox.close()
+    await other.close()
+
+
 async def test_inbox_receive_returns_none_after_the_timeout(transport: Transport) -> None:
     inbox = await transport.open_inbox()
     started = time.monotonic()

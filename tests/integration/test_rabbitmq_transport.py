@@ -17,6 +17,7 @@ from uuid import uuid4
 
 import aio_pika
 import pytest
+import structlog.testing
 
 from flowmesh._errors import (
     ConfigurationError,
@@ -26,6 +27,8 @@ from flowmesh._errors import (
 )
 from flowmesh._masking import mask_secrets as _mask_url
 from flowmesh.transport import Delivery, Outgoing, QueueKind, queue_name
+from flowmesh.transport._rabbitmq_answers import ANSWERS_TYPE, unpack_answers
+from flowmesh.transport._rabbitmq_topology import INBOX_EXCHANGE
 from flowmesh.transport.rabbitmq import RabbitMQConfig, RabbitMQTransport
 
 pytestmark = pytest.mark.real_services
@@ -368,3 +371,49 @@ async def test_transport_is_unusable_before_connect() -> None:
     with pytest.raises(TransportError, match="connect"):
         await transport.publish([Outgoing("orders", WORK, b"x")])
     await transport.close()
+
+
+async def test_answers_of_one_turn_leave_as_one_framed_message(
+    open_transport: OpenTransport, amqp_url: str
+) -> None:
+    transport = await open_transport()
+    address = f"fm.inbox.{uuid4().hex}"  # a queue we read ourselves, to count the messages
+    connection, channel = await raw_channel(amqp_url)
+    async with connection:
+        queue = await channel.declare_queue(address, exclusive=True, auto_delete=True)
+        await queue.bind(INBOX_EXCHANGE, address)
+
+        await asyncio.gather(*(transport.send_reply(address, f"c-{i}", b"ok") for i in range(50)))
+        await transport.send_reply(address, "c-alone", b"alone")
+
+        framed = await queue.get(timeout=WAIT, fail=True)
+        alone = await queue.get(timeout=WAIT, fail=True)
+        assert framed is not None and alone is not None
+        assert await queue.get(timeout=WAIT, fail=False) is None
+    assert framed.type == ANSWERS_TYPE and framed.correlation_id is None
+    assert unpack_answers(framed.body, max_bytes=len(framed.body)) == [
+        (f"c-{i}", b"ok") for i in range(50)
+    ]
+    # A lone answer keeps the plain format: its body, correlation_id in the properties.
+    assert (alone.type, alone.correlation_id, alone.body) == (None, "c-alone", b"alone")
+
+
+async def test_a_malformed_answers_frame_is_dropped_and_the_inbox_keeps_working(
+    open_transport: OpenTransport, amqp_url: str
+) -> None:
+    transport = await open_transport()
+    inbox = await transport.open_inbox()
+    connection, channel = await raw_channel(amqp_url)
+    with structlog.testing.capture_logs() as logs:
+        async with connection:
+            exchange = await channel.get_exchange(INBOX_EXCHANGE, ensure=False)
+            for body in (b"\xc1", b"\x91\x01", b"\x92"):  # invalid, [1], truncated
+                await exchange.publish(
+                    aio_pika.Message(body, type=ANSWERS_TYPE), routing_key=inbox.address
+                )
+            await transport.send_reply(inbox.address, "c-1", b"still served")
+
+        assert await inbox.receive("c-1", WAIT) == b"still served"
+    await inbox.close()
+    dropped = [e for e in logs if e["event"] == "transport.answers_dropped"]
+    assert [e["inbox"] for e in dropped] == [inbox.address] * 3

@@ -1,0 +1,157 @@
+"""Answers to one inbox in one loop turn leave as one AMQP message.
+
+A host that admits many starts of one client at once (a service starting a batch of
+workflows) sends that client one ``StartAck`` per start. Sent one by one, each answer costs
+the host a publish, the broker a routing and a delivery, and the client a delivery; that was
+most of the cost flowmesh adds to a start. The answers a host produces in one loop turn for
+one inbox (group commits resume many steps in the same turn) are framed into one message
+instead, of type :data:`ANSWERS_TYPE`: a msgpack array of ``[correlation_id, body]`` pairs.
+A lone answer is sent as before (its body, ``correlation_id`` in the properties), so nothing
+changes for a client that starts one workflow at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import msgpack  # type: ignore[import-untyped,unused-ignore]
+
+from flowmesh._errors import TransportError
+
+ANSWERS_TYPE = "fm.answers"
+"""AMQP ``type`` property of a message carrying several answers."""
+
+MAX_ANSWERS_PER_MESSAGE = 256
+"""At most this many answers in one message (a bound for the reader, too)."""
+
+Answer = tuple[str, bytes]
+"""``(correlation_id, body)`` of one answer."""
+
+PublishAnswers = Callable[[str, Sequence[Answer]], Awaitable[None]]
+"""Sends answers to one inbox address: one plain message for one answer, framed for more."""
+
+
+def pack_answers(answers: Sequence[Answer]) -> bytes:
+    """The body of an :data:`ANSWERS_TYPE` message."""
+    packed: bytes = msgpack.packb([[cid, body] for cid, body in answers], use_bin_type=True)
+    return packed
+
+
+def unpack_answers(body: bytes, *, max_bytes: int) -> list[Answer]:
+    """The answers framed in ``body``; ValueError if it is not a well-formed frame."""
+    try:
+        items = msgpack.unpackb(
+            body,
+            raw=False,
+            max_array_len=MAX_ANSWERS_PER_MESSAGE,
+            max_map_len=0,
+            max_str_len=1024,
+            max_bin_len=max_bytes,
+            max_ext_len=0,
+            strict_map_key=True,
+        )
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise ValueError(f"answers frame is not valid msgpack: {exc}") from exc
+    if not isinstance(items, list):
+        raise ValueError("answers frame is not an array")
+    answers: list[Answer] = []
+    for item in items:
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or not isinstance(item[0], str)
+            or not isinstance(item[1], bytes)
+        ):
+            raise ValueError("answers frame holds an item that is not [correlation_id, body]")
+        answers.append((item[0], item[1]))
+    return answers
+
+
+def chunks(answers: Sequence[Answer], max_bytes: int) -> list[list[Answer]]:
+    """``answers`` split so that no frame exceeds ``max_bytes`` (nor the count limit).
+
+    An answer that alone is too large is left to the publisher's size check to refuse.
+    """
+    result: list[list[Answer]] = []
+    current: list[Answer] = []
+    size = 0
+    for answer in answers:
+        cost = len(answer[0]) + len(answer[1]) + 16  # msgpack headers, generously
+        if current and (size + cost > max_bytes or len(current) >= MAX_ANSWERS_PER_MESSAGE):
+            result.append(current)
+            current, size = [], 0
+        current.append(answer)
+        size += cost
+    if current:
+        result.append(current)
+    return result
+
+
+def _new_future() -> asyncio.Future[None]:
+    return asyncio.get_running_loop().create_future()
+
+
+@dataclass
+class _Batch:
+    answers: list[Answer]
+    sent: asyncio.Future[None] = field(default_factory=_new_future)
+    """Done when the message(s) carrying the batch were handed to the socket (or failed)."""
+
+
+class AnswerBatcher:
+    """Collects the answers of one loop turn per inbox address and sends them together.
+
+    The first answer to an address in a turn waits one turn (answers produced by steps that
+    resumed in the same turn join it), then sends the batch; the others wait for that send,
+    so every caller still learns whether its answer left. The constructor starts nothing.
+    """
+
+    def __init__(self, publish: PublishAnswers) -> None:
+        self._publish = publish
+        self._open: dict[str, _Batch] = {}
+
+    async def send(self, address: str, correlation_id: str, body: bytes) -> None:
+        """Send one answer; returns once the message carrying it was handed to the socket."""
+        batch = self._open.get(address)
+        if batch is not None:
+            batch.answers.append((correlation_id, body))
+            await asyncio.shield(batch.sent)
+            return
+        batch = self._open[address] = _Batch([(correlation_id, body)])
+        try:
+            await asyncio.sleep(0)  # one loop turn: the other answers of this turn join
+        except BaseException:
+            self._abandon(address, batch, "the step sending it was cancelled")
+            raise
+        del self._open[address]
+        try:
+            await self._publish(address, batch.answers)
+        except BaseException as exc:
+            if not batch.sent.done():
+                batch.sent.set_exception(exc if isinstance(exc, Exception) else _cancelled())
+                batch.sent.exception()  # retrieved here: followers may all have gone
+            raise
+        batch.sent.set_result(None)
+
+    def _abandon(self, address: str, batch: _Batch, why: str) -> None:
+        if self._open.get(address) is batch:
+            del self._open[address]
+        batch.sent.set_exception(TransportError(f"answers to {address!r} not sent: {why}"))
+        batch.sent.exception()
+
+
+def _cancelled() -> TransportError:
+    return TransportError("answers not sent: the step sending them was cancelled")
+
+
+__all__ = [
+    "ANSWERS_TYPE",
+    "MAX_ANSWERS_PER_MESSAGE",
+    "Answer",
+    "AnswerBatcher",
+    "chunks",
+    "pack_answers",
+    "unpack_answers",
+]
