@@ -289,14 +289,19 @@ class FloorDriver:
         await self._link.close()
         await self._redis.aclose()
 
-    async def run(self, kind: str, count: int, n: int, timeout: float) -> FloorRun:
-        """Start ``count`` instances of ``kind`` at once and wait until all are done."""
+    async def run(
+        self, kind: str, count: int, n: int, timeout: float, *, rate: float | None = None
+    ) -> FloorRun:
+        """Start ``count`` instances of ``kind`` (at once, or ``rate`` per second) and wait
+        until all are done."""
         self._runs += 1
+        started = asyncio.get_running_loop().time()
         ids = [f"r{self._runs}-{kind}-{i}" for i in range(count)]
         before = int(await self._redis.get(done_key(self._prefix)) or 0)
         starts: dict[str, float] = {}
 
         async def start(i: int, instance_id: str) -> None:
+            await loops.pace(started, i, rate)
             starts[instance_id] = time.time()
             await self._link.publish(
                 queue("a"), pack({"id": instance_id, "k": kind, "n": n, "v": i})

@@ -43,3 +43,14 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run`` on the workers' loop (``asyncio.Runner`` works on Python 3.11)."""
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         return runner.run(coro)
+
+
+async def pace(started: float, index: int, rate: float | None) -> None:
+    """Sleep until the ``index``-th start is due at ``rate`` starts/s after ``started`` (the
+    loop's clock); return at once when ``rate`` is None (everything starts at once)."""
+    if rate is None:
+        return
+    loop = asyncio.get_running_loop()
+    delay = started + index / rate - loop.time()
+    if delay > 0:
+        await asyncio.sleep(delay)

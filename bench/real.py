@@ -17,6 +17,7 @@ from typing import Any
 
 import redis.asyncio
 
+from bench import loops
 from flowmesh import Client, WorkflowState, WorkflowStatus
 from flowmesh.codec import Codec
 from flowmesh.model import StepStarted
@@ -72,15 +73,24 @@ class RealDriver:
         return sum(await pipe.execute())
 
     async def start_many(
-        self, workflow: str, inputs: Sequence[Any], tag: str, *, limit: int | None = None
+        self,
+        workflow: str,
+        inputs: Sequence[Any],
+        tag: str,
+        *,
+        limit: int | None = None,
+        rate: float | None = None,
     ) -> dict[str, float]:
-        """Start one instance per input, all at once (at most ``limit`` calls in flight)."""
+        """Start one instance per input, all at once (at most ``limit`` calls in flight), or
+        one every ``1/rate`` seconds."""
         self._runs += 1
         gate = asyncio.Semaphore(limit or len(inputs))
         starts: dict[str, float] = {}
+        started = asyncio.get_running_loop().time()
 
         async def start(index: int, value: Any) -> None:
             instance_id = f"{tag}-{self._runs}-{index}"
+            await loops.pace(started, index, rate)
             async with gate:
                 starts[instance_id] = time.time()
                 await self.client.start_workflow(
@@ -100,10 +110,19 @@ class RealDriver:
                 raise TimeoutError(f"only {seen} of {target} instances reached {statuses}")
             await asyncio.sleep(0.01)
 
-    async def run(self, workflow: str, inputs: Sequence[Any], tag: str, timeout: float) -> RealRun:
-        """Start ``inputs`` as instances of ``workflow``; return once every one finished."""
+    async def run(
+        self,
+        workflow: str,
+        inputs: Sequence[Any],
+        tag: str,
+        timeout: float,
+        *,
+        rate: float | None = None,
+    ) -> RealRun:
+        """Start ``inputs`` as instances of ``workflow`` (all at once, or ``rate`` per second);
+        return once every one finished."""
         before = await self.count(_FINISHED)
-        starts = await self.start_many(workflow, inputs, tag)
+        starts = await self.start_many(workflow, inputs, tag, rate=rate)
         await self.wait_count(_FINISHED, before + len(inputs), timeout)
         ids = list(starts)
         states: dict[str, WorkflowState] = {}

@@ -20,7 +20,8 @@ class Target:
     label: str
     numerator: tuple[str, str]  # (system, key)
     denominator: tuple[str, str] | None  # None: the numerator itself is compared
-    compare: Callable[[float, float], bool]
+    compare: Callable[[float, float], bool] | None
+    """None: a figure shown for reading the others, with no target (verdict INFO)."""
     bound: float
     symbol: str
     unit: str
@@ -29,6 +30,8 @@ class Target:
 TARGETS = (
     Target("W1", "throughput", "workflows/s", ("flowmesh", "throughput_per_s"),
            ("floor", "throughput_per_s"), operator.ge, 0.7, ">=", "x"),
+    Target("W1P", "CPU per workflow, fixed rate", "ms CPU", ("flowmesh", "cpu_ms_per_workflow"),
+           ("floor", "cpu_ms_per_workflow"), None, 0.0, "", ""),
     Target("W2", "step time", "ms/step", ("flowmesh", "step_ms"),
            ("floor", "step_ms"), operator.le, 1.5, "<=", "x"),
     Target("W3", "fan-out/in wall", "s", ("flowmesh", "wall_s"),
@@ -62,7 +65,9 @@ def verdicts(results: Sequence[Result]) -> list[dict[str, Any]]:
         )
         ratios = [tops[r] / bottoms[r] for r in sorted(tops) if bottoms.get(r)]
         ratio = statistics.median(ratios) if ratios else None
-        if ratio is None:
+        if target.compare is None:
+            verdict = "INFO"
+        elif ratio is None:
             verdict = "NOT MEASURED"
         else:
             verdict = "MET" if target.compare(ratio, target.bound) else "NOT MET"
@@ -78,7 +83,9 @@ def verdicts(results: Sequence[Result]) -> list[dict[str, Any]]:
                 "reference_is": target.denominator[0] if target.denominator else "",
                 "ratio": ratio,
                 "round_ratios": [round(r, 3) for r in ratios],
-                "target": f"{target.symbol} {target.bound:g}{target.unit}",
+                "target": (
+                    f"{target.symbol} {target.bound:g}{target.unit}" if target.compare else "-"
+                ),
                 "verdict": verdict,
             }
         )
@@ -115,7 +122,7 @@ def render(results: Sequence[Result], total_s: float) -> str:
     return "\n".join(["", f"flowmesh bench summary ({total_s} s total)", *lines, "", *extra])
 
 
-_PER = {"W1": "workflow", "W2": "step", "W3": "activity", "W4": "step"}
+_PER = {"W1": "workflow", "W1P": "workflow", "W2": "step", "W3": "activity", "W4": "step"}
 
 
 def _details(results: Sequence[Result]) -> list[str]:
@@ -130,6 +137,17 @@ def _details(results: Sequence[Result]) -> list[str]:
                 f"{name}: p50 {result['latency_p50_ms']} ms, p99 {result['latency_p99_ms']} ms "
                 f"start-to-result; {result['throughput_per_s']} workflows/s; "
                 f"wrong results {result.get('wrong_results', 0)}"
+            )
+        rate = result.get("rate_per_s")
+        if rate and result.get("throughput_per_s", rate) < 0.95 * rate:
+            lines.append(
+                f"{name}: SATURATED, {result['throughput_per_s']} workflows/s for {rate} started "
+                "per second: its CPU per workflow is not comparable (lower --w1p-rate)"
+            )
+        if "cpu_ms_per_workflow" in result:
+            lines.append(
+                f"{name}: {result['cpu_ms_per_workflow']} ms CPU per workflow (every process of "
+                "the run, RabbitMQ and Redis included)"
             )
         calls = result.get("redis_calls")
         if calls and result.get("n") and result["workload"] in _PER:

@@ -20,7 +20,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +33,8 @@ from bench.real import RealDriver, check_outputs
 from bench.stats import batch_summary, window
 from flowmesh import WorkerOptions, WorkflowStatus
 
-WORKLOADS = ("W1", "W2", "W3", "W4", "MEM")
-ORDER = ("W2", "W3", "W1", "W4", "MEM")
+WORKLOADS = ("W1", "W1P", "W2", "W3", "W4", "MEM")
+ORDER = ("W2", "W3", "W1", "W1P", "W4", "MEM")
 """Run order: cheap sequential first; the memory check last (it restarts the host worker)."""
 
 
@@ -43,14 +43,18 @@ class Sizes:
     """How big each workload is."""
 
     w1_workflows: int
+    w1p_workflows: int
+    w1p_rate: float
+    """W1P starts this many workflows per second: well below what either system sustains on
+    the 2-core reference machine, so that both run unsaturated."""
     w2_steps: int
     w3_fan_out: int
     w4_steps: int
     mem_workflows: int
 
 
-FULL = Sizes(2000, 500, 2000, 5000, 10_000)
-QUICK = Sizes(200, 50, 200, 400, 1000)
+FULL = Sizes(2000, 2000, 300.0, 500, 2000, 5000, 10_000)
+QUICK = Sizes(200, 200, 200.0, 50, 200, 400, 1000)
 
 Result = dict[str, Any]
 
@@ -89,6 +93,8 @@ class Bench:
         self.selected: list[str] = args.only.split(",")
         self.svc = svc
         self.sizes = QUICK if args.quick else FULL
+        if args.w1p_rate is not None:
+            self.sizes = replace(self.sizes, w1p_rate=args.w1p_rate)
         self.procs = procs.Processes(svc, log_dir)
         self.cpu = CpuMeter(servers)
         self.real = RealDriver(svc.amqp_url, svc.redis_url, svc.key_prefix)
@@ -107,7 +113,12 @@ class Bench:
         return {
             "mode": "quick" if self.args.quick else "full",
             "budget_s": self.args.budget,
-            "rounds": {"W1": self.args.w1_rounds, "W2": self.args.rounds, "W3": self.args.rounds},
+            "rounds": {
+                "W1": self.args.w1_rounds,
+                "W1P": self.args.w1_rounds,
+                "W2": self.args.rounds,
+                "W3": self.args.rounds,
+            },
             "sizes": asdict(self.sizes),
             "worker_concurrency": self.args.concurrency,
             "worker_work_prefetch": self.args.concurrency,
@@ -170,7 +181,7 @@ class Bench:
         """Measure the floor and flowmesh ``--rounds`` times, alternating which goes first
         (floor, flowmesh, flowmesh, floor, ...) so that drift in the machine's load hits
         both alike; the summary takes the median of the per-round ratios."""
-        rounds = self.args.w1_rounds if workload == "W1" else self.args.rounds
+        rounds = self.args.w1_rounds if workload in ("W1", "W1P") else self.args.rounds
         took = 0.0
         for round_ in range(1, rounds + 1):
             if round_ > 1 and self.left() - took < self.reserve(after=workload):
@@ -213,6 +224,8 @@ class Bench:
         needed = 0.0
         if "W1" in rest and "W1" in self.selected:
             needed += 30.0
+        if "W1P" in rest and "W1P" in self.selected:
+            needed += 2 * (self.sizes.w1p_workflows / self.sizes.w1p_rate + 5)
         if "W4" in rest and "W4" in self.selected:
             needed += 1000 * self.step_estimate() + 5  # W4 shrinks down to 1,000 steps
         if "MEM" in rest and "MEM" in self.selected:
@@ -235,6 +248,10 @@ class Bench:
         except Exception as exc:
             result = {"error": f"{type(exc).__name__}: {exc}"}
             traceback.print_exc(file=sys.stderr)
+        cpu = CpuMeter.since(before, self.cpu.snapshot())
+        total = sum(cpu.values())  # the other system's processes idle meanwhile
+        if workload in ("W1", "W1P") and result.get("n"):  # each of n is one workflow
+            result["cpu_ms_per_workflow"] = round(total / result["n"] * 1000, 3)
         line = {
             "workload": workload,
             "system": system,
@@ -243,7 +260,8 @@ class Bench:
             "elapsed_s": round(time.monotonic() - started, 2),
             # Other work on the machine skews every number: keep the load next to them.
             "loadavg_1m": round(os.getloadavg()[0], 2),
-            "cpu_s": CpuMeter.since(before, self.cpu.snapshot()),
+            "cpu_s": cpu,
+            "cpu_total_s": round(total, 2),
             "redis_calls": {
                 command: count - calls_before.get(command, 0)
                 for command, count in (await self.redis_calls()).items()
@@ -275,6 +293,29 @@ class Bench:
             }
 
         await self.pair("W1", floor, real)
+
+    async def w1p(self) -> None:
+        """W1's chains started at a fixed rate both systems sustain: what each workflow costs
+        in CPU (every process, RabbitMQ and Redis included) when neither is saturated."""
+        n, rate = self.sizes.w1p_workflows, self.sizes.w1p_rate
+
+        async def floor() -> Result:
+            run = await self.floor.run("chain3", n, 0, timeout=180, rate=rate)
+            return {
+                **batch_summary(run.starts, run.ends),
+                "rate_per_s": rate,
+                "wrong_results": 0,  # FloorDriver checks every instance and raises otherwise
+            }
+
+        async def real() -> Result:
+            run = await self.real.run("chain3", list(range(n)), "w1p", timeout=180, rate=rate)
+            return {
+                **batch_summary(run.starts, run.ends),
+                "rate_per_s": rate,
+                "wrong_results": check_outputs(run, apps.chain3_expected),
+            }
+
+        await self.pair("W1P", floor, real)
 
     async def w2(self) -> None:
         """One workflow, N sequential activities."""
@@ -440,7 +481,14 @@ class Bench:
         await self.floor.open()
         try:
             await self.warm_up()
-            steps = {"W1": self.w1, "W2": self.w2, "W3": self.w3, "W4": self.w4, "MEM": self.mem}
+            steps = {
+                "W1": self.w1,
+                "W1P": self.w1p,
+                "W2": self.w2,
+                "W3": self.w3,
+                "W4": self.w4,
+                "MEM": self.mem,
+            }
             for name in ORDER:
                 if name in self.selected:
                     await steps[name]()
@@ -470,7 +518,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     parser.add_argument(
-        "--only", default=",".join(WORKLOADS), help="comma-separated subset of W1,W2,W3,W4,MEM"
+        "--only",
+        default=",".join(WORKLOADS),
+        help="comma-separated subset of W1,W1P,W2,W3,W4,MEM",
     )
     parser.add_argument("--json-out", default=None, help="also write every JSON line here")
     parser.add_argument("--profile", default=None, help="py-spy a worker (raw stacks to PATH)")
@@ -487,7 +537,15 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--rounds", type=int, default=3, help="floor/flowmesh pairs of W2, W3 (ratio: median)"
     )
-    parser.add_argument("--w1-rounds", type=int, default=2, help="floor/flowmesh pairs of W1")
+    parser.add_argument(
+        "--w1-rounds", type=int, default=2, help="floor/flowmesh pairs of W1 (and of W1P)"
+    )
+    parser.add_argument(
+        "--w1p-rate",
+        type=float,
+        default=None,
+        help="workflows started per second in W1P (default 300; 200 with --quick)",
+    )
     parser.add_argument("--log-level", default="info", help="worker --log-level")
     parser.add_argument(
         "--no-uvloop",
