@@ -65,10 +65,10 @@ def verdicts(results: Sequence[Result]) -> list[dict[str, Any]]:
         )
         ratios = [tops[r] / bottoms[r] for r in sorted(tops) if bottoms.get(r)]
         ratio = statistics.median(ratios) if ratios else None
-        if target.compare is None:
-            verdict = "INFO"
-        elif ratio is None:
+        if ratio is None:
             verdict = "NOT MEASURED"
+        elif target.compare is None:
+            verdict = "INFO"
         else:
             verdict = "MET" if target.compare(ratio, target.bound) else "NOT MET"
         rows.append(

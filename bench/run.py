@@ -538,7 +538,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--rounds", type=int, default=3, help="floor/flowmesh pairs of W2, W3 (ratio: median)"
     )
     parser.add_argument(
-        "--w1-rounds", type=int, default=2, help="floor/flowmesh pairs of W1 (and of W1P)"
+        "--w1-rounds", type=int, default=3, help="floor/flowmesh pairs of W1 (and of W1P)"
     )
     parser.add_argument(
         "--w1p-rate",

@@ -7,6 +7,7 @@ import contextvars
 from collections.abc import Callable
 from contextlib import suppress
 
+import aiormq.abc
 import aiormq.exceptions
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustQueue
@@ -112,6 +113,18 @@ class RabbitDelivery:
         """Give the message back to the queue; a quorum queue counts the redelivery."""
         await self._settle(requeue=True)
 
+    @staticmethod
+    async def _send_settle(
+        channel: aiormq.abc.AbstractChannel, tag: int, requeue: bool | None
+    ) -> None:
+        # wait=False: the frame is queued for the connection's writer, not waited for. A
+        # settle has no answer anyway, and a queued frame is lost only with the connection,
+        # when the broker redelivers the message as after any lost settle.
+        if requeue is None:
+            await channel.basic_ack(delivery_tag=tag, wait=False)
+        else:
+            await channel.basic_reject(delivery_tag=tag, requeue=requeue, wait=False)
+
     async def _settle(self, *, requeue: bool | None) -> None:
         """Ack (``requeue`` None) or reject, straight on the aiormq channel the message came
         on (aio-pika's ``IncomingMessage.ack`` adds bookkeeping we do here ourselves)."""
@@ -126,19 +139,18 @@ class RabbitDelivery:
             # room in that queue forever, wedging the handler (and, in the orchestrator,
             # every later message of the same instance). Past the timeout the settle did
             # not reach the broker, which redelivers the message like after any lost settle.
-            async with asyncio.timeout(self._settle_timeout):
-                channel = self._message.channel  # raises once the channel is closed
-                tag = self._message.delivery_tag
-                if tag is None:  # a no_ack delivery: nothing to settle
-                    return
-                # wait=False: the frame is queued for the connection's writer, not waited
-                # for. A settle has no answer anyway, and a queued frame is lost only with
-                # the connection, when the broker redelivers the message as after any lost
-                # settle.
-                if requeue is None:
-                    await channel.basic_ack(delivery_tag=tag, wait=False)
-                else:
-                    await channel.basic_reject(delivery_tag=tag, requeue=requeue, wait=False)
+            channel = self._message.channel  # raises once the channel is closed
+            tag = self._message.delivery_tag
+            if tag is None:  # a no_ack delivery: nothing to settle
+                return
+            frames: asyncio.Queue[object] | None = getattr(channel, "write_queue", None)
+            if frames is not None and not frames.full():
+                # Room in the queue: the frame is queued without waiting, so no timer is
+                # needed (a timer per settle is a measurable share of a busy worker's CPU).
+                await self._send_settle(channel, tag, requeue)
+            else:
+                async with asyncio.timeout(self._settle_timeout):
+                    await self._send_settle(channel, tag, requeue)
         except TimeoutError:
             log.warning(
                 "transport.settle_failed",
