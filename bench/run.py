@@ -308,7 +308,8 @@ class Bench:
             }
 
         async def real() -> Result:
-            run = await self.real.run("chain3", list(range(n)), "w1p", timeout=180, rate=rate)
+            with self.profiling("W1P"):
+                run = await self.real.run("chain3", list(range(n)), "w1p", timeout=180, rate=rate)
             return {
                 **batch_summary(run.starts, run.ends),
                 "rate_per_s": rate,
@@ -531,7 +532,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="which worker to profile (client: the benchmark process, which starts the workflows)",
     )
     parser.add_argument(
-        "--profile-workload", default="W1", choices=["W1", "W2", "W3"], help="when to profile"
+        "--profile-workload",
+        default="W1",
+        choices=["W1", "W1P", "W2", "W3"],
+        help="when to profile",
     )
     parser.add_argument("--concurrency", type=int, default=16, help="worker --concurrency")
     parser.add_argument(
