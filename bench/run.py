@@ -273,50 +273,39 @@ class Bench:
 
     async def w1(self) -> None:
         """Chain of 3 (start, activity on app2, activity on app3), many at once."""
-        n = self.sizes.w1_workflows
-
-        async def floor() -> Result:
-            run = await self.floor.run("chain3", n, 0, timeout=180)
-            return {
-                **batch_summary(run.starts, run.ends),
-                "latency_source": "driver publish time -> A's timestamp of the final step",
-                "wrong_results": 0,  # FloorDriver checks every instance and raises otherwise
-            }
-
-        async def real() -> Result:
-            with self.profiling("W1"):
-                run = await self.real.run("chain3", list(range(n)), "w1", timeout=180)
-            return {
-                **batch_summary(run.starts, run.ends),
-                "latency_source": "time before start_workflow() -> stored state.updated_at",
-                "wrong_results": check_outputs(run, apps.chain3_expected),
-            }
-
-        await self.pair("W1", floor, real)
+        await self._chains("W1", self.sizes.w1_workflows, rate=None)
 
     async def w1p(self) -> None:
         """W1's chains started at a fixed rate both systems sustain: what each workflow costs
         in CPU (every process, RabbitMQ and Redis included) when neither is saturated."""
-        n, rate = self.sizes.w1p_workflows, self.sizes.w1p_rate
+        await self._chains("W1P", self.sizes.w1p_workflows, rate=self.sizes.w1p_rate)
+
+    async def _chains(self, workload: str, n: int, *, rate: float | None) -> None:
+        """``n`` W1 chains on both systems, all at once (``rate`` None) or paced."""
+        paced = {} if rate is None else {"rate_per_s": rate}
 
         async def floor() -> Result:
             run = await self.floor.run("chain3", n, 0, timeout=180, rate=rate)
             return {
                 **batch_summary(run.starts, run.ends),
-                "rate_per_s": rate,
+                **paced,
+                "latency_source": "driver publish time -> A's timestamp of the final step",
                 "wrong_results": 0,  # FloorDriver checks every instance and raises otherwise
             }
 
         async def real() -> Result:
-            with self.profiling("W1P"):
-                run = await self.real.run("chain3", list(range(n)), "w1p", timeout=180, rate=rate)
+            with self.profiling(workload):
+                run = await self.real.run(
+                    "chain3", list(range(n)), workload.lower(), timeout=180, rate=rate
+                )
             return {
                 **batch_summary(run.starts, run.ends),
-                "rate_per_s": rate,
+                **paced,
+                "latency_source": "time before start_workflow() -> stored state.updated_at",
                 "wrong_results": check_outputs(run, apps.chain3_expected),
             }
 
-        await self.pair("W1P", floor, real)
+        await self.pair(workload, floor, real)
 
     async def w2(self) -> None:
         """One workflow, N sequential activities."""

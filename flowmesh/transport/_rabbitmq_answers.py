@@ -2,8 +2,9 @@
 
 A host that admits many starts of one client at once (a service starting a batch of
 workflows) sends that client one ``StartAck`` per start. Sent one by one, each answer costs
-the host a publish, the broker a routing and a delivery, and the client a delivery; that was
-most of the cost flowmesh adds to a start. The answers a host produces in one loop turn for
+the host a publish, the broker a routing and a delivery, and the client a delivery (in the
+benchmark's W1, 2,051 answers went out as 716 messages once batched). The answers a host
+produces in one loop turn for
 one inbox (group commits resume many steps in the same turn) are framed into one message
 instead, of type :data:`ANSWERS_TYPE`: a msgpack array of ``[correlation_id, body]`` pairs.
 A lone answer is sent as before (its body, ``correlation_id`` in the properties), so nothing

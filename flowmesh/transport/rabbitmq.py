@@ -121,9 +121,10 @@ _QUEUE_ARGUMENTS: dict[str, FieldValue] = dict(QUEUE_ARGUMENTS)
 
 _PERSISTENT = 2
 _NOT_PERSISTENT = 1
+"""AMQP ``delivery_mode`` values."""
+
 _ANSWERS_FRAME_BYTES = 64 * 1024
 """Answers batched into one message stay under this size (a lone larger answer goes alone)."""
-"""AMQP ``delivery_mode`` values."""
 
 _FAILURES: tuple[type[Exception], ...] = (TimeoutError, *BROKER_ERRORS)
 """A broker call failed or did not finish in time."""
