@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 
 import msgpack  # type: ignore[import-untyped,unused-ignore]
+import structlog
 
-from flowmesh._errors import TransportError
+log = structlog.get_logger("flowmesh.transport")
 
 ANSWERS_TYPE = "fm.answers"
 """AMQP ``type`` property of a message carrying several answers."""
@@ -90,61 +90,48 @@ def chunks(answers: Sequence[Answer], max_bytes: int) -> list[list[Answer]]:
     return result
 
 
-def _new_future() -> asyncio.Future[None]:
-    return asyncio.get_running_loop().create_future()
-
-
-@dataclass
-class _Batch:
-    answers: list[Answer]
-    sent: asyncio.Future[None] = field(default_factory=_new_future)
-    """Done when the message(s) carrying the batch were handed to the socket (or failed)."""
-
-
 class AnswerBatcher:
     """Collects the answers of one loop turn per inbox address and sends them together.
 
-    The first answer to an address in a turn waits one turn (answers produced by steps that
-    resumed in the same turn join it), then sends the batch; the others wait for that send,
-    so every caller still learns whether its answer left. The constructor starts nothing.
+    The first answer to an address starts a flush task; the task runs after the callbacks
+    already due in this turn, so answers of steps that resumed in the same turn join it.
+    Callers do not wait: answers are best effort (an inbox may be gone, and a client that
+    gets no answer in time goes on without it), so a failed send is logged, not raised into
+    the step that produced the answer. The constructor starts nothing.
     """
 
     def __init__(self, publish: PublishAnswers) -> None:
         self._publish = publish
-        self._open: dict[str, _Batch] = {}
+        self._open: dict[str, list[Answer]] = {}
+        self._flushes: set[asyncio.Task[None]] = set()
 
-    async def send(self, address: str, correlation_id: str, body: bytes) -> None:
-        """Send one answer; returns once the message carrying it was handed to the socket."""
+    def send(self, address: str, correlation_id: str, body: bytes) -> None:
+        """Queue one answer for ``address``; it leaves with the others of this loop turn."""
         batch = self._open.get(address)
         if batch is not None:
-            batch.answers.append((correlation_id, body))
-            await asyncio.shield(batch.sent)
+            batch.append((correlation_id, body))
             return
-        batch = self._open[address] = _Batch([(correlation_id, body)])
+        self._open[address] = [(correlation_id, body)]
+        task = asyncio.create_task(self._flush(address), name="flowmesh-answers")
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    async def drain(self, timeout: float) -> None:
+        """Let queued answers leave (for up to ``timeout`` seconds), then drop the rest."""
+        if self._flushes:
+            _, late = await asyncio.wait(set(self._flushes), timeout=timeout)
+            for task in late:
+                task.cancel()
+        self._open.clear()
+
+    async def _flush(self, address: str) -> None:
+        answers = self._open.pop(address, [])
         try:
-            await asyncio.sleep(0)  # one loop turn: the other answers of this turn join
-        except BaseException:
-            self._abandon(address, batch, "the step sending it was cancelled")
-            raise
-        del self._open[address]
-        try:
-            await self._publish(address, batch.answers)
-        except BaseException as exc:
-            if not batch.sent.done():
-                batch.sent.set_exception(exc if isinstance(exc, Exception) else _cancelled())
-                batch.sent.exception()  # retrieved here: followers may all have gone
-            raise
-        batch.sent.set_result(None)
-
-    def _abandon(self, address: str, batch: _Batch, why: str) -> None:
-        if self._open.get(address) is batch:
-            del self._open[address]
-        batch.sent.set_exception(TransportError(f"answers to {address!r} not sent: {why}"))
-        batch.sent.exception()
-
-
-def _cancelled() -> TransportError:
-    return TransportError("answers not sent: the step sending them was cancelled")
+            await self._publish(address, answers)
+        except Exception as exc:  # best effort: the clients time out and go on
+            log.warning(
+                "transport.answers_not_sent", inbox=address, answers=len(answers), error=str(exc)
+            )
 
 
 __all__ = [

@@ -383,15 +383,16 @@ class RabbitMQTransport:
     async def send_reply(self, address: str, correlation_id: str, body: bytes) -> None:
         """Answer an inbox: not persistent, not mandatory, so dropped if the inbox is gone.
 
-        Answers to one inbox in one loop turn leave as one message (see
-        :mod:`flowmesh.transport._rabbitmq_answers`).
+        Returns once the answer is queued: answers to one inbox in one loop turn leave as
+        one message (see :mod:`flowmesh.transport._rabbitmq_answers`), and a failed send is
+        logged (``transport.answers_not_sent``), as answers are best effort.
         """
         self._require_link()
         if not is_inbox_address(address):
             log.warning("transport.reply_address_refused", address=address[:200])
             return
         self._check_size(body)
-        await self._answers.send(address, correlation_id, body)
+        self._answers.send(address, correlation_id, body)
 
     async def _publish_answers(self, address: str, answers: Sequence[Answer]) -> None:
         link = self._require_link()
@@ -568,6 +569,7 @@ class RabbitMQTransport:
         if self._closed:
             return
         self._closed = True
+        await self._answers.drain(self._config.operation_timeout)
         await asyncio.gather(
             *(s.cancel() for s in list(self._subscriptions)),
             *(i.close() for i in list(self._inboxes)),
