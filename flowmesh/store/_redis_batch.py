@@ -34,7 +34,6 @@ class TurnBatcher:
     def __init__(self, send: SendBatch) -> None:
         self._send = send
         self._queued: list[tuple[Call, asyncio.Future[Any]]] = []
-        self._scheduled = False
         self._sender: asyncio.Task[None] | None = None
 
     async def call(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
@@ -42,15 +41,12 @@ class TurnBatcher:
         loop = asyncio.get_running_loop()
         result: asyncio.Future[Any] = loop.create_future()
         self._queued.append(((keys, args), result))
-        if self._sender is None and not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._start)
-        return await result
-
-    def _start(self) -> None:
-        self._scheduled = False
-        if self._sender is None and self._queued:
+        if self._sender is None:
+            # The task's first step runs after the callbacks already due in this loop turn,
+            # so the calls they make join the batch; starting it here rather than from a
+            # call_soon callback saves a turn on every commit's path.
             self._sender = asyncio.create_task(self._send_all(), name="flowmesh-redis-batch")
+        return await result
 
     async def _send_all(self) -> None:
         try:
