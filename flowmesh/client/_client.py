@@ -166,19 +166,21 @@ class Client:
     ) -> Message | None:
         transport, inbox = self._require()
         correlation_id = correlation_id or uuid.uuid4().hex
-        await transport.publish(
-            [
-                Outgoing(
-                    app_id,
-                    kind,
-                    body,
-                    correlation_id,
-                    reply_to=inbox.address,
-                    correlation_id=correlation_id,
-                )
-            ]
-        )
-        answer = await inbox.receive(correlation_id, timeout)
+        # Expect the answer before publishing: it can arrive before the broker's confirm.
+        with inbox.expecting(correlation_id):
+            await transport.publish(
+                [
+                    Outgoing(
+                        app_id,
+                        kind,
+                        body,
+                        correlation_id,
+                        reply_to=inbox.address,
+                        correlation_id=correlation_id,
+                    )
+                ]
+            )
+            answer = await inbox.receive(correlation_id, timeout)
         if answer is None:
             if required:
                 raise AppUnavailableError(

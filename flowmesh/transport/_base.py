@@ -17,6 +17,7 @@ Messages are durable; a delivery is settled exactly once with ``ack``, ``requeue
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -122,6 +123,13 @@ class Inbox(Protocol):
     @property
     def address(self) -> str:
         """Pass as ``reply_to`` so receivers can answer here."""
+
+    def expecting(self, correlation_id: str) -> AbstractContextManager[None]:
+        """Within the block, answers carrying ``correlation_id`` are kept until received.
+
+        Enter it before publishing a request: its answer may arrive before the publish is
+        confirmed. Other answers are kept only up to a bound, oldest dropped first.
+        """
 
     async def receive(self, correlation_id: str, timeout: float) -> bytes | None:
         """The next answer carrying ``correlation_id``, or None after ``timeout`` seconds."""

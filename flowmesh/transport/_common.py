@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Protocol
 
 import structlog
@@ -71,58 +72,111 @@ def _new_inbox_address() -> str:
     return f"fm.inbox.{uuid.uuid4().hex}"
 
 
+_DROPS_PER_LOG_LINE = 1000
+"""An inbox logs its first dropped answer and then every 1000th (with the running total)."""
+
+
 class _AnswerBuffer:
     """Answers that reached an inbox, by correlation ID, until someone receives them.
 
-    Holds at most ``limit`` answers: the oldest is dropped first, so answers nobody asks for
-    (the requester timed out and left) cannot grow an inbox without bound.
+    An answer whose correlation ID is expected (see :meth:`expecting`) is kept until it is
+    received or the expectation ends: a client that sends thousands of requests at once gets
+    every answer, even those that arrive before the broker confirmed the request. Other
+    answers (the requester timed out and left, or a notice came between two polls) are held
+    up to ``limit``; the oldest is dropped first, so they cannot grow an inbox without bound.
     """
 
     def __init__(self, limit: int = 1000) -> None:
         self._limit = limit
-        self._answers: dict[str, deque[bytes]] = {}
-        self._count = 0
+        self._expected: dict[str, int] = {}
+        self._claimed: dict[str, deque[bytes]] = {}
+        self._loose: dict[str, deque[bytes]] = {}
+        self._loose_count = 0
+        self._dropped = 0
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._closed = False
+
+    @contextmanager
+    def expecting(self, correlation_id: str) -> Iterator[None]:
+        """Keep answers carrying ``correlation_id`` beyond the limit while the block runs.
+
+        Enter it before publishing the request; answers still unreceived at exit become
+        ordinary (bounded) answers.
+        """
+        self._expected[correlation_id] = self._expected.get(correlation_id, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._expected[correlation_id] - 1
+            if left:
+                self._expected[correlation_id] = left
+            else:
+                del self._expected[correlation_id]
+                for body in self._claimed.pop(correlation_id, ()):
+                    self._put_loose(correlation_id, body)
 
     def put(self, correlation_id: str, body: bytes) -> None:
         """Store an answer and wake whoever waits for its correlation ID."""
         if self._closed:
             return
-        if self._count >= self._limit:
-            oldest_id, oldest = next(iter(self._answers.items()))
-            oldest.popleft()
-            self._count -= 1
-            if not oldest:
-                del self._answers[oldest_id]
-            log.warning("transport.inbox_full", dropped_correlation_id=oldest_id)
-        self._answers.setdefault(correlation_id, deque()).append(body)
-        self._count += 1
+        if correlation_id in self._expected:
+            self._claimed.setdefault(correlation_id, deque()).append(body)
+        else:
+            self._put_loose(correlation_id, body)
         self._wake(correlation_id)
+
+    def _put_loose(self, correlation_id: str, body: bytes) -> None:
+        if self._loose_count >= self._limit:
+            oldest_id, oldest = next(iter(self._loose.items()))
+            oldest.popleft()
+            self._loose_count -= 1
+            if not oldest:
+                del self._loose[oldest_id]
+            self._dropped += 1
+            # One line per drop would flood the log exactly when the client is busiest.
+            if self._dropped % _DROPS_PER_LOG_LINE == 1:
+                log.warning(
+                    "transport.inbox_full",
+                    dropped_correlation_id=oldest_id,
+                    dropped_total=self._dropped,
+                    limit=self._limit,
+                )
+        self._loose.setdefault(correlation_id, deque()).append(body)
+        self._loose_count += 1
+
+    def _take(self, correlation_id: str) -> bytes | None:
+        for answers in (self._claimed, self._loose):
+            queued = answers.get(correlation_id)
+            if queued:
+                body = queued.popleft()
+                if not queued:
+                    del answers[correlation_id]
+                if answers is self._loose:
+                    self._loose_count -= 1
+                return body
+        return None
 
     async def get(self, correlation_id: str, within: float) -> bytes | None:
         """The next answer for ``correlation_id``, or None after ``within`` seconds."""
+        body = self._take(correlation_id)
+        if body is not None:  # already here: no timer needed
+            return body
         try:
             async with asyncio.timeout(within):
-                while True:
-                    queued = self._answers.get(correlation_id)
-                    if queued:
-                        self._count -= 1
-                        body = queued.popleft()
-                        if not queued:
-                            del self._answers[correlation_id]
-                        return body
+                while (body := self._take(correlation_id)) is None:
                     if self._closed:
                         return None
                     await self._wait(correlation_id)
+                return body
         except TimeoutError:
             return None
 
     def close(self) -> None:
         """Drop buffered answers; receivers return None."""
         self._closed = True
-        self._answers.clear()
-        self._count = 0
+        self._claimed.clear()
+        self._loose.clear()
+        self._loose_count = 0
         for correlation_id in list(self._waiters):
             self._wake(correlation_id)
 

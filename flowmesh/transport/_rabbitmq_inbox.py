@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable
-from contextlib import suppress
+from contextlib import AbstractContextManager, suppress
 
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
@@ -60,6 +60,10 @@ class RabbitInbox:
         )
         await queue.bind(INBOX_EXCHANGE, self._address)
         await queue.consume(self._on_answer, no_ack=True)
+
+    def expecting(self, correlation_id: str) -> AbstractContextManager[None]:
+        """Within the block, answers carrying ``correlation_id`` are kept until received."""
+        return self._buffer.expecting(correlation_id)
 
     async def receive(self, correlation_id: str, timeout: float) -> bytes | None:
         """The next answer carrying ``correlation_id``, or None after ``timeout`` seconds."""

@@ -25,6 +25,7 @@ import contextvars
 import enum
 from collections import deque
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import structlog
@@ -312,6 +313,10 @@ class _MemoryInbox:
     def address(self) -> str:
         """Pass as ``reply_to`` so receivers can answer here."""
         return self._address
+
+    def expecting(self, correlation_id: str) -> AbstractContextManager[None]:
+        """Within the block, answers carrying ``correlation_id`` are kept until received."""
+        return self.buffer.expecting(correlation_id)
 
     async def receive(self, correlation_id: str, timeout: float) -> bytes | None:
         """The next answer carrying ``correlation_id``, or None after ``timeout`` seconds."""

@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from uuid import uuid4
 
 import aio_pika
 import pytest
+from structlog.testing import capture_logs
 
 from flowmesh._errors import TransportError
 from flowmesh.transport import Delivery, Outgoing, QueueKind, QueueStats, Transport, queue_name
@@ -370,6 +372,44 @@ async def test_answers_sent_together_to_one_inbox_each_reach_their_receiver(
     assert await inbox.receive("c-0", 0.2) is None  # each answer arrived once
     await inbox.close()
     await other.close()
+
+
+async def test_expected_answers_are_all_kept_however_many_arrive_before_receive(
+    transport: Transport,
+) -> None:
+    # A client starting thousands of workflows at once: hosts answer some starts before the
+    # broker has confirmed them, so their answers wait in the inbox. None may be dropped.
+    inbox = await transport.open_inbox()
+    ids = [f"start-{i}" for i in range(1_500)]
+    with ExitStack() as expectations:
+        for cid in ids:
+            expectations.enter_context(inbox.expecting(cid))
+        await asyncio.gather(
+            *(transport.send_reply(inbox.address, cid, cid.encode()) for cid in ids)
+        )
+        assert await inbox.receive(ids[-1], WAIT) == ids[-1].encode()  # the rest came first
+        for cid in ids[:-1]:
+            assert await inbox.receive(cid, 0) == cid.encode()
+    await inbox.close()
+
+
+async def test_unexpected_answers_are_bounded_and_the_oldest_go_first(
+    transport: Transport,
+) -> None:
+    # Answers nobody waits for (the requester gave up) must not grow an inbox for ever.
+    inbox = await transport.open_inbox()
+    ids = [f"late-{i}" for i in range(1_100)]
+    with inbox.expecting("sentinel"), capture_logs() as logs:
+        for cid in ids:
+            await transport.send_reply(inbox.address, cid, b"late")
+        await transport.send_reply(inbox.address, "sentinel", b"last")
+        assert await inbox.receive("sentinel", WAIT) == b"last"
+    kept = [cid for cid in ids if await inbox.receive(cid, 0) is not None]
+    assert kept == ids[100:]  # the bound is 1,000 answers
+    # The first drop is logged, not each of the 100: a busy client must not flood its log.
+    full = [entry for entry in logs if entry["event"] == "transport.inbox_full"]
+    assert [(e["dropped_correlation_id"], e["dropped_total"]) for e in full] == [("late-0", 1)]
+    await inbox.close()
 
 
 async def test_inbox_receive_returns_none_after_the_timeout(transport: Transport) -> None:
