@@ -312,7 +312,7 @@ class FloorDriver:
         while int(await self._redis.get(done_key(self._prefix)) or 0) < before + count:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"floor {kind}: not done within {timeout}s")
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(loops.COMPLETION_POLL_S)
         ends: dict[str, float] = {}
         step_times: dict[str, list[float]] = {}
         for chunk in range(0, len(ids), 500):

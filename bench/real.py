@@ -108,7 +108,7 @@ class RealDriver:
         while (seen := await self.count(statuses)) < target:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"only {seen} of {target} instances reached {statuses}")
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(loops.COMPLETION_POLL_S)
 
     async def run(
         self,

@@ -285,7 +285,8 @@ class Bench:
         paced = {} if rate is None else {"rate_per_s": rate}
 
         async def floor() -> Result:
-            run = await self.floor.run("chain3", n, 0, timeout=180, rate=rate)
+            with self.profiling(workload, floor=True):
+                run = await self.floor.run("chain3", n, 0, timeout=180, rate=rate)
             return {
                 **batch_summary(run.starts, run.ends),
                 **paced,
@@ -432,15 +433,19 @@ class Bench:
     # -- profiling -------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def profiling(self, workload: str) -> Iterator[None]:
-        """py-spy the host worker while the block runs, if asked to for ``workload``."""
-        wanted = self.args.profile and self.args.profile_workload == workload
+    def profiling(self, workload: str, *, floor: bool = False) -> Iterator[None]:
+        """py-spy the chosen process while the block runs, if asked to for ``workload``
+        (blocks of the floor only profile ``floor-a``, flowmesh's blocks everything else)."""
+        wanted = (
+            self.args.profile
+            and self.args.profile_workload == workload
+            and floor == (self.args.profile_app == "floor-a")
+        )
         if self.args.profile_app == "client":
             pid: int | None = os.getpid()  # the benchmark process is the client
         else:
-            target = next(
-                (p for p in reversed(self.procs.procs) if p.name == self.args.profile_app), None
-            )
+            name = "floor-host-a" if self.args.profile_app == "floor-a" else self.args.profile_app
+            target = next((p for p in reversed(self.procs.procs) if p.name == name), None)
             pid = target.pid if target is not None else None
         if not wanted or self._profiled or pid is None:
             yield
@@ -449,7 +454,9 @@ class Bench:
         py_spy = Path(sys.executable).with_name("py-spy")
         command = [
             str(py_spy), "record", "--pid", str(pid), "--format", "raw",
-            "--output", self.args.profile, "--rate", "1000", "--nonblocking",
+            "--output", self.args.profile, "--rate", "1000",
+            # --native shows C frames (the GC, syscalls) but has to pause the process.
+            "--native" if self.args.profile_native else "--nonblocking",
         ]  # fmt: skip
         profiler = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(1.0)  # py-spy needs a moment to attach
@@ -517,8 +524,14 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile-app",
         default="bench-app1",
-        choices=["bench-app1", "bench-app2", "bench-app3", "client"],
-        help="which worker to profile (client: the benchmark process, which starts the workflows)",
+        choices=["bench-app1", "bench-app2", "bench-app3", "client", "floor-a"],
+        help="which worker to profile (client: the benchmark process, which starts the "
+        "workflows; floor-a: the floor's host, W1/W1P only)",
+    )
+    parser.add_argument(
+        "--profile-native",
+        action="store_true",
+        help="include C frames (GC, syscalls); py-spy then pauses the process per sample",
     )
     parser.add_argument(
         "--profile-workload",
