@@ -126,7 +126,12 @@ def mask_log_event(
     renderer.
     """
     for key, value in event_dict.items():
-        event_dict[key] = mask_value(value)
+        # Inline fast paths: this runs on every log line, and most values are plain.
+        if value.__class__ is str:
+            if "://" in value or "=" in value:
+                event_dict[key] = mask_secrets(value)
+        elif not isinstance(value, _PLAIN):
+            event_dict[key] = mask_value(value)
     return event_dict
 
 
