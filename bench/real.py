@@ -136,6 +136,23 @@ class RealDriver:
         ends = {i: s.updated_at.timestamp() for i, s in states.items() if s.updated_at}
         return RealRun(starts, ends, states)
 
+    async def finish(self, instance_id: str, timeout: float) -> WorkflowState:
+        """Wait for one instance's final state, through the client as a user would."""
+        return await self.client.get_workflow(instance_id, app_id=HOST).wait(timeout)
+
+    async def metronome(self, steps: int, tag: str, running: asyncio.Event) -> list[str]:
+        """Run ``steps``-step ``sequential`` instances one after another while ``running``
+        is set; return their IDs. Their histories stay short, so their step times show how
+        the machine drifts while a long workflow runs beside them."""
+        ids: list[str] = []
+        while running.is_set():
+            (instance_id,) = await self.start_many("sequential", [steps], tag)
+            state = await self.finish(instance_id, timeout=60)
+            if state.status is not WorkflowStatus.COMPLETED or state.output != steps:
+                raise AssertionError(f"metronome {instance_id} ended {state.status.value}")
+            ids.append(instance_id)
+        return ids
+
     async def step_times(self, instance_id: str) -> list[float]:
         """Start times of the instance's steps, from the ``StepStarted`` events of its history."""
         record = await self.store.load(instance_id)

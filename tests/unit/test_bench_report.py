@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from bench import loops as bench_loops
 from bench import report as bench_report
+from bench import stats as bench_stats
 
 
 def _line(workload: str, system: str, round_: int, **values: Any) -> dict[str, Any]:
@@ -66,3 +69,29 @@ async def test_pace_spreads_starts_at_the_rate() -> None:
     assert sorted(seen) == seen
     assert seen[-1] >= 4 / 200.0
     await bench_loops.pace(loop.time() + 10, 0, None)  # no rate: returns at once
+
+
+def test_w4_divides_out_the_drift_the_metronome_saw() -> None:
+    # Steps at 100 cost 5 ms and at 5,000 cost 8 ms, but short-history steps beside them
+    # also went from 4 to 6.4 ms: the machine slowed by 1.6x, history cost nothing.
+    metronome = [[0.0, 0.004, 0.008, 0.012], [100.0, 100.0064, 100.0128, 100.0192]]
+    seen = bench_stats.drift(metronome, early=(0.0, 1.0), late=(99.0, 101.0))
+    assert seen["metronome_steps"] == [3, 3]
+    assert seen["drift"] == 1.6
+    results = [
+        _line("W4", "flowmesh", 1, early_step_ms=5.0, late_step_ms_corrected=8.0 / seen["drift"])
+    ]
+    row = _row(bench_report.verdicts(results), "W4")
+    assert row["ratio"] == 1.0
+    assert row["verdict"] == "MET"
+
+
+def test_w4_drift_needs_metronome_steps_in_both_windows() -> None:
+    with pytest.raises(ValueError, match="early window and 0 in the late"):
+        bench_stats.drift([[0.0, 0.004, 0.008]], early=(0.0, 1.0), late=(50.0, 60.0))
+
+
+def test_steps_within_counts_steps_by_their_start_time() -> None:
+    runs = [[1.0, 1.5, 3.0], [2.0, 2.25]]
+    assert bench_stats.steps_within(runs, 1.0, 2.0) == [0.5, 1.5]
+    assert bench_stats.steps_within(runs, 2.0, 3.5) == [0.25]
