@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import statistics
@@ -203,10 +204,13 @@ class Bench:
         return self.deadline - time.monotonic()
 
     def _median(self, workload: str, key: str, default: float) -> float:
+        return self._median_of(workload, "flowmesh", key, default)
+
+    def _median_of(self, workload: str, system: str, key: str, default: float) -> float:
         values = [
             float(r[key])
             for r in self.results
-            if r["workload"] == workload and r["system"] == "flowmesh" and key in r
+            if r["workload"] == workload and r["system"] == system and key in r
         ]
         return float(statistics.median(values)) if values else default
 
@@ -227,7 +231,7 @@ class Bench:
         if "W1" in rest and "W1" in self.selected:
             needed += 30.0
         if "W1P" in rest and "W1P" in self.selected:
-            needed += 2 * (self.sizes.w1p_workflows / self.sizes.w1p_rate + 5)
+            needed += 2 * (self.sizes.w1p_workflows / self.w1p_rate() + 5)
         if "W4" in rest and "W4" in self.selected:
             needed += 2 * 1000 * self.step_estimate() + 5  # W4 shrinks down to 1,000 steps
         if "MEM" in rest and "MEM" in self.selected:
@@ -280,7 +284,19 @@ class Bench:
     async def w1p(self) -> None:
         """W1's chains started at a fixed rate both systems sustain: what each workflow costs
         in CPU (every process, RabbitMQ and Redis included) when neither is saturated."""
-        await self._chains("W1P", self.sizes.w1p_workflows, rate=self.sizes.w1p_rate)
+        await self._chains("W1P", self.sizes.w1p_workflows, rate=self.w1p_rate())
+
+    def w1p_rate(self) -> float:
+        """W1P's start rate: ``--w1p-rate`` if given, else the default lowered to 70% of the
+        slower system's W1 throughput in this run, so that neither is saturated on a slow
+        machine (a saturated system's CPU per workflow is not comparable)."""
+        if self.args.w1p_rate is not None:
+            return float(self.args.w1p_rate)
+        slower = min(
+            self._median("W1", "throughput_per_s", math.inf),
+            self._median_of("W1", "floor", "throughput_per_s", math.inf),
+        )
+        return min(self.sizes.w1p_rate, max(50.0, round(0.7 * slower, -1)))
 
     async def _chains(self, workload: str, n: int, *, rate: float | None) -> None:
         """``n`` W1 chains on both systems, all at once (``rate`` None) or paced."""
@@ -581,7 +597,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--w1p-rate",
         type=float,
         default=None,
-        help="workflows started per second in W1P (default 300; 200 with --quick)",
+        help="workflows started per second in W1P (default 300, 200 with --quick, lowered "
+        "to 70%% of the slower system's W1 throughput when that is less)",
     )
     parser.add_argument("--log-level", default="info", help="worker --log-level")
     parser.add_argument(
