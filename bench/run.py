@@ -231,7 +231,7 @@ class Bench:
         if "W1" in rest and "W1" in self.selected:
             needed += 30.0
         if "W1P" in rest and "W1P" in self.selected:
-            needed += 2 * (self.sizes.w1p_workflows / self.w1p_rate() + 5)
+            needed += 2 * (self.w1p_workflows() / self.w1p_rate() + 5)
         if "W4" in rest and "W4" in self.selected:
             needed += 2 * 1000 * self.step_estimate() + 5  # W4 shrinks down to 1,000 steps
         if "MEM" in rest and "MEM" in self.selected:
@@ -284,7 +284,12 @@ class Bench:
     async def w1p(self) -> None:
         """W1's chains started at a fixed rate both systems sustain: what each workflow costs
         in CPU (every process, RabbitMQ and Redis included) when neither is saturated."""
-        await self._chains("W1P", self.sizes.w1p_workflows, rate=self.w1p_rate())
+        await self._chains("W1P", self.w1p_workflows(), rate=self.w1p_rate())
+
+    def w1p_workflows(self) -> int:
+        """W1P's size: fewer workflows at a lowered rate, so a round lasts as long as planned."""
+        planned = self.sizes.w1p_workflows
+        return min(planned, round(planned * self.w1p_rate() / self.sizes.w1p_rate))
 
     def w1p_rate(self) -> float:
         """W1P's start rate: ``--w1p-rate`` if given, else the default lowered to 70% of the
