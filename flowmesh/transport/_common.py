@@ -145,7 +145,8 @@ class _AnswerBuffer:
         self._loose_count += 1
 
     def _take(self, correlation_id: str) -> bytes | None:
-        for answers in (self._claimed, self._loose):
+        # Loose answers for an ID arrived before it was expected: oldest first.
+        for answers in (self._loose, self._claimed):
             queued = answers.get(correlation_id)
             if queued:
                 body = queued.popleft()

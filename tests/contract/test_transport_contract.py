@@ -393,6 +393,18 @@ async def test_expected_answers_are_all_kept_however_many_arrive_before_receive(
     await inbox.close()
 
 
+async def test_answers_to_one_id_are_received_in_arrival_order(transport: Transport) -> None:
+    # A completion notice can arrive between two wait() polls, before the next poll expects
+    # its ID; the answers to that ID must still come out oldest first.
+    inbox = await transport.open_inbox()
+    await transport.send_reply(inbox.address, "wait:x", b"before")
+    with inbox.expecting("wait:x"):
+        await transport.send_reply(inbox.address, "wait:x", b"after")
+        assert await inbox.receive("wait:x", WAIT) == b"before"
+        assert await inbox.receive("wait:x", WAIT) == b"after"
+    await inbox.close()
+
+
 async def test_unexpected_answers_are_bounded_and_the_oldest_go_first(
     transport: Transport,
 ) -> None:
