@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,6 +69,10 @@ class Client:
         self._codec = codec or Codec()
         self.options = options or ClientOptions()
         self._inbox: Inbox | None = None
+        # Request IDs: a random per-client prefix and a counter. As unique as a uuid4 each
+        # (the prefix is one), at a fraction of the cost when thousands of starts are sent.
+        self._id_prefix = f"{uuid.uuid4().hex}-"
+        self._id_counter = itertools.count(1)
 
     async def __aenter__(self) -> Client:
         await self.connect()
@@ -125,11 +130,16 @@ class Client:
         check_app_id(app_id)
         instance_id = check_instance_id(uuid.uuid4().hex if instance_id is None else instance_id)
         check_value(input, f"input of workflow {name!r}")
-        request_id = uuid.uuid4().hex
+        request_id = self._new_request_id()
         message = StartWorkflow(instance_id, name, app_id, input, request_id=request_id)
         body = self._codec.encode_message(message, where=f"input of workflow {name!r}")
         reply = await self._request(
-            app_id, QueueKind.WORK, body, self.options.start_ack_timeout, required=False
+            app_id,
+            QueueKind.WORK,
+            body,
+            self.options.start_ack_timeout,
+            required=False,
+            correlation_id=request_id,  # one ID per start request
         )
         if isinstance(reply, StartAck) and not reply.created:
             if reply.code == "unknown_workflow":
@@ -142,6 +152,9 @@ class Client:
         return WorkflowHandle(self, check_instance_id(instance_id), check_app_id(app_id))
 
     # -- plumbing used by WorkflowHandle ---------------------------------------------------------
+
+    def _new_request_id(self) -> str:
+        return f"{self._id_prefix}{next(self._id_counter):x}"
 
     def _require(self) -> tuple[Transport, Inbox]:
         if self._transport is None or self._inbox is None:
@@ -165,7 +178,7 @@ class Client:
         correlation_id: str = "",
     ) -> Message | None:
         transport, inbox = self._require()
-        correlation_id = correlation_id or uuid.uuid4().hex
+        correlation_id = correlation_id or self._new_request_id()
         # Expect the answer before publishing: it can arrive before the broker's confirm.
         with inbox.expecting(correlation_id):
             await transport.publish(
@@ -177,6 +190,7 @@ class Client:
                         correlation_id,
                         reply_to=inbox.address,
                         correlation_id=correlation_id,
+                        answer_within=timeout,
                     )
                 ]
             )

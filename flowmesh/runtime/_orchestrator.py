@@ -548,7 +548,10 @@ class Orchestrator:
     async def _send_replies(self, replies: Sequence[tuple[Delivery, Message]]) -> None:
         for delivery, reply in replies:
             await self._transport.send_reply(
-                delivery.reply_to, delivery.correlation_id, self._codec.encode_message(reply)
+                delivery.reply_to,
+                delivery.correlation_id,
+                self._codec.encode_message(reply),
+                answer_by=delivery.answer_by,  # a start's answer after its client gave up
             )
 
     async def _describe(self, delivery: Delivery, message: Describe) -> None:
@@ -562,7 +565,10 @@ class Orchestrator:
             if delivery.reply_to:
                 reply = StateReply(message.instance_id, state)
                 await self._transport.send_reply(
-                    delivery.reply_to, delivery.correlation_id, self._codec.encode_message(reply)
+                    delivery.reply_to,
+                    delivery.correlation_id,
+                    self._codec.encode_message(reply),
+                    answer_by=delivery.answer_by,
                 )
         finally:
             await delivery.ack()

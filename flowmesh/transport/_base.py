@@ -43,8 +43,10 @@ def queue_name(app_id: str, kind: QueueKind) -> str:
 class Outgoing:
     """A message to publish durably to ``app_id``'s ``kind`` queue.
 
-    ``reply_to``/``correlation_id`` ask the receiver to answer on an :class:`Inbox`. The
-    transport adds the sender's identity (``user_id``) itself.
+    ``reply_to``/``correlation_id`` ask the receiver to answer on an :class:`Inbox`;
+    ``answer_within`` says how many seconds the sender waits for that answer, so a receiver
+    that gets to the message later does not send an answer nobody reads. The transport adds
+    the sender's identity (``user_id``) itself.
     """
 
     app_id: str
@@ -53,6 +55,7 @@ class Outgoing:
     message_id: str = ""
     reply_to: str = ""
     correlation_id: str = ""
+    answer_within: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +89,11 @@ class Delivery(Protocol):
     @property
     def correlation_id(self) -> str:
         """Correlation ID to answer with ('' if none)."""
+
+    @property
+    def answer_by(self) -> float:
+        """Wall-clock time (epoch seconds) after which the sender no longer waits for an
+        answer, or 0.0 if it did not say. Pass it to :meth:`Transport.send_reply`."""
 
     @property
     def delivery_count(self) -> int:
@@ -153,8 +161,12 @@ class Transport(Protocol):
         so callers retry and receivers deduplicate.
         """
 
-    async def send_reply(self, address: str, correlation_id: str, body: bytes) -> None:
-        """Best-effort answer to an :class:`Inbox`; silently dropped if it no longer exists."""
+    async def send_reply(
+        self, address: str, correlation_id: str, body: bytes, *, answer_by: float = 0.0
+    ) -> None:
+        """Best-effort answer to an :class:`Inbox`; silently dropped if it no longer exists,
+        or if ``answer_by`` (a request's :attr:`Delivery.answer_by`) has passed: the sender
+        stopped waiting, and under a backlog those late answers would only add load."""
 
     async def consume(
         self, app_id: str, kind: QueueKind, handler: Handler, *, prefetch: int

@@ -67,6 +67,23 @@ async def _stop_handlers(tasks: Iterable[asyncio.Task[None]], drain_timeout: flo
         await asyncio.wait(late, timeout=_UNWIND_GRACE)
 
 
+ANSWER_GRACE_S = 1.0
+"""Seconds past a request's ``answer_by`` before its answer is skipped. Clocks of two
+machines differ a little, and skipping an answer its sender still waits for costs the sender
+its duplicate check (the request itself is unaffected)."""
+
+
+def answer_deadline(within: float | None, now: float) -> float:
+    """``Delivery.answer_by`` for a request published at ``now`` whose sender waits
+    ``within`` seconds (0.0, no deadline, when ``within`` is None)."""
+    return 0.0 if within is None else now + max(within, 0.0)
+
+
+def answer_is_late(answer_by: float, now: float) -> bool:
+    """Whether an answer sent at ``now`` comes after its sender stopped waiting."""
+    return answer_by > 0.0 and now > answer_by + ANSWER_GRACE_S
+
+
 def _new_inbox_address() -> str:
     """A fresh inbox address (the RabbitMQ transport names its inbox queues the same way)."""
     return f"fm.inbox.{uuid.uuid4().hex}"

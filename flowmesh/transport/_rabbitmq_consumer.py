@@ -31,6 +31,10 @@ BROKER_ERRORS: tuple[type[Exception], ...] = (
 """
 
 
+ANSWER_BY_HEADER = "x-flowmesh-answer-by"
+"""Header of a request: when its sender stops waiting for the answer (epoch milliseconds)."""
+
+
 def describe(exc: BaseException) -> str:
     """A one-line description of ``exc`` (some aiormq errors have an empty ``str``)."""
     return str(exc) or type(exc).__name__
@@ -73,6 +77,16 @@ class RabbitDelivery:
     def user_id(self) -> str:
         """The publisher's RabbitMQ user (the broker checked it), or '' if not set."""
         return self._message.user_id or ""
+
+    @property
+    def answer_by(self) -> float:
+        """When the sender stops waiting for an answer (epoch seconds; 0.0 if the message
+        does not say, or says it in a form other than a positive integer)."""
+        headers = self._message.headers
+        raw = headers.get(ANSWER_BY_HEADER) if headers else None
+        if isinstance(raw, int) and not isinstance(raw, bool) and raw > 0:
+            return raw / 1000
+        return 0.0
 
     @property
     def delivery_count(self) -> int:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import enum
+import time
 from collections import deque
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
@@ -46,6 +47,8 @@ from flowmesh.transport._common import (
     _new_inbox_address,
     _run_handler,
     _stop_handlers,
+    answer_deadline,
+    answer_is_late,
 )
 
 __all__ = ["MemoryBroker", "MemoryTransport"]
@@ -65,6 +68,7 @@ class _Message:
     """Why the message was dead-lettered (dead queues only)."""
     user_id: str = ""
     """The publishing transport's ``user_id`` (like RabbitMQ's validated property)."""
+    answer_by: float = 0.0
 
 
 class _Queue:
@@ -183,6 +187,11 @@ class _MemoryDelivery:
     def correlation_id(self) -> str:
         """Correlation ID to answer with ('' if none)."""
         return self._message.correlation_id
+
+    @property
+    def answer_by(self) -> float:
+        """When the sender stops waiting for an answer (epoch seconds; 0.0: not said)."""
+        return self._message.answer_by
 
     @property
     def delivery_count(self) -> int:
@@ -378,6 +387,7 @@ class MemoryTransport:
         for message in messages:
             self._check_size(message.body)
         touched: dict[int, _Queue] = {}
+        now = time.time()
         for message in messages:
             queue = self.broker._queue(message.app_id, message.kind)
             queue.ready.append(
@@ -387,16 +397,23 @@ class MemoryTransport:
                     message.reply_to,
                     message.correlation_id,
                     user_id=self._user_id,
+                    answer_by=answer_deadline(message.answer_within, now),
                 )
             )
             touched[id(queue)] = queue
         for queue in touched.values():
             queue.dispatch()
 
-    async def send_reply(self, address: str, correlation_id: str, body: bytes) -> None:
-        """Answer an inbox of this broker; dropped if it no longer exists."""
+    async def send_reply(
+        self, address: str, correlation_id: str, body: bytes, *, answer_by: float = 0.0
+    ) -> None:
+        """Answer an inbox of this broker; dropped if it no longer exists or its sender
+        stopped waiting (``answer_by``)."""
         self._check_open()
         self._check_size(body)
+        if answer_is_late(answer_by, time.time()):
+            log.debug("transport.late_answer_skipped", correlation_id=correlation_id)
+            return
         inbox = self.broker._inboxes.get(address)
         if inbox is None:
             log.debug("transport.reply_dropped", address=address)

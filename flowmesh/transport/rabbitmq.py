@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
@@ -87,6 +88,7 @@ from flowmesh.transport._base import (
     Subscription,
     queue_name,
 )
+from flowmesh.transport._common import answer_deadline, answer_is_late
 from flowmesh.transport._rabbitmq_answers import (
     ANSWERS_TYPE,
     Answer,
@@ -95,6 +97,7 @@ from flowmesh.transport._rabbitmq_answers import (
     pack_answers,
 )
 from flowmesh.transport._rabbitmq_consumer import (
+    ANSWER_BY_HEADER,
     BROKER_ERRORS,
     RabbitDelivery,
     RabbitSubscription,
@@ -380,18 +383,24 @@ class RabbitMQTransport:
                 failures[0].add_note(f"{len(failures)} of {len(messages)} messages failed")
             raise failures[0]
 
-    async def send_reply(self, address: str, correlation_id: str, body: bytes) -> None:
+    async def send_reply(
+        self, address: str, correlation_id: str, body: bytes, *, answer_by: float = 0.0
+    ) -> None:
         """Answer an inbox: not persistent, not mandatory, so dropped if the inbox is gone.
 
         Returns once the answer is queued: answers to one inbox in one loop turn leave as
         one message (see :mod:`flowmesh.transport._rabbitmq_answers`), and a failed send is
-        logged (``transport.answers_not_sent``), as answers are best effort.
+        logged (``transport.answers_not_sent``), as answers are best effort. An answer its
+        sender stopped waiting for (``answer_by``) is not sent at all.
         """
         self._require_link()
         if not is_inbox_address(address):
             log.warning("transport.reply_address_refused", address=address[:200])
             return
         self._check_size(body)
+        if answer_is_late(answer_by, time.time()):
+            log.debug("transport.late_answer_skipped", correlation_id=correlation_id)
+            return
         self._answers.send(address, correlation_id, body)
 
     async def _publish_answers(self, address: str, answers: Sequence[Answer]) -> None:
@@ -642,7 +651,13 @@ class RabbitMQTransport:
             raise TransportError(f"message of {len(body)} bytes exceeds the maximum of {limit}")
 
     async def _publish_outgoing(self, link: _Link, outgoing: Outgoing) -> None:
+        headers: HeadersType | None = None
+        if outgoing.answer_within is not None:
+            # Integer milliseconds: every AMQP client reads a long; not every one a double.
+            deadline = answer_deadline(outgoing.answer_within, time.time())
+            headers = {ANSWER_BY_HEADER: round(deadline * 1000)}
         properties = spec.Basic.Properties(
+            headers=headers,
             delivery_mode=_PERSISTENT,
             content_type=CONTENT_TYPE,
             # aiormq needs an ID to match a returned message to its publish.

@@ -175,6 +175,36 @@ async def test_published_message_arrives_with_body_and_properties(
     assert delivery.delivery_count == 1
 
 
+async def test_a_request_carries_when_its_sender_stops_waiting(
+    transport: Transport, app_id: str
+) -> None:
+    recorder = Recorder()
+    await transport.consume(app_id, WORK, recorder, prefetch=2)
+    before = time.time()
+    await transport.publish([Outgoing(app_id, WORK, b"ask", answer_within=3.0)])
+    await transport.publish([work(app_id, b"tell")])
+
+    asked, told = await recorder.next(), await recorder.next()
+
+    assert before + 3.0 - 0.01 <= asked.answer_by <= time.time() + 3.0 + 0.01
+    assert told.answer_by == 0.0
+
+
+async def test_an_answer_its_sender_stopped_waiting_for_is_not_sent(
+    transport: Transport,
+) -> None:
+    inbox = await transport.open_inbox()
+    with inbox.expecting("late"), inbox.expecting("in-time"), inbox.expecting("no-deadline"):
+        # Past the deadline and the grace for clock differences between machines.
+        await transport.send_reply(inbox.address, "late", b"x", answer_by=time.time() - 5)
+        await transport.send_reply(inbox.address, "in-time", b"y", answer_by=time.time() + 5)
+        await transport.send_reply(inbox.address, "no-deadline", b"z", answer_by=0.0)
+
+        assert await inbox.receive("in-time", WAIT) == b"y"
+        assert await inbox.receive("no-deadline", WAIT) == b"z"
+        assert await inbox.receive("late", 0.3) is None
+
+
 async def test_one_consumer_receives_messages_in_publish_order(
     transport: Transport, app_id: str
 ) -> None:

@@ -330,6 +330,31 @@ async def test_published_messages_are_persistent_msgpack(
     assert message.content_type == "application/x-msgpack"
 
 
+async def test_answer_by_is_read_only_from_a_positive_integer_header(
+    open_transport: OpenTransport, amqp_url: str, app_id: str
+) -> None:
+    transport = await open_transport()
+    received: asyncio.Queue[Delivery] = asyncio.Queue()
+
+    async def keep(delivery: Delivery) -> None:
+        await received.put(delivery)
+        await delivery.ack()
+
+    await transport.consume(app_id, WORK, keep, prefetch=10)
+    sent: list[object] = [1_700_000_000_250, "soon", True, -5, 1.5, None]
+    connection, channel = await raw_channel(amqp_url)
+    async with connection:
+        for value in sent:
+            headers = {"x-flowmesh-answer-by": value} if value is not None else None
+            await channel.default_exchange.publish(
+                aio_pika.Message(b"\x90", headers=headers),  # type: ignore[arg-type]
+                routing_key=queue_name(app_id, WORK),
+            )
+        got = [(await asyncio.wait_for(received.get(), WAIT)).answer_by for _ in sent]
+
+    assert got == [1_700_000_000.25, 0.0, 0.0, 0.0, 0.0, 0.0]
+
+
 @pytest.mark.slow
 async def test_message_over_the_brokers_size_limit_is_refused(
     open_transport: OpenTransport, app_id: str
