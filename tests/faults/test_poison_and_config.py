@@ -291,8 +291,8 @@ async def test_empty_instance_id_is_refused(
 
 def _worker_command(app_id: str) -> list[str]:
     return [
-        sys.executable, "-m", "flowmesh.cli", "--log-format", "json", "worker",
-        "--app-id", app_id, "--module", APPS, "--drain-timeout", "5",
+        sys.executable, "-m", "flowmesh.cli", "--log-format", "json", "--log-level", "debug",
+        "worker", "--app-id", app_id, "--module", APPS, "--drain-timeout", "5",
     ]  # fmt: skip
 
 

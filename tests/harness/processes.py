@@ -44,7 +44,9 @@ class WorkerProcesses:
         target = services or self.services
         log_path = self.log_dir / f"{app_id}-{len(self.processes)}.log"
         command = [
-            sys.executable, "-m", "flowmesh.cli", "--log-format", "json", "worker",
+            # Debug: fault tests count task runs by the "activity completed" lines.
+            sys.executable, "-m", "flowmesh.cli", "--log-format", "json", "--log-level", "debug",
+            "worker",
             "--app-id", app_id, "--concurrency", str(concurrency), "--allow-unsafe-redis",
             "--drain-timeout", "5",
         ]  # fmt: skip
