@@ -61,6 +61,7 @@ from flowmesh.store._redis_keys import (
     parse_timer_member,
     timer_member,
 )
+from flowmesh.store._redis_packing import use_linear_packing
 from flowmesh.store._redis_safety import (
     INFO_SECTIONS,
     SAFETY_SETTINGS,
@@ -190,6 +191,7 @@ def redis_client(config: RedisStoreConfig) -> redis.asyncio.Redis:
         retry=Retry(ExponentialWithJitterBackoff(cap=2.0, base=0.1), config.retries),
         **tls_options,
     )
+    use_linear_packing(client)
     return client
 
 
