@@ -142,7 +142,28 @@ async def connect_buffered(
         transport_factory=TurnBufferedTransportFactory(),
     )
     await connection.connect(timeout=timeout)
+    unbound_frame_queue(connection)
+    # Each reconnect builds a new aiormq connection with a new bounded queue.
+    connection.reconnect_callbacks.add(unbound_frame_queue)  # called with the connection
     return connection
+
+
+def unbound_frame_queue(connection: Any) -> None:
+    """Let every frame published in one loop turn reach the writer in that turn.
+
+    aiormq queues outgoing frames in a queue of 10, and ``basic_publish`` holds its channel's
+    lock while it waits for room. Past 10 concurrent publishes, each lock hand-over took a
+    loop turn, so a burst (a client starting 2,000 workflows, a host publishing the tasks
+    of many steps) left one frame per turn and one socket write per message. Unbounded,
+    the burst leaves in one write. The bound gave no backpressure on the socket (aiormq's
+    writer does not wait for the socket to drain) and each publisher waits for its confirm,
+    so the queue holds at most one frame per publish in flight.
+    """
+    underlay = getattr(connection, "transport", None)
+    queue = getattr(getattr(underlay, "connection", None), "write_queue", None)
+    if isinstance(queue, asyncio.Queue):
+        # asyncio.Queue has no public way to change its bound.
+        queue._maxsize = 0  # type: ignore[attr-defined]
 
 
 __all__ = [
@@ -150,4 +171,5 @@ __all__ = [
     "TurnBufferedTransportFactory",
     "TurnBufferedWriter",
     "connect_buffered",
+    "unbound_frame_queue",
 ]

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from urllib.parse import urlsplit, urlunsplit
 from uuid import uuid4
@@ -29,6 +30,7 @@ from flowmesh._masking import mask_secrets as _mask_url
 from flowmesh.transport import Delivery, Outgoing, QueueKind, queue_name
 from flowmesh.transport._rabbitmq_answers import ANSWERS_TYPE, unpack_answers
 from flowmesh.transport._rabbitmq_topology import INBOX_EXCHANGE
+from flowmesh.transport._rabbitmq_writes import TurnBufferedWriter
 from flowmesh.transport.rabbitmq import RabbitMQConfig, RabbitMQTransport
 
 pytestmark = pytest.mark.real_services
@@ -189,6 +191,45 @@ async def test_consumer_comes_back_after_the_broker_drops_its_connection(
     await transport.publish([Outgoing(app_id, WORK, b"after")])
     assert await asyncio.wait_for(received.get(), RECOVERY) == (b"after", 1)
     assert settle_errors == []
+
+
+async def test_a_burst_of_publishes_leaves_in_few_socket_writes_also_after_a_reconnect(
+    open_transport: OpenTransport, app_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiormq's frame queue holds 10 frames; past that, each publish used to take a loop
+    turn and a socket write of its own."""
+    writes: list[int] = []
+    flush = TurnBufferedWriter.flush
+
+    def counting_flush(self: TurnBufferedWriter) -> None:
+        if self._pending:
+            writes.append(len(self._pending))
+        flush(self)
+
+    monkeypatch.setattr(TurnBufferedWriter, "flush", counting_flush)
+    name = f"flowmesh-it-{uuid4().hex[:8]}"
+    transport = await open_transport(connection_name=name, reconnect_interval=0.2)
+    await transport.declare_app(app_id)
+
+    async def burst() -> int:
+        writes.clear()
+        await asyncio.gather(
+            *(transport.publish([Outgoing(app_id, WORK, b"x")]) for _ in range(300))
+        )
+        return len(writes)
+
+    assert await burst() <= 10
+
+    await asyncio.to_thread(drop_connection, f"{name} publish")
+    deadline = time.monotonic() + RECOVERY
+    while True:  # publishes fail until the connection is back
+        try:
+            await transport.publish([Outgoing(app_id, WORK, b"probe")])
+            break
+        except TransportError:
+            assert time.monotonic() < deadline, "the connection did not come back"
+            await asyncio.sleep(0.2)
+    assert await burst() <= 10
 
 
 async def test_publish_during_an_outage_times_out_and_resumes_after_it(
