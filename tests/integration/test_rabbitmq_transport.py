@@ -193,7 +193,7 @@ async def test_consumer_comes_back_after_the_broker_drops_its_connection(
     assert settle_errors == []
 
 
-async def test_a_burst_of_publishes_leaves_in_few_socket_writes_also_after_a_reconnect(
+async def test_bursts_pass_aiormqs_frame_queues_in_one_turn_also_after_a_reconnect(
     open_transport: OpenTransport, app_id: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """aiormq's frame queue holds 10 frames; past that, each publish used to take a loop
@@ -219,8 +219,11 @@ async def test_a_burst_of_publishes_leaves_in_few_socket_writes_also_after_a_rec
         return len(writes)
 
     assert await burst() <= 10
+    await transport.consume(app_id, WORK, lambda delivery: delivery.ack(), prefetch=50)
+    assert _bounded_frame_queues(transport) == []
 
     await asyncio.to_thread(drop_connection, f"{name} publish")
+    await asyncio.to_thread(drop_connection, f"{name} consume")
     deadline = time.monotonic() + RECOVERY
     while True:  # publishes fail until the connection is back
         try:
@@ -230,6 +233,24 @@ async def test_a_burst_of_publishes_leaves_in_few_socket_writes_also_after_a_rec
             assert time.monotonic() < deadline, "the connection did not come back"
             await asyncio.sleep(0.2)
     assert await burst() <= 10
+    assert _bounded_frame_queues(transport) == []
+
+
+def _bounded_frame_queues(transport: RabbitMQTransport) -> list[str]:
+    """aiormq's frame queues of the transport's connections that still have a bound."""
+    link = transport._link
+    assert link is not None
+    bounded = []
+    for connection in (link.publish, link.consume):
+        amqp = connection.transport.connection  # type: ignore[union-attr]
+        if amqp.write_queue.maxsize:
+            bounded.append(f"write queue of {connection}")
+        bounded += [
+            f"frames of channel {number}"
+            for number, channel in amqp.channels.items()
+            if channel is not None and channel.frames.maxsize
+        ]
+    return bounded
 
 
 async def test_publish_during_an_outage_times_out_and_resumes_after_it(
