@@ -538,9 +538,11 @@ async def test_embedded_backend_carries_only_ciphertext_and_dead_letters_unknown
         bodies.extend(bytes(m.body) for m in messages)
         await publish(messages)
 
-    async def recording_reply(address: str, correlation_id: str, body: bytes) -> None:
+    async def recording_reply(
+        address: str, correlation_id: str, body: bytes, *, answer_by: float = 0.0
+    ) -> None:
         bodies.append(bytes(body))
-        await send_reply(address, correlation_id, body)
+        await send_reply(address, correlation_id, body, answer_by=answer_by)
 
     env.transport.publish = recording_publish  # type: ignore[method-assign]
     env.transport.send_reply = recording_reply  # type: ignore[method-assign]
