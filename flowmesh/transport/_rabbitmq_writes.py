@@ -142,7 +142,7 @@ def unbound_frame_queues(amqp: Any) -> None:
     Incoming, the connection's reader waited for a channel to take every 10 frames (a
     delivery is 3), spreading a burst of deliveries or confirms over many turns. Measured in
     W1: the client's 2,000 starts went out in 2,000 writes, now in one; RabbitMQ's CPU per
-    workflow fell by a quarter, as it too reads and writes in larger pieces.
+    workflow fell by a quarter to a third, as it too reads and writes in larger pieces.
 
     The bounds gave no backpressure worth keeping: aiormq's writer does not wait for the
     socket to drain, each publisher waits for its confirm (so at most one frame per publish
