@@ -29,7 +29,7 @@ import redis.asyncio
 import structlog
 
 from bench import apps, loops, procs, report, services
-from bench.floor import MESSAGE_BYTES, FloorDriver
+from bench.floor import FLOOR_START_PREFETCH, FLOOR_TASK_PREFETCH, MESSAGE_BYTES, FloorDriver
 from bench.real import RealDriver, check_outputs
 from bench.stats import batch_summary, drift, window
 from flowmesh import WorkerOptions, WorkflowStatus
@@ -129,9 +129,9 @@ class Bench:
             "worker_execution_cache_size": defaults.execution_cache_size,
             "worker_log_level": self.args.log_level,
             "activities": "async def (no thread-pool hop)",
-            "floor_a_work_prefetch": self.args.concurrency,
+            "floor_a_work_prefetch": self.args.floor_start_prefetch,
             "floor_a_reply_prefetch": defaults.reply_prefetch,
-            "floor_b_c_prefetch": self.args.concurrency,
+            "floor_b_c_prefetch": self.args.floor_task_prefetch,
             "floor_message_bytes": MESSAGE_BYTES,
             "floor_fan_in": "per-instance mailbox: one EVALSHA per batch of replies",
             "client_starts": "all at once (asyncio.gather), memory check: 500 in flight",
@@ -147,15 +147,15 @@ class Bench:
     def start_processes(self) -> None:
         """bench-app1/2/3 workers and floor A/B/C, each a separate OS process."""
         level = self.args.log_level
-        concurrency = str(self.args.concurrency)
         self.host = self.procs.start_worker(
             "bench-app1", concurrency=self.args.concurrency, log_level=level
         )
         self.procs.start_worker("bench-app2", concurrency=self.args.concurrency, log_level=level)
         self.procs.start_worker("bench-app3", concurrency=self.args.concurrency, log_level=level)
-        self.procs.start_floor("host", "a", "--work-prefetch", concurrency)
-        self.procs.start_floor("responder", "b", "--work-prefetch", concurrency)
-        self.procs.start_floor("responder", "c", "--work-prefetch", concurrency)
+        starts, tasks = str(self.args.floor_start_prefetch), str(self.args.floor_task_prefetch)
+        self.procs.start_floor("host", "a", "--work-prefetch", starts)
+        self.procs.start_floor("responder", "b", "--work-prefetch", tasks)
+        self.procs.start_floor("responder", "c", "--work-prefetch", tasks)
         for proc in self.procs.procs:
             proc.wait_ready()
         for proc in self.procs.procs:
@@ -593,7 +593,24 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=["W1", "W1P", "W2", "W3"],
         help="when to profile",
     )
-    parser.add_argument("--concurrency", type=int, default=16, help="worker --concurrency")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=WorkerOptions().concurrency,
+        help="worker --concurrency (default: flowmesh's default, %(default)s)",
+    )
+    parser.add_argument(
+        "--floor-start-prefetch",
+        type=int,
+        default=FLOOR_START_PREFETCH,
+        help="prefetch of floor A's start queue (default %(default)s, see bench/floor.py)",
+    )
+    parser.add_argument(
+        "--floor-task-prefetch",
+        type=int,
+        default=FLOOR_TASK_PREFETCH,
+        help="prefetch of floor B's and C's task queues (default %(default)s)",
+    )
     parser.add_argument(
         "--rounds", type=int, default=3, help="floor/flowmesh pairs of W2, W3 (ratio: median)"
     )

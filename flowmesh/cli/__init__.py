@@ -107,7 +107,12 @@ def main(log_level: str, log_format: str) -> None:
     default=None,
     help="Module defining the App (default: workers.<app_id with - as _>).",
 )
-@click.option("--concurrency", default=16, show_default=True, help="Activities run at once.")
+@click.option(
+    "--concurrency",
+    default=WorkerOptions().concurrency,
+    show_default=True,
+    help="Activities run at once (also the work-queue prefetch).",
+)
 @click.option(
     "--allow-unsafe-redis",
     is_flag=True,
