@@ -134,7 +134,15 @@ class StoreError(FlowmeshError):
 
 
 class VersionConflictError(StoreError):
-    """Another writer advanced the history first; reload and run the step again."""
+    """Another writer advanced the history first; reload and run the step again.
+
+    ``stored_version`` is the version the store holds (it survives a purge, so a new run of
+    a purged instance ID continues the numbering instead of starting again at 1).
+    """
+
+    def __init__(self, message: str, *, stored_version: int = 0) -> None:
+        super().__init__(message)
+        self.stored_version = stored_version
 
 
 class TransportError(FlowmeshError):

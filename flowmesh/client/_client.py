@@ -123,8 +123,10 @@ class Client:
 
         The start is durable once this returns. If a replica answers within
         ``options.start_ack_timeout``, a duplicate running ID raises
-        :class:`WorkflowAlreadyExistsError` and an unknown name :class:`UnknownNameError`;
-        if none is running yet, the start waits in the app's queue.
+        :class:`WorkflowAlreadyExistsError`; if none is running yet, the start waits in the
+        app's queue. A start of a workflow the answering replica does not register is not an
+        error either: it waits for a replica that has it (a rolling deploy), and the handle's
+        ``waiting_reason`` (and ``describe()``) say so.
         """
         name = check_name(task_name(workflow), "workflow")
         check_app_id(app_id)
@@ -142,6 +144,10 @@ class Client:
             correlation_id=request_id,  # one ID per start request
         )
         if isinstance(reply, StartAck) and not reply.created:
+            if reply.code == "waiting_for_deployment":
+                # Durable and kept for a replica that registers the workflow (a rolling
+                # deploy): not an error, but the handle says why nothing runs yet.
+                return WorkflowHandle(self, instance_id, app_id, waiting_reason=reply.error)
             if reply.code == "unknown_workflow":
                 raise UnknownNameError(reply.error)
             raise WorkflowAlreadyExistsError(reply.error)

@@ -24,10 +24,15 @@ if TYPE_CHECKING:
 class WorkflowHandle:
     """A reference to workflow ``instance_id`` hosted by ``app_id``."""
 
-    def __init__(self, client: Client, instance_id: str, app_id: str) -> None:
+    def __init__(
+        self, client: Client, instance_id: str, app_id: str, *, waiting_reason: str = ""
+    ) -> None:
         self._client = client
         self.instance_id = instance_id
         self.app_id = app_id
+        self.waiting_reason = waiting_reason
+        """Set when the start was answered but waits, e.g. for a replica that registers the
+        workflow ('' otherwise)."""
 
     def __repr__(self) -> str:
         return f"WorkflowHandle({self.instance_id!r}, app_id={self.app_id!r})"

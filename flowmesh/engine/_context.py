@@ -104,6 +104,12 @@ class WorkflowContext:
         return self._execution.instance_id
 
     @property
+    def run_id(self) -> str:
+        """This run's identity: a new one after the ID is purged and reused, and after
+        continue-as-new. Activities see it too (``ActivityContext.run_id``)."""
+        return self._execution.run_id
+
+    @property
     def app_id(self) -> str:
         """The app ID hosting this workflow (the default target of activities)."""
         return self._execution.app_id

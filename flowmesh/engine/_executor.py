@@ -26,6 +26,7 @@ from flowmesh._errors import (
     ActivityTimeoutError,
     ChildWorkflowFailedError,
     NonDeterminismError,
+    WorkflowAlreadyExistsError,
 )
 from flowmesh.engine._context import ContinueAsNew, Logger, WorkflowContext
 from flowmesh.engine._outcome import StepOutcome
@@ -76,6 +77,16 @@ ValueCheck = Callable[[object, str], None]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
+SEEN_EVENT_IDS_CARRIED = 1000
+"""How many of the latest event IDs a continued run inherits for de-duplication: enough to
+cover any redelivery of an event recorded shortly before continue-as-new."""
+
+_FLOWMESH_CAUSES: dict[str, type[Exception]] = {
+    "flowmesh.WorkflowAlreadyExistsError": WorkflowAlreadyExistsError,
+}
+"""Remote failure types re-raised as their flowmesh class (the ``__cause__`` of the task
+error), so workflow code can catch e.g. a child ID that already exists by type."""
+
 
 class _Stall(Exception):  # noqa: N818 - internal control flow, never escapes the executor
     """Stops the execution: history and code disagree, or the workflow cannot run."""
@@ -89,6 +100,10 @@ class _OpenTask:
     action: ScheduleActivity | ScheduleChildWorkflow | StartTimer
     task: Task[Any]
     scheduled_at: datetime
+    dispatched: bool = False
+    """True once the task's scheduling is recorded in history (a previous step's outcome, or
+    replayed): only then may a result resolve it. A result batched into the very step that
+    allocates the task would otherwise complete a task nobody was sent."""
 
 
 def _describe_action(action: Command | HistoryEvent) -> str:
@@ -180,6 +195,7 @@ class WorkflowExecution:
         # while the engine itself stays free of msgpack.
         self.check_value = check_value
         self.instance_id = ""
+        self.run_id = ""
         self.app_id = ""
         self.name = ""
         self.input: object = None
@@ -196,7 +212,9 @@ class WorkflowExecution:
         self._event_waiters: dict[str, deque[Task[Any]]] = {}
         self._event_buffer: dict[str, deque[EventRaised]] = {}
         self._suspended_buffer: list[HistoryEvent] = []
-        self._seen_event_ids: set[str] = set()
+        # Insertion-ordered (a dict), so a continued run inherits the most recent IDs.
+        self._seen_event_ids: dict[str, None] = {}
+        self._refused: list[tuple[HistoryEvent | None, str]] = []
         self._held_buffer_replay = False  # True while applying events held during suspension
         self._suspended = False
         self._patches_recorded: set[str] = set()
@@ -209,6 +227,7 @@ class WorkflowExecution:
         self._stall_reason = ""
         self._children: dict[str, str] = {}  # child instance -> app, for recursive terminate
         self._terminate_children: list[TerminateChildren] = []
+        self._pending_event: HistoryEvent | None = None  # the new event being applied
 
     # -- public driving API ----------------------------------------------------------------------
 
@@ -254,6 +273,7 @@ class WorkflowExecution:
             if self._completion is not None and not isinstance(event, StepStarted):
                 (accepted if self._carry_over(event) else dropped).append(event)
                 continue
+            self._pending_event = event
             if self._guarded(event):
                 accepted.append(event)
             else:
@@ -276,7 +296,7 @@ class WorkflowExecution:
             # A redelivered RaiseEvent (the step committed, the ack was lost) is recorded once.
             if event.event_id in self._seen_event_ids:
                 return False
-            self._seen_event_ids.add(event.event_id)
+            self._seen_event_ids[event.event_id] = None
         if (
             self._suspended
             and not isinstance(
@@ -357,11 +377,11 @@ class WorkflowExecution:
     def _is_open_result(self, event: HistoryEvent) -> bool:
         match event:
             case ActivityCompleted(seq=seq) | ActivityFailed(seq=seq):
-                return self._open_kind(seq) == "activity"
+                return self._open_kind(seq) == "activity" and self._dispatched(seq)
             case ChildWorkflowCompleted(seq=seq) | ChildWorkflowFailed(seq=seq):
-                return self._open_kind(seq) == "child_workflow"
+                return self._open_kind(seq) == "child_workflow" and self._dispatched(seq)
             case TimerFired(seq=seq):
-                return self._open_kind(seq) == "timer"
+                return self._open_kind(seq) == "timer" and self._dispatched(seq)
             case _:
                 return False
 
@@ -377,11 +397,16 @@ class WorkflowExecution:
         open_task = self._open.get(seq)
         return open_task.kind if open_task is not None else ""
 
+    def _dispatched(self, seq: int) -> bool:
+        open_task = self._open.get(seq)
+        return open_task is not None and open_task.dispatched
+
     def _start(self, event: WorkflowStarted) -> bool:
         if self._coroutine is not None or self._completion is not None:
             return False
         self.instance_id, self.app_id, self.name = event.instance_id, event.app_id, event.name
-        self.input, self.parent = event.input, event.parent
+        self.input, self.parent, self.run_id = event.input, event.parent, event.run_id
+        self._seen_event_ids.update(dict.fromkeys(event.seen_event_ids))
         # After continue-as-new, sequence numbers carry on from the previous run, so a late
         # result for the old run can never match a task of the new one.
         self._next_seq = event.first_seq
@@ -413,6 +438,9 @@ class WorkflowExecution:
                 f"non-determinism at seq {event.seq}: history has {_describe_action(event)} "
                 f"but the workflow code now asks for {_describe_action(action)}"
             )
+        open_task = self._open.get(event.seq)
+        if open_task is not None:
+            open_task.dispatched = True
 
     def _resolve_open(
         self, seq: int, kind: str, output: object, failure: FailureDetails | None
@@ -420,6 +448,17 @@ class WorkflowExecution:
         open_task = self._open.get(seq)
         if open_task is None or open_task.kind != kind:
             return False  # duplicate, late (after timeout/retry) or stray: idempotent apply
+        if not open_task.dispatched:
+            # Its scheduling is not committed yet, so nobody was sent the task: whoever sent
+            # this result forged or guessed it. Refused, and reported to the runtime.
+            self._refused.append(
+                (
+                    self._pending_event,
+                    f"result for {_describe_action(open_task.action)} (seq {seq}) "
+                    "that was never dispatched",
+                )
+            )
+            return False
         del self._open[seq]
         if failure is None:
             open_task.task._complete(output)
@@ -428,9 +467,11 @@ class WorkflowExecution:
                 ChildWorkflowFailedError if kind == "child_workflow" else ActivityFailedError
             )
             what = _describe_action(open_task.action)
-            open_task.task._fail(
-                error_class(f"{what} failed: {failure.error_type}: {failure.message}", failure)
-            )
+            error = error_class(f"{what} failed: {failure.error_type}: {failure.message}", failure)
+            cause = _FLOWMESH_CAUSES.get(failure.error_type)
+            if cause is not None:
+                error.__cause__ = cause(failure.message)
+            open_task.task._fail(error)
         self._run()
         return True
 
@@ -708,6 +749,11 @@ class WorkflowExecution:
                 action = self._actions[seq]
                 append.append(_scheduled_event(action))
                 commands.append(action)
+                open_task = self._open.get(seq)
+                if open_task is not None:
+                    # Valid from the next step on: the runtime keeps this execution only if
+                    # the commit recording the scheduling succeeds.
+                    open_task.dispatched = True
             self._actions.clear()
             if self._completion is not None and not self._completion_recorded:
                 # TerminateChildren belong to this completion: a replayed (already recorded)
@@ -722,6 +768,8 @@ class WorkflowExecution:
         self._new_patches = []
         self._terminate_children = []
         cancelled, self._cancelled_timers = tuple(self._cancelled_timers), []
+        refused = tuple((e, why) for e, why in self._refused if e is not None)
+        self._refused = []
         if all(isinstance(e, StepStarted) for e in append):
             append = []
         final = self._completion
@@ -736,6 +784,7 @@ class WorkflowExecution:
             cancelled_timers=cancelled,
             stall_reason=self._stall_reason,
             dropped=tuple(dropped),
+            refused=refused,
         )
 
     def waiting_on(self, limit: int = WAITING_SHOWN) -> tuple[PendingTask, ...]:
@@ -753,6 +802,12 @@ class WorkflowExecution:
             PendingTask("event", name) for name, waiters in self._event_waiters.items() if waiters
         )
         return tuple(pending)
+
+    @property
+    def recent_event_ids(self) -> tuple[str, ...]:
+        """The latest recorded event IDs (at most :data:`SEEN_EVENT_IDS_CARRIED`), oldest
+        first: what a run started by continue-as-new inherits to keep dropping duplicates."""
+        return tuple(self._seen_event_ids)[-SEEN_EVENT_IDS_CARRIED:]
 
     @property
     def next_seq(self) -> int:

@@ -28,6 +28,10 @@ class StepOutcome:
     cancelled_timers: tuple[int, ...] = ()
     stall_reason: str = ""
     dropped: tuple[HistoryEvent, ...] = ()
+    refused: tuple[tuple[HistoryEvent, str], ...] = ()
+    """New events refused, with why (e.g. a result for a task that was never dispatched):
+    unlike duplicates in ``dropped`` they point at a faulty or hostile sender, so the runtime
+    dead-letters their messages and records the refusal. Each is also in ``dropped``."""
 
     @property
     def changed(self) -> bool:

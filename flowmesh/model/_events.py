@@ -22,6 +22,8 @@ class ParentRef:
     instance_id: str
     app_id: str
     seq: int
+    run_id: str = ""
+    """The parent's run: a result for an older run of the parent is never applied to a new one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +39,13 @@ class WorkflowStarted:
     """The client start request that created the instance ('' for children)."""
     first_seq: int = 0
     """First task sequence number of this run (continued runs carry on numbering)."""
+    run_id: str = ""
+    """Identity of this run of the instance ID: every task, result, timer and control message
+    of the run carries it, so nothing of an earlier run (before a purge and reuse of the ID,
+    or before continue-as-new) is ever applied to this one."""
+    seen_event_ids: tuple[str, ...] = ()
+    """Event IDs recorded by the previous runs (continue-as-new), so a redelivered event
+    is not recorded again by the next run (the most recent ones, bounded)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,6 +44,8 @@ class ActivityTask:
     attempt: int
     name: str
     input: object = None
+    run_id: str = ""
+    """The run of the instance that scheduled the task; results carry it back."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +57,8 @@ class ActivityResult:
     attempt: int
     output: object = None
     failure: FailureDetails | None = None
+    run_id: str = ""
+    """Copied from the task: the result belongs to that run only."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +76,8 @@ class ActivityLease:
     attempt: int
     lease_seconds: float
     worker: str = ""
+    run_id: str = ""
+    """Copied from the task."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +88,8 @@ class TaskNote:
     seq: int
     attempt: int
     note: str
+    run_id: str = ""
+    """Copied from the task."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +101,8 @@ class ChildResult:
     child_instance_id: str
     output: object = None
     failure: FailureDetails | None = None
+    run_id: str = ""
+    """The parent's run this result is for (from the child's ``ParentRef``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +111,8 @@ class TimerDue:
 
     instance_id: str
     seq: int
+    run_id: str = ""
+    """The run that created the timer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +143,8 @@ class Control:
     action: ControlAction
     reason: str = ""
     recursive: bool = False
+    run_id: str = ""
+    """Only this run ('' = whichever run the instance ID has)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,3 +50,10 @@ class WorkflowState:
     stall_reason: str = ""
     history_length: int = 0
     version: int = 0
+    run_id: str = ""
+    """Identity of the current run of ``instance_id`` (a new one after purge and reuse of the
+    ID, and after continue-as-new)."""
+    refusals: tuple[str, ...] = ()
+    """The latest messages refused for this instance and why (most recent last, bounded),
+    e.g. a result for a task that was never dispatched. Each also went to the dead-letter
+    queue."""

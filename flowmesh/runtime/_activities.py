@@ -207,7 +207,9 @@ class ActivityRunner:
                 lease.sleeping = False
 
     async def _send_lease(self, task: ActivityTask, lease: float) -> None:
-        message = ActivityLease(task.instance_id, task.seq, task.attempt, lease, self._worker_name)
+        message = ActivityLease(
+            task.instance_id, task.seq, task.attempt, lease, self._worker_name, task.run_id
+        )
         await self._transport.publish(
             [Outgoing(task.host_app_id, QueueKind.REPLY, self._codec.encode_message(message))]
         )
@@ -222,6 +224,7 @@ class ActivityRunner:
             name=task.name,
             app_id=self._app.app_id,
             host_app_id=task.host_app_id,
+            run_id=task.run_id,
             heartbeat_sink=self._heartbeat_sink(task),
         )
         try:
@@ -248,7 +251,9 @@ class ActivityRunner:
     async def _reply(
         self, task: ActivityTask, output: object, failure: FailureDetails | None
     ) -> None:
-        result = ActivityResult(task.instance_id, task.seq, task.attempt, output, failure)
+        result = ActivityResult(
+            task.instance_id, task.seq, task.attempt, output, failure, task.run_id
+        )
         try:
             body = self._codec.encode_message(result)
         except SerializationError as exc:
@@ -257,7 +262,7 @@ class ActivityRunner:
                 exc, app_id=self._app.app_id, non_retryable=True
             )
             body = self._codec.encode_message(
-                ActivityResult(task.instance_id, task.seq, task.attempt, None, failure)
+                ActivityResult(task.instance_id, task.seq, task.attempt, None, failure, task.run_id)
             )
         await self._transport.publish(
             [
@@ -300,7 +305,7 @@ class ActivityRunner:
         )
         with contextlib.suppress(FlowmeshError):  # the note is informative only
             body = self._codec.encode_message(
-                TaskNote(task.instance_id, task.seq, task.attempt, note)
+                TaskNote(task.instance_id, task.seq, task.attempt, note, task.run_id)
             )
             await self._transport.publish([Outgoing(task.host_app_id, QueueKind.REPLY, body)])
         await self._clock.sleep(delay)

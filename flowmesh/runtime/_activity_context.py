@@ -20,6 +20,7 @@ class ActivityContext:
         "host_app_id",
         "instance_id",
         "name",
+        "run_id",
         "seq",
     )
 
@@ -32,6 +33,7 @@ class ActivityContext:
         name: str,
         app_id: str,
         host_app_id: str,
+        run_id: str = "",
         heartbeat_sink: Callable[[object], None] | None = None,
     ) -> None:
         self.instance_id = instance_id
@@ -40,6 +42,9 @@ class ActivityContext:
         self.name = name
         self.app_id = app_id
         self.host_app_id = host_app_id
+        self.run_id = run_id
+        """The run of the workflow instance that scheduled this task (a reused instance ID
+        gets a new run, and so new idempotency keys)."""
         self._heartbeat_sink = heartbeat_sink
 
     @property
@@ -49,8 +54,9 @@ class ActivityContext:
 
     @property
     def idempotency_key(self) -> str:
-        """``<host app>/<instance>#<seq>/<attempt>``: the same on every redelivery."""
-        return f"{self.host_app_id}/{self.task_id}/{self.attempt}"
+        """``<host app>/<instance>/<run>#<seq>/<attempt>``: the same on every redelivery of
+        this task, different for every other task, also across runs of a reused instance ID."""
+        return f"{self.host_app_id}/{self.instance_id}/{self.run_id}#{self.seq}/{self.attempt}"
 
     def heartbeat(self, details: object = None) -> None:
         """Report progress (thread-safe; callable from sync activities in the thread pool).

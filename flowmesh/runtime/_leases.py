@@ -98,7 +98,9 @@ def apply_bookkeeping(
             effects.stale = True
             continue
         until = now + timedelta(seconds=lease.lease_seconds)
-        effects.add_timers.append(TimerEntry(instance_id, lease_timer_seq(lease.seq), until))
+        effects.add_timers.append(
+            TimerEntry(instance_id, lease_timer_seq(lease.seq), until, execution.run_id)
+        )
         effects.details[lease.seq] = (
             f"running on {lease.worker or 'a worker'}, lease until {until:%H:%M:%S}"
         )

@@ -35,6 +35,9 @@ class WorkerOptions:
     """How often committed-but-unpublished messages are looked for (after a crash)."""
     unknown_name_max_backoff: float = 30.0
     """Longest wait before retrying a task whose activity/workflow is not registered here."""
+    hold_unknown_for: float = 600.0
+    """Seconds an event or control message for an instance that does not exist yet is held
+    (it may have overtaken the start) before it is dead-lettered."""
     execution_cache_size: int = 10_000
     """Live workflow executions kept per replica so a step replays only new events."""
     drain_timeout: float = 30.0

@@ -12,10 +12,12 @@ instance means this replica never races itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -41,6 +43,8 @@ from flowmesh.model import (
     HistoryEvent,
     Message,
     ParentRef,
+    PendingTask,
+    RaiseEvent,
     StartAck,
     StartWorkflow,
     StateReply,
@@ -50,6 +54,7 @@ from flowmesh.model import (
     WorkflowState,
     WorkflowStatus,
 )
+from flowmesh.runtime._admission import Existing, decide_start
 from flowmesh.runtime._clock import Clock
 from flowmesh.runtime._leases import (
     BookkeepingEffects,
@@ -70,12 +75,21 @@ from flowmesh.runtime._translate import (
     open_timer_seqs,
 )
 from flowmesh.security._senders import SenderPolicy
-from flowmesh.store import WorkflowStore
+from flowmesh.store import HeldMessage, WorkflowStore
 from flowmesh.transport import Delivery, Outgoing, QueueKind, Transport
+
+REFUSALS_KEPT = 10
+"""Refused messages an instance's state lists (``WorkflowState.refusals``), latest last."""
 
 
 class _StaleCache(Exception):  # noqa: N818 - internal signal, never escapes the orchestrator
     """The cached execution may be behind the store: re-run the step from a fresh load."""
+
+
+class _NotHere(Exception):  # noqa: N818 - internal signal, never escapes the orchestrator
+    """This replica does not register the instance's workflow: leave its messages to one
+    that does (a rolling deploy). STALLED is only for code that has the workflow and
+    diverges from its history."""
 
 
 @dataclass(slots=True)
@@ -83,6 +97,21 @@ class _Inbound:
     delivery: Delivery
     message: Message
     done: asyncio.Future[None]
+
+
+@dataclass(slots=True)
+class _StepInput:
+    """What one batch contributes to a step, sorted by :meth:`Orchestrator._sort`."""
+
+    events: list[HistoryEvent]
+    origins: dict[int, Delivery] = field(default_factory=dict)
+    """id(event) -> the delivery it came from (to dead-letter what the engine refuses)."""
+    to_ack: list[Delivery] = field(default_factory=list)
+    replies: list[tuple[Delivery, Message]] = field(default_factory=list)
+    send_now: list[Outgoing] = field(default_factory=list)
+    """Answers to parents outside any commit (a child ID taken, a finished child's result)."""
+    purge: Control | None = None
+    book: TaskBookkeeping = field(default_factory=TaskBookkeeping)
 
 
 @dataclass(slots=True)
@@ -139,14 +168,15 @@ class Orchestrator:
         if isinstance(message, Describe):
             await self._describe(delivery, message)
             return
-        if (
-            isinstance(message, StartWorkflow)
-            and message.name not in self._app.workflows
-            and not delivery.reply_to
-        ):
-            # A child start from another workflow: a newer deployment may add the workflow,
-            # so the start waits (with backoff) instead of being dropped.
-            await self._retry_later(delivery, f"workflow {message.name!r} is not registered")
+        if isinstance(message, StartWorkflow) and message.name not in self._app.workflows:
+            # A replica of a newer (or older) deployment may have the workflow: the start
+            # waits (with backoff) for it instead of being refused and lost.
+            await self._retry_later(
+                delivery,
+                f"workflow {message.name!r} is not registered on this replica of app "
+                f"{self._app.app_id!r}",
+                start=message,
+            )
             return
         instance_id = getattr(message, "instance_id", "")
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -171,6 +201,14 @@ class Orchestrator:
     async def _run_batch(self, instance_id: str, batch: list[_Inbound]) -> None:
         try:
             await self._advance(instance_id, batch)
+        except _NotHere as not_here:
+            # This replica lacks the instance's workflow (an older deployment during a
+            # rolling update): leave every message of the instance to a replica that has it.
+            self._cache.pop(instance_id, None)
+            await asyncio.gather(
+                *(self._retry_later(item.delivery, str(not_here)) for item in batch),
+                return_exceptions=True,
+            )
         except Exception as exc:
             # Store or broker trouble: nothing was acked, so the broker redelivers later. A
             # delivery that keeps failing its step (e.g. a state grown past the size limit)
@@ -206,13 +244,24 @@ class Orchestrator:
 
     async def _advance(self, instance_id: str, batch: list[_Inbound]) -> None:
         use_cache = True
+        base_version = 0
         refusals: list[tuple[Delivery, str]] = []
         for _ in range(self._options.conflict_retries):
             try:
                 settled = await self._try_step(
-                    instance_id, batch, use_cache=use_cache, refusals=refusals
+                    instance_id,
+                    batch,
+                    use_cache=use_cache,
+                    refusals=refusals,
+                    base_version=base_version,
                 )
-            except (VersionConflictError, _StaleCache):
+            except VersionConflictError as conflict:
+                # A purged instance keeps its version: a new run continues the numbering.
+                base_version = conflict.stored_version
+                self._cache.pop(instance_id, None)
+                use_cache = False
+                continue
+            except _StaleCache:
                 self._cache.pop(instance_id, None)
                 use_cache = False
                 continue
@@ -223,7 +272,7 @@ class Orchestrator:
             await asyncio.gather(
                 *(d.ack() for d in settled),
                 *(
-                    self._transport.dead_letter(d, self._app.app_id, f"sender refused: {reason}")
+                    self._transport.dead_letter(d, self._app.app_id, f"refused: {reason}")
                     for d, reason in refusals
                 ),
             )
@@ -239,9 +288,11 @@ class Orchestrator:
         *,
         use_cache: bool,
         refusals: list[tuple[Delivery, str]],
+        base_version: int,
     ) -> list[Delivery]:
         """Run one step; returns the deliveries to ack (and fills ``refusals`` with those to
-        dead-letter because their sender may not send them, see :meth:`_check_senders`).
+        dead-letter: a sender that may not send them (:meth:`_check_senders`), a result for a
+        task that was never dispatched).
 
         A cached execution is only proven current by a successful commit. So when a step
         based on the cache would commit nothing (results dropped as duplicates, a start
@@ -250,48 +301,43 @@ class Orchestrator:
         """
         live = self._cache.get(instance_id) if use_cache else None
         from_cache = live is not None
+        starts = [i for i in batch if isinstance(i.message, StartWorkflow)]
         # A batch of starts for an unknown instance skips the load: the commit's version check
         # (expected 0) proves the instance is new, and a conflict re-runs the step with a load.
-        assume_new = use_cache and all(isinstance(i.message, StartWorkflow) for i in batch)
+        assume_new = use_cache and len(starts) == len(batch)
         if live is None and not assume_new:
             live = await self._load(instance_id)
+        if live is not None and live.state.name not in self._app.workflows:
+            raise _NotHere(
+                f"workflow {live.state.name!r} of instance {instance_id!r} is not registered "
+                f"on this replica of app {self._app.app_id!r}"
+            )
+        # Messages that arrived before the instance existed, applied by the step creating it.
+        held: list[Message] = []
+        if live is None and starts and not assume_new:
+            held = [self._codec.decode_message(h.body) for h in await self._store.held(instance_id)]
         now = self._clock.now()
-        events: list[HistoryEvent] = [StepStarted(now)]
-        to_ack: list[Delivery] = []
-        replies: list[tuple[Delivery, Message]] = []
-        purge: Control | None = None
-        book = TaskBookkeeping()
-        for item in self._check_senders(live, batch, refusals):
-            message = item.message
-            if book.add(message):
-                pass
-            elif isinstance(message, StartWorkflow):
-                self._admit_start(live, message, item.delivery, events, replies)
-            elif isinstance(message, Control) and message.action is ControlAction.PURGE:
-                purge = message
-            elif live is None and not any(isinstance(e, WorkflowStarted) for e in events):
-                self._log.warning(
-                    "message for unknown instance dropped",
-                    instance_id=instance_id,
-                    kind=type(message).__name__,
-                )
-            elif isinstance(message, ActivityResult) and _wrong_attempt(live, message):
-                # Each attempt has its own seq, so a mismatch is a forged or corrupt result.
-                self._log.warning(
-                    "activity result for another attempt dropped",
-                    instance_id=instance_id,
-                    seq=message.seq,
-                    attempt=message.attempt,
-                )
-            else:
-                event = message_to_event(message)
-                if event is not None:
-                    events.append(event)
-            to_ack.append(item.delivery)
+        step = _StepInput([StepStarted(now)])
+        await self._sort(
+            instance_id,
+            live,
+            self._check_senders(live, batch, refusals),
+            held,
+            step,
+            from_cache=from_cache,
+        )
+        events, origins, to_ack, replies = step.events, step.origins, step.to_ack, step.replies
+        send_now, purge, book = step.send_now, step.purge, step.book
 
         refused = any(isinstance(r, StartAck) and not r.created for _, r in replies)
-        if from_cache and (purge is not None or refused or (len(events) == 1 and not book)):
+        if from_cache and (
+            purge is not None or refused or send_now or (len(events) == 1 and not book)
+        ):
             raise _StaleCache
+        if send_now:
+            # Answers to parents (a duplicate child ID, a child already finished) are not part
+            # of any commit: publish them (confirmed) before the start is acked.
+            await self._transport.publish(send_now)
         if purge is not None:
             await self._purge(instance_id, live, purge)
             return to_ack
@@ -300,20 +346,144 @@ class Orchestrator:
             return to_ack
 
         if live is None:
-            live = _Live(
-                self._new_execution(),
-                _blank_state(instance_id, self._app.app_id),
-            )
+            blank = _blank_state(instance_id, self._app.app_id, base_version)
+            live = _Live(self._new_execution(), blank)
         outcome = live.execution.step(events)
         effects = apply_bookkeeping(
             book, live.execution, live.state.waiting_on, instance_id=instance_id, now=now
         )
         if from_cache and (outcome.dropped or effects.stale or not (outcome.changed or effects)):
             raise _StaleCache
-        if outcome.changed or effects:
-            await self._commit(instance_id, live, outcome, now, effects)
+        refused_now = self._refused(outcome, origins, refusals, to_ack)
+        if outcome.changed or effects or refused_now:
+            await self._commit(
+                instance_id, live, outcome, now, effects, refused=refused_now, take_held=len(held)
+            )
         await self._send_replies(replies)
         return to_ack
+
+    async def _sort(
+        self,
+        instance_id: str,
+        live: _Live | None,
+        checked: list[_Inbound],
+        held: list[Message],
+        step: _StepInput,
+        *,
+        from_cache: bool,
+    ) -> None:
+        """Turn a batch's messages into the step's events, answers and side work."""
+        started: WorkflowStarted | None = None
+        run_id = live.state.run_id if live is not None else ""
+        terminated_early = next(
+            (m for m in held if isinstance(m, Control) and m.action is ControlAction.TERMINATE),
+            None,
+        )
+        for item in checked:
+            message = item.message
+            step.to_ack.append(item.delivery)
+            if isinstance(message, StartWorkflow):
+                decision = decide_start(
+                    message,
+                    app_id=self._app.app_id,
+                    existing=_existing(live, started),
+                    terminated_early=terminated_early,
+                    run_id=uuid.uuid4().hex,
+                    encode=self._codec.encode_message,
+                )
+                if decision.refused:
+                    self._log.warning("start refused", reason=decision.refused)
+                if decision.started is not None:
+                    started = decision.started
+                    run_id = started.run_id
+                    step.events.append(started)
+                    step.events.extend(self._held_events(held))
+                if decision.reply is not None and item.delivery.reply_to:
+                    step.replies.append((item.delivery, decision.reply))
+                if decision.send is not None:
+                    step.send_now.append(decision.send)
+                continue
+            if isinstance(message, Control) and message.action is ControlAction.PURGE:
+                step.purge = message
+                continue
+            message_run = getattr(message, "run_id", "")
+            if message_run and message_run != run_id:
+                if from_cache:
+                    raise _StaleCache  # the cache may hold an older run: check the store
+                self._log.info(
+                    "message for another run dropped",
+                    kind=type(message).__name__,
+                    run_id=message_run,
+                    current_run=run_id,
+                )
+                continue
+            if step.book.add(message):
+                continue
+            if live is None and started is None:
+                await self._hold_or_drop(instance_id, item)
+                continue
+            if isinstance(message, ActivityResult) and _wrong_attempt(live, message):
+                # Each attempt has its own seq, so a mismatch is a forged or corrupt result.
+                self._log.warning(
+                    "activity result for another attempt dropped",
+                    seq=message.seq,
+                    attempt=message.attempt,
+                )
+                continue
+            event = message_to_event(message)
+            if event is not None:
+                step.events.append(event)
+                step.origins[id(event)] = item.delivery
+
+    def _refused(
+        self,
+        outcome: StepOutcome,
+        origins: dict[int, Delivery],
+        refusals: list[tuple[Delivery, str]],
+        to_ack: list[Delivery],
+    ) -> tuple[str, ...]:
+        """Move the deliveries of events the engine refused from ``to_ack`` to
+        ``refusals``; returns the reasons, recorded in the instance's state."""
+        reasons = []
+        for event, reason in outcome.refused:
+            self._log.error("message refused", reason=reason)
+            reasons.append(reason)
+            delivery = origins.get(id(event))
+            if delivery is None:  # held messages are events and controls, never refused
+                continue
+            to_ack[:] = [d for d in to_ack if d is not delivery]
+            refusals.append((delivery, reason))
+        return tuple(reasons)
+
+    async def _hold_or_drop(self, instance_id: str, item: _Inbound) -> None:
+        """A message for an instance that does not exist: an event or control (but purge)
+        may precede its start, so it is held until the instance is created (or dead-lettered
+        past the holding bound); anything else belongs to a purged or unknown run."""
+        if not isinstance(item.message, RaiseEvent | Control):
+            self._log.warning(
+                "message for unknown instance dropped", kind=type(item.message).__name__
+            )
+            return
+        message = HeldMessage(
+            item.delivery.body,
+            self._clock.now(),
+            item.delivery.user_id,
+            item.delivery.message_id,
+        )
+        if not await self._store.hold(instance_id, message):
+            raise _StaleCache  # created meanwhile: apply it to the instance instead
+        self._log.info(
+            "message held until the instance exists",
+            kind=type(item.message).__name__,
+            hold_for=self._options.hold_unknown_for,
+        )
+
+    def _held_events(self, held: list[Message]) -> list[HistoryEvent]:
+        """The events of messages held before the instance existed, in arrival order."""
+        events = [e for e in map(message_to_event, held) if e is not None]
+        if events:
+            self._log.info("held messages applied", count=len(events))
+        return events
 
     def _check_senders(
         self, live: _Live | None, batch: list[_Inbound], refusals: list[tuple[Delivery, str]]
@@ -340,52 +510,8 @@ class Orchestrator:
                 self._log.error(
                     "message refused", instance_id=live.state.instance_id, reason=reason
                 )
-                refusals.append((item.delivery, reason))
+                refusals.append((item.delivery, f"sender refused: {reason}"))
         return accepted
-
-    def _admit_start(
-        self,
-        live: _Live | None,
-        message: StartWorkflow,
-        delivery: Delivery,
-        events: list[HistoryEvent],
-        replies: list[tuple[Delivery, Message]],
-    ) -> None:
-        """Turn a start into a WorkflowStarted event, or answer why it cannot start."""
-        exists = live is not None or any(isinstance(e, WorkflowStarted) for e in events)
-        if exists and message.request_id and message.request_id == _start_request(live, events):
-            # The same request redelivered (the replica that created it died before acking):
-            # answer as the first time.
-            if delivery.reply_to:
-                replies.append((delivery, StartAck(message.instance_id, True)))
-            return
-        if exists:
-            if delivery.reply_to:
-                status = live.state.status.value if live else "PENDING"
-                error = (
-                    f"workflow instance {message.instance_id!r} already exists (status {status})"
-                )
-                replies.append((delivery, StartAck(message.instance_id, False, error, "exists")))
-            return  # a duplicate start (redelivery, or retried child start) changes nothing
-        if message.name not in self._app.workflows:
-            # Only client starts get here (see handle): refuse them clearly, write nothing.
-            error = f"workflow {message.name!r} is not registered on app {self._app.app_id!r}"
-            replies.append(
-                (delivery, StartAck(message.instance_id, False, error, "unknown_workflow"))
-            )
-            return
-        events.append(
-            WorkflowStarted(
-                message.name,
-                message.instance_id,
-                self._app.app_id,
-                message.input,
-                message.parent,
-                message.request_id,
-            )
-        )
-        if delivery.reply_to:
-            replies.append((delivery, StartAck(message.instance_id, True)))
 
     async def _commit(
         self,
@@ -394,6 +520,9 @@ class Orchestrator:
         outcome: StepOutcome,
         now: datetime,
         effects: BookkeepingEffects,
+        *,
+        refused: tuple[str, ...] = (),
+        take_held: int = 0,
     ) -> None:
         execution = live.execution
         history = live.history
@@ -427,6 +556,8 @@ class Orchestrator:
                     continued.output,
                     execution.parent,
                     first_seq=execution.next_seq,
+                    run_id=uuid.uuid4().hex,
+                    seen_event_ids=execution.recent_event_ids,
                 ),
                 *continued.carried_events,
             ]
@@ -442,6 +573,7 @@ class Orchestrator:
                 [*commands, *effects.redispatch],
                 instance_id=instance_id,
                 app_id=self._app.app_id,
+                run_id=execution.run_id,
                 parent=execution.parent,
                 encode=self._codec.encode_message,
             )
@@ -450,7 +582,7 @@ class Orchestrator:
             raise FlowmeshError(f"cannot encode a message of {instance_id}: {exc}") from exc
         version = live.state.version + 1
         state = build_state(
-            live.state if live.state.version else None,
+            live.state if live.state.run_id else None,
             outcome,
             instance_id=instance_id,
             app_id=self._app.app_id,
@@ -460,12 +592,15 @@ class Orchestrator:
             now=now,
             version=version,
             history_length=len(history) + len(append),
+            run_id=execution.run_id,
             waiting_on=with_details(outcome.waiting_on, live.state.waiting_on, effects.details),
+            refusals=(*live.state.refusals, *refused)[-REFUSALS_KEPT:],
         )
-        timers = (*new_timers(instance_id, commands), *effects.add_timers)
+        timers = (*new_timers(instance_id, execution.run_id, commands), *effects.add_timers)
         commit = build_commit(
             instance_id=instance_id,
             expected_version=live.state.version,
+            expected_run_id=live.state.run_id,
             state=state,
             append=append,
             replace_history=replace,
@@ -474,6 +609,7 @@ class Orchestrator:
             cancel_timers=cancel,
             # The previous step's published entries, if their batched clean-up has not run yet.
             clear_outbox=self._clearer.pending(instance_id) if self._clearer else (),
+            take_held=take_held,
             # Result waiters are answered once the instance finishes or stalls; taking them in
             # the same script leaves no window for one to be added and missed.
             take_waiters=state.status.ends_waiting,
@@ -501,9 +637,7 @@ class Orchestrator:
             await self._notify_waiters(instance_id, state, waiters)
 
     def _log_transition(self, before: WorkflowState, after: WorkflowState) -> None:
-        if before.version == 0 or (
-            after.history_length < before.history_length and after.status is WorkflowStatus.RUNNING
-        ):
+        if before.run_id != after.run_id:
             self._log.info("workflow started", instance_id=after.instance_id, workflow=after.name)
         if after.status is not before.status and after.status is not WorkflowStatus.RUNNING:
             self._log.info(
@@ -562,6 +696,8 @@ class Orchestrator:
                     return  # answered when the instance finishes
             else:
                 state = await self._store.load_state(message.instance_id)
+            if state is None:
+                state = await self._waiting_start_state(message.instance_id)
             if delivery.reply_to:
                 reply = StateReply(message.instance_id, state)
                 await self._transport.send_reply(
@@ -572,6 +708,18 @@ class Orchestrator:
                 )
         finally:
             await delivery.ack()
+
+    async def _waiting_start_state(self, instance_id: str) -> WorkflowState | None:
+        """A PENDING state for a start that waits for a replica registering its workflow
+        (so ``describe()`` says why nothing runs), or None."""
+        waiting = await self._store.waiting_start(instance_id)
+        if waiting is None:
+            return None
+        name, note = waiting
+        pending = PendingTask("deployment", name, self._app.app_id, detail=note)
+        return WorkflowState(
+            instance_id, self._app.app_id, name, WorkflowStatus.PENDING, waiting_on=(pending,)
+        )
 
     async def _notify_waiters(
         self, instance_id: str, state: WorkflowState, waiters: Sequence[str]
@@ -608,12 +756,28 @@ class Orchestrator:
         self._cache.pop(instance_id, None)
         self._log.info("instance purged", instance_id=instance_id)
 
-    async def _retry_later(self, delivery: Delivery, reason: str) -> None:
-        """Hold a delivery we cannot serve yet, then hand it back (backoff by delivery count)."""
+    async def _retry_later(
+        self, delivery: Delivery, reason: str, *, start: StartWorkflow | None = None
+    ) -> None:
+        """Hold a delivery we cannot serve yet, then hand it back (backoff by delivery count).
+
+        For a ``start``, the reason is noted in the store for ``describe()`` and a waiting
+        client is told (on the first delivery) that its start waits."""
         delay = min(2.0 ** (delivery.delivery_count - 1), self._options.unknown_name_max_backoff)
         self._log.warning(
-            "task waits for a deployment that registers it", reason=reason, retry_in=delay
+            "message waits for a deployment that registers its workflow",
+            reason=reason,
+            retry_in=delay,
+            delivery_count=delivery.delivery_count,
         )
+        if start is not None:
+            note = f"{reason}; the start waits for a replica that has it"
+            with contextlib.suppress(FlowmeshError):  # informative only; the start is kept
+                ttl = timedelta(seconds=4 * self._options.unknown_name_max_backoff)
+                await self._store.note_waiting_start(start.instance_id, start.name, note, ttl)
+            if delivery.reply_to and delivery.delivery_count == 1:
+                answer = StartAck(start.instance_id, False, note, "waiting_for_deployment")
+                await self._send_replies([(delivery, answer)])
         await self._clock.sleep(delay)
         await delivery.requeue()
 
@@ -635,17 +799,23 @@ def _failure_shown(failure: FailureDetails | None, codec: Codec) -> str | None:
     return failure.message if codec.payload_codec is None else failure.error_type
 
 
-def _start_request(live: _Live | None, pending: list[HistoryEvent]) -> str:
-    """The request ID that created the instance (from history or this step's events)."""
-    events = [*(live.history if live else ()), *pending]
-    started = next((e for e in events if isinstance(e, WorkflowStarted)), None)
-    return started.request_id if started else ""
-
-
-def _blank_state(instance_id: str, app_id: str) -> WorkflowState:
+def _blank_state(instance_id: str, app_id: str, version: int) -> WorkflowState:
+    """The state an instance is created from (``version``: that of a purged earlier run)."""
     return WorkflowState(
-        instance_id=instance_id, app_id=app_id, name="", status=WorkflowStatus.PENDING
+        instance_id=instance_id,
+        app_id=app_id,
+        name="",
+        status=WorkflowStatus.PENDING,
+        version=version,
     )
+
+
+def _existing(live: _Live | None, started: WorkflowStarted | None) -> Existing | None:
+    """What a start finds: the stored instance, or one a start of this batch created."""
+    if live is not None:
+        first = next((e for e in live.history if isinstance(e, WorkflowStarted)), None)
+        return Existing(live.state, first)
+    return Existing(None, started) if started is not None else None
 
 
 __all__ = ["FailureDetails", "Orchestrator", "ParentRef"]

@@ -68,7 +68,7 @@ class TimerPoller:
                     Outgoing(
                         self._app_id,
                         QueueKind.REPLY,
-                        self._codec.encode_message(TimerDue(t.instance_id, t.seq)),
+                        self._codec.encode_message(TimerDue(t.instance_id, t.seq, t.run_id)),
                         f"timer:{t.instance_id}#{t.seq}",
                     )
                     for t in due

@@ -79,21 +79,24 @@ def command_messages(
     *,
     instance_id: str,
     app_id: str,
+    run_id: str,
     parent: ParentRef | None,
     encode: Encode,
 ) -> list[Outgoing]:
-    """The messages a step's commands send (timers and continue-as-new are handled apart)."""
+    """The messages a step's commands send (timers and continue-as-new are handled apart).
+
+    Every task and child start carries ``run_id``, and results come back with it."""
     out: list[Outgoing] = []
     for command in commands:
         match command:
             case ScheduleActivity(seq=seq, name=name, app_id=target, input=value, attempt=attempt):
-                task = ActivityTask(instance_id, app_id, target, seq, attempt, name, value)
+                task = ActivityTask(instance_id, app_id, target, seq, attempt, name, value, run_id)
                 out.append(
                     Outgoing(target, QueueKind.WORK, encode(task), f"{instance_id}#{seq}/{attempt}")
                 )
             case ScheduleChildWorkflow(seq=seq, name=name, app_id=target, instance_id=child):
                 start = StartWorkflow(
-                    child, name, target, command.input, ParentRef(instance_id, app_id, seq)
+                    child, name, target, command.input, ParentRef(instance_id, app_id, seq, run_id)
                 )
                 out.append(Outgoing(target, QueueKind.WORK, encode(start), f"start:{child}"))
             case TerminateChildren(instance_id=child, app_id=target, reason=reason):
@@ -108,19 +111,52 @@ def command_messages(
                         f"child workflow {instance_id} was terminated: {output}",
                     )
                     output = None
-                result = ChildResult(parent.instance_id, parent.seq, instance_id, output, failure)
-                out.append(
-                    Outgoing(parent.app_id, QueueKind.REPLY, encode(result), f"child:{instance_id}")
-                )
+                out.append(child_result(parent, instance_id, output, failure, encode))
             case StartTimer() | CompleteWorkflow():
                 pass
     return out
 
 
-def new_timers(instance_id: str, commands: Sequence[Command]) -> tuple[TimerEntry, ...]:
-    """Durable timers the step's commands create."""
+def child_result(
+    parent: ParentRef,
+    instance_id: str,
+    output: object,
+    failure: FailureDetails | None,
+    encode: Encode,
+) -> Outgoing:
+    """The ``ChildResult`` telling ``parent`` (that run of it) how child ``instance_id``
+    ended."""
+    result = ChildResult(
+        parent.instance_id, parent.seq, instance_id, output, failure, parent.run_id
+    )
+    return Outgoing(parent.app_id, QueueKind.REPLY, encode(result), f"child:{instance_id}")
+
+
+def final_child_result(state: WorkflowState, encode: Encode) -> Outgoing | None:
+    """The ``ChildResult`` of a finished child, from its stored state (sent again when its
+    parent's start is redelivered after the child finished); None if it has not finished or
+    has no parent."""
+    if state.parent is None or not state.status.is_terminal:
+        return None
+    messages = command_messages(
+        [CompleteWorkflow(state.status, state.output, state.failure)],
+        instance_id=state.instance_id,
+        app_id=state.app_id,
+        run_id=state.run_id,
+        parent=state.parent,
+        encode=encode,
+    )
+    return messages[0] if messages else None
+
+
+def new_timers(
+    instance_id: str, run_id: str, commands: Sequence[Command]
+) -> tuple[TimerEntry, ...]:
+    """Durable timers the step's commands create (fenced to ``run_id``)."""
     return tuple(
-        TimerEntry(instance_id, c.seq, c.fire_at) for c in commands if isinstance(c, StartTimer)
+        TimerEntry(instance_id, c.seq, c.fire_at, run_id)
+        for c in commands
+        if isinstance(c, StartTimer)
     )
 
 
@@ -143,7 +179,9 @@ def build_state(
     now: datetime,
     version: int,
     history_length: int,
+    run_id: str,
     waiting_on: tuple[PendingTask, ...] | None = None,
+    refusals: tuple[str, ...] = (),
 ) -> WorkflowState:
     """The instance state recorded with a step's commit."""
     return WorkflowState(
@@ -162,6 +200,8 @@ def build_state(
         stall_reason=outcome.stall_reason,
         history_length=history_length,
         version=version,
+        run_id=run_id,
+        refusals=refusals,
     )
 
 
@@ -169,6 +209,7 @@ def build_commit(
     *,
     instance_id: str,
     expected_version: int,
+    expected_run_id: str,
     state: WorkflowState,
     append: Sequence[HistoryEvent],
     replace_history: bool,
@@ -176,6 +217,7 @@ def build_commit(
     timers: Sequence[TimerEntry],
     cancel_timers: Sequence[int],
     clear_outbox: Sequence[str] = (),
+    take_held: int = 0,
     take_waiters: bool = False,
 ) -> Commit:
     """Assemble the atomic commit of one step; outbox entry IDs are unique per version."""
@@ -186,6 +228,7 @@ def build_commit(
     return Commit(
         instance_id=instance_id,
         expected_version=expected_version,
+        expected_run_id=expected_run_id,
         state=state,
         append=tuple(append),
         replace_history=replace_history,
@@ -193,5 +236,6 @@ def build_commit(
         add_timers=tuple(timers),
         cancel_timers=tuple(sorted(set(cancel_timers))),
         clear_outbox=tuple(clear_outbox),
+        take_held=take_held,
         take_waiters=take_waiters,
     )

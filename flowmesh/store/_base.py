@@ -31,11 +31,26 @@ class OutboxEntry:
 
 @dataclass(frozen=True, slots=True)
 class TimerEntry:
-    """A durable timer: deliver ``TimerDue(instance_id, seq)`` at ``fire_at``."""
+    """A durable timer: deliver ``TimerDue(instance_id, seq, run_id)`` at ``fire_at``."""
 
     instance_id: str
     seq: int
     fire_at: datetime
+    run_id: str = ""
+    """The run that created the timer: a timer of an earlier run never fires into a new one."""
+
+
+@dataclass(frozen=True, slots=True)
+class HeldMessage:
+    """A message that arrived for an instance that did not exist yet (an event raised right
+    after the start, a terminate that overtook its start), kept until the instance is
+    created or the holding bound passes."""
+
+    body: bytes
+    held_at: datetime
+    user_id: str = ""
+    """The verified sender, for the sender checks applied when the message is used."""
+    message_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +73,10 @@ class Commit:
     instance_id: str
     expected_version: int
     state: WorkflowState
+    expected_run_id: str = ""
+    """The run the step was computed for ('' when creating the instance): together with the
+    version it fences runs, so a replica's cached view of an earlier run can never commit
+    into a new run of the same instance ID."""
     append: tuple[HistoryEvent, ...] = ()
     replace_history: bool = False
     outbox: tuple[OutboxEntry, ...] = ()
@@ -65,6 +84,10 @@ class Commit:
     cancel_timers: tuple[int, ...] = ()
     clear_outbox: tuple[str, ...] = ()
     """Entry IDs of this instance's earlier outbox entries that were published meanwhile."""
+    take_held: int = 0
+    """When creating the instance: how many held messages (:meth:`WorkflowStore.hold`) the
+    step applied. The commit fails as a conflict unless exactly that many are held, and
+    removes them; so a message held meanwhile is never left behind."""
     take_waiters: bool = False
     """Also remove and return the addresses waiting for this instance (set when the step
     finishes or stalls it): atomically with the state change, so a waiter added before the
@@ -124,7 +147,34 @@ class WorkflowStore(Protocol):
         """
 
     async def purge(self, instance_id: str) -> bool:
-        """Delete everything about the instance; False if it did not exist."""
+        """Delete everything about the instance but its version, so a new run of the ID
+        continues the numbering; False if it did not exist."""
+
+    async def hold(self, instance_id: str, message: HeldMessage) -> bool:
+        """Atomically: unless the instance exists, keep ``message`` for it (in arrival
+        order). False if the instance exists (apply the message to it instead)."""
+
+    async def held(self, instance_id: str) -> list[HeldMessage]:
+        """The messages held for ``instance_id``, oldest first."""
+
+    async def expired_held(
+        self, before: datetime, limit: int = 100
+    ) -> list[tuple[str, list[HeldMessage]]]:
+        """Instances whose oldest held message arrived before ``before`` (at most ``limit``),
+        with all their held messages, oldest first."""
+
+    async def drop_held(self, instance_id: str, before: datetime) -> None:
+        """Forget the messages held for ``instance_id`` that arrived before ``before`` (once
+        they were dead-lettered); idempotent."""
+
+    async def note_waiting_start(
+        self, instance_id: str, name: str, note: str, ttl: timedelta
+    ) -> None:
+        """Remember for ``ttl`` why a start of workflow ``name`` as ``instance_id`` waits (no
+        replica that took it registers the workflow), for ``describe()``."""
+
+    async def waiting_start(self, instance_id: str) -> tuple[str, str] | None:
+        """``(name, note)`` of a start of ``instance_id`` that waits, if noted recently."""
 
     async def list_instances(
         self, status: WorkflowStatus | None = None, limit: int = 100

@@ -19,6 +19,8 @@ REDIS_COMMANDS = (
     "ping",
     "evalsha",
     "script|load",
+    "set",
+    "get",
     "multi",
     "exec",
     "discard",
@@ -34,10 +36,13 @@ REDIS_COMMANDS = (
     # run by its Lua scripts (ACLs apply to commands inside scripts too)
     "exists",
     "hdel",
+    "hexists",
     "hmget",
     "hset",
     "hvals",
     "incr",
+    "llen",
+    "ltrim",
     "rpush",
     "sadd",
     "zadd",
@@ -67,6 +72,7 @@ class RedisKeys:
         self.outbox_index = self.base + "outbox"
         self.timers = self.base + "timers"
         self.seq = self.base + "seq"
+        self.held_index = self.base + "early"
         # All status indexes, passed to scripts that may move an instance between them.
         self.status_indexes = tuple(f"{self.index}:{status.value}" for status in WorkflowStatus)
 
@@ -90,6 +96,14 @@ class RedisKeys:
         """Set of reply addresses waiting for the instance's result."""
         return f"{self.base}w:{instance_id}"
 
+    def held(self, instance_id: str) -> str:
+        """List of messages held until the instance exists (see ``WorkflowStore.hold``)."""
+        return f"{self.base}e:{instance_id}"
+
+    def waiting_start(self, instance_id: str) -> str:
+        """String ``<workflow name>\n<note>``: why a start of the instance waits (expires)."""
+        return f"{self.base}n:{instance_id}"
+
     def status_index(self, status: WorkflowStatus) -> str:
         """Zset of the instances currently in ``status``."""
         return f"{self.index}:{status.value}"
@@ -105,18 +119,41 @@ class RedisKeys:
         ]
 
 
-def timer_member(instance_id: str, seq: int, fire_ms: int) -> str:
-    """Member of the timers zset; carries the original fire time, which the score does not."""
-    return f"{instance_id}{_SEP}{seq}{_SEP}{fire_ms}"
+def timer_member(instance_id: str, run_id: str, seq: int, fire_ms: int) -> str:
+    """Member of the timers zset; carries the run and the original fire time, which the
+    score does not."""
+    return f"{instance_id}{_SEP}{run_id}{_SEP}{seq}{_SEP}{fire_ms}"
 
 
-def parse_timer_member(member: bytes) -> tuple[str, int, int]:
-    """``(instance_id, seq, fire_ms)`` from a timers zset member."""
+def parse_timer_member(member: bytes) -> tuple[str, str, int, int]:
+    """``(instance_id, run_id, seq, fire_ms)`` from a timers zset member."""
     try:
-        instance_id, seq, fire_ms = member.decode().rsplit(_SEP, 2)
-        return instance_id, int(seq), int(fire_ms)
+        parts = member.decode().split(_SEP)
+        if len(parts) == 3:  # written before timers carried their run: "<id>|<seq>|<fire_ms>"
+            parts.insert(1, "")
+        instance_id, run_id, seq, fire_ms = parts
+        return instance_id, run_id, int(seq), int(fire_ms)
     except ValueError as exc:
         raise DecodeError(f"malformed timer member {member!r} in the Redis store") from exc
+
+
+def encode_held(held_ms: int, user_id: str, message_id: str, body: bytes) -> bytes:
+    """A held message as ``b"<arrival ms>:"`` + a msgpack map (the Lua scripts read the
+    arrival time from the prefix)."""
+    packed: bytes = msgpack.packb(
+        {"user_id": user_id, "message_id": message_id, "body": body}, use_bin_type=True
+    )
+    return f"{held_ms}:".encode() + packed
+
+
+def decode_held(data: bytes) -> tuple[int, str, str, bytes]:
+    """``(arrival ms, user_id, message_id, body)`` from :func:`encode_held` bytes."""
+    try:
+        prefix, packed = data.split(b":", 1)
+        fields = msgpack.unpackb(packed, raw=False)
+        return int(prefix), fields["user_id"], fields["message_id"], fields["body"]
+    except (ValueError, KeyError, TypeError, UnpackException) as exc:
+        raise DecodeError(f"malformed held message in the Redis store: {exc}") from exc
 
 
 def encode_outgoing(message: Outgoing, order: tuple[int, int]) -> bytes:

@@ -1,6 +1,6 @@
 -- flowmesh: apply one workflow step atomically (see docs/redis-keys.md).
 --
--- KEYS[1] instance hash  fm:{app}:i:<id>   fields v (version), s (state), status
+-- KEYS[1] instance hash  fm:{app}:i:<id>   fields v (version), r (run ID), s (state), status
 -- KEYS[2] history list   fm:{app}:h:<id>
 -- KEYS[3] outbox hash    fm:{app}:o:<id>   entry_id -> encoded message
 -- KEYS[4] timer hash     fm:{app}:t:<id>   seq -> member in the timers zset
@@ -9,19 +9,35 @@
 -- KEYS[7] timers         fm:{app}:timers   zset "<id>|<seq>|<fire_ms>" -> due ms
 -- KEYS[8] sequence       fm:{app}:seq      counter ordering creations and outbox commits
 -- KEYS[9] waiters        fm:{app}:w:<id>   set of reply addresses waiting for the result
--- KEYS[10..] status index fm:{app}:idx:<STATUS>, one per status
+-- KEYS[10] held messages fm:{app}:e:<id>   list of messages that arrived before the instance
+-- KEYS[11] held index    fm:{app}:early    zset id -> arrival ms of its oldest held message
+-- KEYS[12..] status index fm:{app}:idx:<STATUS>, one per status
 --
 -- ARGV: id, expected version, new version, status, state blob, replace (0|1),
 --       n_events, events..., n_outbox, (entry_id, blob)..., n_cancel, seq...,
---       n_add, (seq, member, due_ms)..., n_clear, entry_id..., take_waiters (0|1)
+--       n_add, (seq, member, due_ms)..., n_clear, entry_id..., take_waiters (0|1),
+--       expected run ID, new run ID, take_held
 --
 -- Returns {1, waiter...} when applied (the waiters it removed, only with take_waiters = 1),
--- {0, stored_version} on a version conflict (nothing written, the waiters stay).
+-- {0, stored_version} on a conflict (nothing written, the waiters stay): the stored version
+-- or run differs from the expected one, or (creating) not exactly take_held messages are held.
 
 local id = ARGV[1]
-local stored = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
-if stored ~= tonumber(ARGV[2]) then
+local found = redis.call('HMGET', KEYS[1], 'v', 'r', 's')
+local stored = tonumber(found[1] or '0')
+local n = #ARGV
+if stored ~= tonumber(ARGV[2]) or (found[2] or '') ~= ARGV[n - 2] then
   return {0, stored}
+end
+if not found[3] then
+  -- Creating: the step must have applied every message held for the instance.
+  if redis.call('LLEN', KEYS[10]) ~= tonumber(ARGV[n]) then
+    return {0, stored}
+  end
+  if tonumber(ARGV[n]) > 0 then
+    redis.call('DEL', KEYS[10])
+    redis.call('ZREM', KEYS[11], id)
+  end
 end
 
 -- unpack() is bounded by the Lua C stack (~8000 values), so variadic commands go in chunks.
@@ -34,7 +50,7 @@ local function call_chunked(command, key, first, last, step)
 end
 
 local status_keys = {}
-for i = 10, #KEYS do
+for i = 12, #KEYS do
   status_keys[string.match(KEYS[i], ':([A-Z_]+)$')] = KEYS[i]
 end
 local status = ARGV[4]
@@ -53,7 +69,7 @@ pos = pos + n_events + 1
 
 -- State, version and the indexes.
 local old_status = redis.call('HGET', KEYS[1], 'status')
-redis.call('HSET', KEYS[1], 'v', ARGV[3], 's', ARGV[5], 'status', status)
+redis.call('HSET', KEYS[1], 'v', ARGV[3], 'r', ARGV[n - 1], 's', ARGV[5], 'status', status)
 local score = redis.call('ZSCORE', KEYS[5], id)
 if not score then
   score = redis.call('INCR', KEYS[8])

@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 
 from flowmesh._errors import VersionConflictError
 from flowmesh.model import HistoryEvent, WorkflowState, WorkflowStatus, check_instance_id
-from flowmesh.store._base import Commit, InstanceRecord, OutboxEntry, TimerEntry
+from flowmesh.store._base import Commit, HeldMessage, InstanceRecord, OutboxEntry, TimerEntry
 from flowmesh.transport._base import Outgoing
 
 __all__ = ["MemoryStore"]
@@ -92,6 +92,7 @@ class _Instance:
 class _Timer:
     due_ms: int  # when it may be claimed next: fire time, or claim time + lease
     fire_ms: int  # the fire time the workflow asked for, reported to the claimer
+    run_id: str = ""
 
 
 class MemoryStore:
@@ -109,6 +110,13 @@ class MemoryStore:
         self._outbox_index: dict[str, int] = {}
         # One counter orders both instance creation and outbox commits, like the Redis store's.
         self._seq = 0
+        # Versions of purged instances: a new run of the ID continues from there.
+        self._purged_versions: dict[str, int] = {}
+        # Messages held for instances that do not exist yet, in arrival order.
+        self._held: dict[str, list[HeldMessage]] = {}
+        # Starts waiting for a replica that registers their workflow: id -> (name, note).
+        # Kept until the instance is created (the TTL only matters for a long-lived Redis).
+        self._waiting_starts: dict[str, tuple[str, str]] = {}
 
     def __repr__(self) -> str:
         return f"MemoryStore(app_id={self.app_id!r}, instances={len(self._instances)})"
@@ -137,11 +145,23 @@ class MemoryStore:
         _check_commit(commit)
         instance_id = commit.instance_id
         found = self._instances.get(instance_id)
-        stored_version = 0 if found is None else found.state.version
-        if stored_version != commit.expected_version:
+        if found is None:
+            stored_version, stored_run = self._purged_versions.get(instance_id, 0), ""
+        else:
+            stored_version, stored_run = found.state.version, found.state.run_id
+        if stored_version != commit.expected_version or stored_run != commit.expected_run_id:
             raise VersionConflictError(
-                f"instance {instance_id!r}: expected version {commit.expected_version}, "
-                f"stored version {stored_version}"
+                f"instance {instance_id!r}: expected version {commit.expected_version} of run "
+                f"{commit.expected_run_id!r}, stored version {stored_version} of run "
+                f"{stored_run!r}",
+                stored_version=stored_version,
+            )
+        held = len(self._held.get(instance_id, ())) if found is None else 0
+        if held != commit.take_held:
+            raise VersionConflictError(
+                f"instance {instance_id!r}: {held} messages are held for it, the step applied "
+                f"{commit.take_held}",
+                stored_version=stored_version,
             )
         # Validate everything that can fail before mutating, so a failure writes nothing.
         fire_times = [(timer.seq, _epoch_ms(timer.fire_at)) for timer in commit.add_timers]
@@ -149,6 +169,9 @@ class MemoryStore:
         if found is None:
             found = _Instance(state=commit.state, history=[], created_seq=self._next_seq())
             self._instances[instance_id] = found
+            self._held.pop(instance_id, None)
+            self._purged_versions.pop(instance_id, None)
+            self._waiting_starts.pop(instance_id, None)
         if commit.replace_history:
             found.history = list(commit.append)
         else:
@@ -167,8 +190,8 @@ class MemoryStore:
         # Cancel before add, as the Lua script does: a commit may re-arm a cancelled seq.
         for seq in commit.cancel_timers:
             self._timers.pop((instance_id, seq), None)
-        for seq, fire_ms in fire_times:
-            self._timers[(instance_id, seq)] = _Timer(due_ms=fire_ms, fire_ms=fire_ms)
+        for timer, (seq, fire_ms) in zip(commit.add_timers, fire_times, strict=True):
+            self._timers[(instance_id, seq)] = _Timer(fire_ms, fire_ms, timer.run_id)
 
         if not commit.take_waiters:
             return []
@@ -219,7 +242,9 @@ class MemoryStore:
         claimed: list[TimerEntry] = []
         for _, _, instance_id, seq, timer in due:
             timer.due_ms = until_ms
-            claimed.append(TimerEntry(instance_id, seq, _from_epoch_ms(timer.fire_ms)))
+            claimed.append(
+                TimerEntry(instance_id, seq, _from_epoch_ms(timer.fire_ms), timer.run_id)
+            )
         return claimed
 
     async def next_timer_at(self) -> datetime | None:
@@ -246,13 +271,61 @@ class MemoryStore:
         return waiters
 
     async def purge(self, instance_id: str) -> bool:
-        """Delete the instance, its history, outbox, timers and waiters; False if absent."""
-        if self._instances.pop(instance_id, None) is None:
+        """Delete the instance, its history, outbox, timers and waiters, keeping its version
+        for the next run of the ID; False if absent."""
+        found = self._instances.pop(instance_id, None)
+        if found is None:
             return False
+        self._purged_versions[instance_id] = found.state.version
         self._outbox_index.pop(instance_id, None)
         for key in [key for key in self._timers if key[0] == instance_id]:
             del self._timers[key]
         return True
+
+    async def hold(self, instance_id: str, message: HeldMessage) -> bool:
+        """Keep ``message`` until the instance exists; False if it exists already."""
+        if instance_id in self._instances:
+            return False
+        check_instance_id(instance_id)
+        held_at = _from_epoch_ms(_epoch_ms(message.held_at))  # millisecond precision, as Redis
+        self._held.setdefault(instance_id, []).append(
+            HeldMessage(message.body, held_at, message.user_id, message.message_id)
+        )
+        return True
+
+    async def held(self, instance_id: str) -> list[HeldMessage]:
+        """The messages held for ``instance_id``, oldest first."""
+        return list(self._held.get(instance_id, ()))
+
+    async def expired_held(
+        self, before: datetime, limit: int = 100
+    ) -> list[tuple[str, list[HeldMessage]]]:
+        """Instances whose oldest held message arrived before ``before``, oldest first."""
+        expired = sorted(
+            (messages[0].held_at, instance_id)
+            for instance_id, messages in self._held.items()
+            if messages and messages[0].held_at < before
+        )[: max(limit, 0)]
+        return [(instance_id, list(self._held[instance_id])) for _, instance_id in expired]
+
+    async def drop_held(self, instance_id: str, before: datetime) -> None:
+        """Forget the held messages of ``instance_id`` that arrived before ``before``."""
+        kept = [m for m in self._held.get(instance_id, ()) if m.held_at >= before]
+        if kept:
+            self._held[instance_id] = kept
+        else:
+            self._held.pop(instance_id, None)
+
+    async def note_waiting_start(
+        self, instance_id: str, name: str, note: str, ttl: timedelta
+    ) -> None:
+        """Remember why a start of ``instance_id`` waits (until the instance is created)."""
+        check_instance_id(instance_id)
+        self._waiting_starts[instance_id] = (name, note)
+
+    async def waiting_start(self, instance_id: str) -> tuple[str, str] | None:
+        """``(name, note)`` of a waiting start of ``instance_id``, if any."""
+        return self._waiting_starts.get(instance_id)
 
     async def list_instances(
         self, status: WorkflowStatus | None = None, limit: int = 100

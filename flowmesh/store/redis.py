@@ -49,14 +49,22 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from flowmesh._errors import ConfigurationError, StoreError, VersionConflictError
 from flowmesh._masking import mask_secrets
-from flowmesh.model import HistoryEvent, WorkflowState, WorkflowStatus, check_app_id
+from flowmesh.model import (
+    HistoryEvent,
+    WorkflowState,
+    WorkflowStatus,
+    check_app_id,
+    check_instance_id,
+)
 from flowmesh.security._tls import TLSConfig, strip_tls_query
-from flowmesh.store._base import Commit, InstanceRecord, OutboxEntry, TimerEntry
+from flowmesh.store._base import Commit, HeldMessage, InstanceRecord, OutboxEntry, TimerEntry
 from flowmesh.store._redis_batch import Call, TurnBatcher
 from flowmesh.store._redis_keys import (
     REDIS_COMMANDS,
     RedisKeys,
+    decode_held,
     decode_outgoing,
+    encode_held,
     encode_outgoing,
     parse_timer_member,
     timer_member,
@@ -78,7 +86,7 @@ log = structlog.get_logger("flowmesh.store")
 _NOT_AWAITED = tuple(status.value for status in WorkflowStatus if status.ends_waiting)
 """Statuses for which ``add_waiter`` answers at once instead of storing the waiter."""
 _URL_SCHEMES = ("redis", "rediss", "unix")
-_SCRIPTS = ("commit", "claim_timers", "add_waiter", "remove_outbox", "purge")
+_SCRIPTS = ("commit", "claim_timers", "add_waiter", "remove_outbox", "purge", "hold", "drop_held")
 _OUTBOX_CHUNK = 200
 """Instances per ``remove_outbox.lua`` call: bounds how long one call blocks the server."""
 
@@ -373,6 +381,8 @@ class RedisStore:
             self._keys.timers,
             self._keys.seq,
             self._keys.waiters(instance_id),
+            self._keys.held(instance_id),
+            self._keys.held_index,
             *self._keys.status_indexes,
         ]
         args: list[Any] = [
@@ -391,15 +401,19 @@ class RedisStore:
         args += (len(commit.cancel_timers), *commit.cancel_timers, len(commit.add_timers))
         for timer in commit.add_timers:
             fire_ms = _epoch_ms(timer.fire_at)
-            args += (timer.seq, timer_member(instance_id, timer.seq, fire_ms), fire_ms)
+            member = timer_member(instance_id, timer.run_id, timer.seq, fire_ms)
+            args += (timer.seq, member, fire_ms)
         args += (len(commit.clear_outbox), *commit.clear_outbox, 1 if commit.take_waiters else 0)
+        args += (commit.expected_run_id, state.run_id, commit.take_held)
 
         with self._translating(f"commit to {instance_id!r}"):
             reply = await self._commits.call(keys, args)
         if reply[0] == 0:
             raise VersionConflictError(
-                f"instance {instance_id!r}: expected version {commit.expected_version}, "
-                f"stored version {reply[1]}"
+                f"instance {instance_id!r}: expected version {commit.expected_version} of run "
+                f"{commit.expected_run_id!r} with {commit.take_held} held messages applied, "
+                f"stored version {reply[1]}",
+                stored_version=int(reply[1]),
             )
         return sorted(member.decode() for member in reply[1:]) if len(reply) > 1 else []
 
@@ -468,8 +482,8 @@ class RedisStore:
             )
         claimed: list[TimerEntry] = []
         for member in members:
-            instance_id, seq, fire_ms = parse_timer_member(member)
-            claimed.append(TimerEntry(instance_id, seq, _from_epoch_ms(fire_ms)))
+            instance_id, run_id, seq, fire_ms = parse_timer_member(member)
+            claimed.append(TimerEntry(instance_id, seq, _from_epoch_ms(fire_ms), run_id))
         return claimed
 
     async def next_timer_at(self) -> datetime | None:
@@ -508,6 +522,77 @@ class RedisStore:
         with self._translating(f"purge {instance_id!r}"):
             existed = await self._run("purge", keys, [instance_id])
         return bool(existed)
+
+    async def hold(self, instance_id: str, message: HeldMessage) -> bool:
+        """Keep ``message`` until the instance exists (one script); False if it exists."""
+        check_instance_id(instance_id)
+        held_ms = _epoch_ms(message.held_at)
+        keys = [
+            self._keys.instance(instance_id),
+            self._keys.held(instance_id),
+            self._keys.held_index,
+        ]
+        entry = encode_held(held_ms, message.user_id, message.message_id, message.body)
+        with self._translating(f"hold a message for {instance_id!r}"):
+            return bool(await self._run("hold", keys, [instance_id, held_ms, entry]))
+
+    async def held(self, instance_id: str) -> list[HeldMessage]:
+        """The messages held for ``instance_id``, oldest first."""
+        with self._translating(f"read held messages of {instance_id!r}"):
+            entries = await cast(
+                "Awaitable[list[bytes]]", self._redis.lrange(self._keys.held(instance_id), 0, -1)
+            )
+        return [_held_message(entry) for entry in entries]
+
+    async def expired_held(
+        self, before: datetime, limit: int = 100
+    ) -> list[tuple[str, list[HeldMessage]]]:
+        """Instances whose oldest held message arrived before ``before``, oldest first."""
+        if limit <= 0:
+            return []
+        pipe: Pipeline
+        with self._translating("list expired held messages"):
+            raw_ids = await self._redis.zrangebyscore(
+                self._keys.held_index, "-inf", f"({_epoch_ms(before)}", start=0, num=limit
+            )
+            instance_ids = [raw.decode() for raw in raw_ids]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for instance_id in instance_ids:
+                    pipe.lrange(self._keys.held(instance_id), 0, -1)
+                lists = await pipe.execute()
+        return [
+            (instance_id, [_held_message(entry) for entry in entries])
+            for instance_id, entries in zip(instance_ids, lists, strict=True)
+            if entries
+        ]
+
+    async def drop_held(self, instance_id: str, before: datetime) -> None:
+        """Forget the held messages of ``instance_id`` that arrived before ``before``."""
+        keys = [self._keys.held(instance_id), self._keys.held_index]
+        with self._translating(f"drop held messages of {instance_id!r}"):
+            await self._run("drop_held", keys, [instance_id, _epoch_ms(before)])
+
+    async def note_waiting_start(
+        self, instance_id: str, name: str, note: str, ttl: timedelta
+    ) -> None:
+        """Remember for ``ttl`` why a start of ``instance_id`` waits (a key that expires)."""
+        check_instance_id(instance_id)
+        seconds = max(1, int(ttl.total_seconds()))
+        with self._translating(f"note a waiting start of {instance_id!r}"):
+            await self._redis.set(
+                self._keys.waiting_start(instance_id), f"{name}\n{note}", ex=seconds
+            )
+
+    async def waiting_start(self, instance_id: str) -> tuple[str, str] | None:
+        """``(name, note)`` of a waiting start of ``instance_id``, if noted recently."""
+        with self._translating(f"read the waiting start of {instance_id!r}"):
+            raw = await cast(
+                "Awaitable[bytes | None]", self._redis.get(self._keys.waiting_start(instance_id))
+            )
+        if raw is None:
+            return None
+        name, _, note = raw.decode().partition("\n")
+        return name, note
 
     async def list_instances(
         self, status: WorkflowStatus | None = None, limit: int = 100
@@ -558,6 +643,11 @@ class RedisStore:
                 return info_safety_warnings(sections)
         settings = {_text(name): _text(value) for reply in replies for name, value in reply.items()}
         return safety_warnings(settings)
+
+
+def _held_message(entry: bytes) -> HeldMessage:
+    held_ms, user_id, message_id, body = decode_held(entry)
+    return HeldMessage(body, _from_epoch_ms(held_ms), user_id, message_id)
 
 
 def _text(value: bytes | str) -> str:

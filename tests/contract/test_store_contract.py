@@ -28,7 +28,7 @@ from flowmesh.model import (
     WorkflowState,
     WorkflowStatus,
 )
-from flowmesh.store import Commit, OutboxEntry, TimerEntry, WorkflowStore
+from flowmesh.store import Commit, HeldMessage, OutboxEntry, TimerEntry, WorkflowStore
 from flowmesh.store.memory import MemoryStore
 from flowmesh.store.redis import RedisStore, RedisStoreConfig
 from flowmesh.transport._base import Outgoing, QueueKind
@@ -383,8 +383,77 @@ async def test_purge_removes_everything_and_returns_false_the_second_time(
     assert await store.take_waiters("wf-1") == []
     assert [s.instance_id for s in await store.list_instances()] == ["wf-2"]
     assert await store.purge("wf-1") is False
-    # The ID is free again.
-    await store.commit(step("wf-1", 0, started("wf-1")))
+    # The ID is free again, and a new run continues the version numbering: a writer that
+    # still counts from 0 (or holds a view of the purged run) conflicts.
+    with pytest.raises(VersionConflictError) as conflict:
+        await store.commit(step("wf-1", 0, started("wf-1")))
+    assert conflict.value.stored_version == 1
+    await store.commit(step("wf-1", 1, started("wf-1")))
+    assert (await store.load_state("wf-1")) == state("wf-1", 2)
+
+
+async def test_a_commit_for_another_run_conflicts_even_at_the_same_version(
+    store: WorkflowStore,
+) -> None:
+    """Runs are fenced: the stored run must be the one the step was computed for."""
+    first = Commit("wf-1", 0, state("wf-1", 1, run_id="run-a"), append=(started("wf-1"),))
+    await store.commit(first)
+    stale = Commit("wf-1", 1, state("wf-1", 2, run_id="run-b"), expected_run_id="run-b")
+    with pytest.raises(VersionConflictError):
+        await store.commit(stale)
+    assert (await store.load_state("wf-1")) == state("wf-1", 1, run_id="run-a")
+    await store.commit(Commit("wf-1", 1, state("wf-1", 2, run_id="run-a"), expected_run_id="run-a"))
+
+
+def held(body: bytes, at: datetime, user: str = "") -> HeldMessage:
+    return HeldMessage(body, at, user, f"m-{body.decode()}")
+
+
+async def test_messages_are_held_for_an_instance_until_the_creating_commit_takes_them(
+    store: WorkflowStore,
+) -> None:
+    assert await store.hold("wf-1", held(b"e1", T0, "alice")) is True
+    assert await store.hold("wf-1", held(b"e2", T0 + LEASE)) is True
+    assert await store.held("wf-1") == [held(b"e1", T0, "alice"), held(b"e2", T0 + LEASE)]
+    # Creating without applying them conflicts (they would be left behind) ...
+    with pytest.raises(VersionConflictError):
+        await store.commit(step("wf-1", 0, started("wf-1")))
+    with pytest.raises(VersionConflictError):
+        await store.commit(step("wf-1", 0, started("wf-1"), take_held=1))
+    # ... applying exactly what is held creates the instance and forgets them.
+    await store.commit(step("wf-1", 0, started("wf-1"), take_held=2))
+    assert await store.held("wf-1") == []
+    assert await store.expired_held(T0 + LEASE * 10) == []
+    # Once the instance exists nothing more is held: the caller applies the message to it.
+    assert await store.hold("wf-1", held(b"e3", T0)) is False
+    assert await store.held("wf-1") == []
+
+
+async def test_held_messages_past_their_bound_are_listed_and_dropped_by_arrival(
+    store: WorkflowStore,
+) -> None:
+    await store.hold("old", held(b"o1", T0))
+    await store.hold("old", held(b"o2", T0 + LEASE * 2))
+    await store.hold("new", held(b"n1", T0 + LEASE * 3))
+    expired = await store.expired_held(T0 + LEASE)
+    assert expired == [("old", [held(b"o1", T0), held(b"o2", T0 + LEASE * 2)])]
+    await store.drop_held("old", T0 + LEASE)
+    await store.drop_held("old", T0 + LEASE)  # idempotent
+    assert await store.held("old") == [held(b"o2", T0 + LEASE * 2)]
+    # The oldest message left decides when the instance expires next.
+    assert await store.expired_held(T0 + LEASE * 2) == []
+    assert [i for i, _ in await store.expired_held(T0 + LEASE * 4)] == ["old", "new"]
+    assert await store.expired_held(T0 + LEASE * 4, limit=1) == [
+        ("old", [held(b"o2", T0 + LEASE * 2)])
+    ]
+    await store.drop_held("old", T0 + LEASE * 4)
+    assert await store.held("old") == []
+    assert [i for i, _ in await store.expired_held(T0 + LEASE * 4)] == ["new"]
+
+
+async def test_timers_carry_the_run_that_created_them(store: WorkflowStore) -> None:
+    await store.commit(step("wf-1", 0, add_timers=(TimerEntry("wf-1", 1, T0, "run-a"),)))
+    assert await store.claim_due_timers(T0, LEASE) == [TimerEntry("wf-1", 1, T0, "run-a")]
 
 
 async def test_list_instances_filters_by_status_newest_first(store: WorkflowStore) -> None:

@@ -15,7 +15,6 @@ from flowmesh import (
     NonRetryableError,
     RetryPolicy,
     SerializationError,
-    UnknownNameError,
     WorkflowAlreadyExistsError,
     WorkflowContext,
     WorkflowFailedError,
@@ -118,8 +117,10 @@ async def test_workflow_crosses_apps_and_each_task_runs_on_its_own_app() -> None
             checkout, {"amount": 7}, app_id="orders", instance_id="o-1"
         )
         result = await handle.result(timeout=5)
+        run_id = (await handle.describe()).run_id
+        assert len(run_id) == 32
         assert result == {
-            "charged": "charged 7 (orders/o-1#0/1)",
+            "charged": f"charged 7 (orders/o-1/{run_id}#0/1)",
             "shipped": "shipped with label-7",
         }
         assert sorted(calls) == [("payments", "payments"), ("shipping", "shipping")]
@@ -236,10 +237,21 @@ async def test_bad_starts_fail_at_the_call_site_and_write_nothing() -> None:
             await env.client.start_workflow(
                 checkout, {}, app_id="orders", instance_id="bad id/with spaces"
             )
-        with pytest.raises(UnknownNameError, match="nope"):
-            await env.client.start_workflow("nope", None, app_id="orders", instance_id="unknown-1")
         with pytest.raises(WorkflowNotFoundError):
             await env.client.get_workflow("unknown-1", app_id="orders").describe()
+        assert await env.stores["orders"].list_instances() == []
+
+
+async def test_a_start_of_an_unregistered_workflow_waits_and_says_why() -> None:
+    """No replica registers 'nope' (yet): the start is not refused and lost but kept for a
+    deployment that has it; the handle and describe() say why nothing runs."""
+    async with TestEnvironment(APPS) as env:
+        handle = await env.client.start_workflow("nope", None, app_id="orders", instance_id="u-1")
+        assert "workflow 'nope' is not registered" in handle.waiting_reason
+        state = await handle.describe()
+        assert state.status is WorkflowStatus.PENDING
+        assert state.waiting_on[0].kind == "deployment"
+        assert "the start waits for a replica that has it" in state.waiting_on[0].detail
         assert await env.stores["orders"].list_instances() == []
 
 

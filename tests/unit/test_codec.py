@@ -317,9 +317,11 @@ def test_codec_is_safe_to_share_between_threads() -> None:
 
 
 def test_wire_format_is_a_versioned_array_of_version_kind_and_field_map() -> None:
-    """TimerDue encodes to exactly [1, "TimerDue", {"instance_id": ..., "seq": ...}]."""
-    data = CODEC.encode_message(TimerDue("i-1", 3))
-    assert data == b"\x93\x01\xa8TimerDue\x82\xabinstance_id\xa3i-1\xa3seq\x03"
+    """TimerDue encodes to exactly [1, "TimerDue", {"instance_id": ..., "seq": ..., "run_id": ...}]."""
+    data = CODEC.encode_message(TimerDue("i-1", 3, "r1"))
+    assert data == (
+        b"\x93\x01\xa8TimerDue\x83\xabinstance_id\xa3i-1\xa3seq\x03\xa6run_id\xa2r1"
+    )
     assert FORMAT_VERSION == 1
 
 
@@ -350,13 +352,15 @@ def test_wire_format_of_datetimes_enums_optionals_and_nested_dataclasses() -> No
             "custom_status": None,
             "created_at": 1_704_067_200_000_001,
             "updated_at": None,
-            "parent": {"instance_id": "p-1", "app_id": "app", "seq": 2},
+            "parent": {"instance_id": "p-1", "app_id": "app", "seq": 2, "run_id": ""},
             "waiting_on": [
                 {"kind": "event", "name": "go", "app_id": "", "seq": 0, "since": None, "detail": ""}
             ],
             "stall_reason": "",
             "history_length": 0,
             "version": 0,
+            "run_id": "",
+            "refusals": [],
         },
     ]
 
