@@ -154,6 +154,8 @@ class Orchestrator:
         self._draining: set[str] = set()
         """Instances whose mailbox a task is draining (one step at a time per instance)."""
         self._cache: OrderedDict[str, _Live] = OrderedDict()
+        # message ID -> how often this replica handed it on for lack of its workflow.
+        self._waiting_attempts: dict[str, int] = {}
         self._log = get_logger(app_id=app.app_id)
 
     @property
@@ -173,9 +175,9 @@ class Orchestrator:
             # waits (with backoff) for it instead of being refused and lost.
             await self._retry_later(
                 delivery,
+                message,
                 f"workflow {message.name!r} is not registered on this replica of app "
                 f"{self._app.app_id!r}",
-                start=message,
             )
             return
         instance_id = getattr(message, "instance_id", "")
@@ -206,7 +208,7 @@ class Orchestrator:
             # rolling update): leave every message of the instance to a replica that has it.
             self._cache.pop(instance_id, None)
             await asyncio.gather(
-                *(self._retry_later(item.delivery, str(not_here)) for item in batch),
+                *(self._retry_later(i.delivery, i.message, str(not_here)) for i in batch),
                 return_exceptions=True,
             )
         except Exception as exc:
@@ -756,30 +758,49 @@ class Orchestrator:
         self._cache.pop(instance_id, None)
         self._log.info("instance purged", instance_id=instance_id)
 
-    async def _retry_later(
-        self, delivery: Delivery, reason: str, *, start: StartWorkflow | None = None
-    ) -> None:
-        """Hold a delivery we cannot serve yet, then hand it back (backoff by delivery count).
+    async def _retry_later(self, delivery: Delivery, message: Message, reason: str) -> None:
+        """Hold a delivery we cannot serve yet, then hand it to another replica: it is
+        republished to the tail of its queue (a requeued message tends to come back to the
+        same consumer) and acked, after a delay growing with each attempt this replica made.
 
         For a ``start``, the reason is noted in the store for ``describe()`` and a waiting
-        client is told (on the first delivery) that its start waits."""
-        delay = min(2.0 ** (delivery.delivery_count - 1), self._options.unknown_name_max_backoff)
+        client is told (on the first attempt) that its start waits."""
+        key = delivery.message_id or str(id(delivery))
+        attempt = self._waiting_attempts.pop(key, 0) + 1
+        self._waiting_attempts[key] = attempt
+        while len(self._waiting_attempts) > self._options.execution_cache_size:
+            del self._waiting_attempts[next(iter(self._waiting_attempts))]
+        delay = min(2.0 ** (attempt - 1), self._options.unknown_name_max_backoff)
         self._log.warning(
             "message waits for a deployment that registers its workflow",
             reason=reason,
             retry_in=delay,
-            delivery_count=delivery.delivery_count,
+            attempt=attempt,
         )
+        start = message if isinstance(message, StartWorkflow) else None
         if start is not None:
             note = f"{reason}; the start waits for a replica that has it"
             with contextlib.suppress(FlowmeshError):  # informative only; the start is kept
                 ttl = timedelta(seconds=4 * self._options.unknown_name_max_backoff)
                 await self._store.note_waiting_start(start.instance_id, start.name, note, ttl)
-            if delivery.reply_to and delivery.delivery_count == 1:
+            if delivery.reply_to and attempt == 1:
                 answer = StartAck(start.instance_id, False, note, "waiting_for_deployment")
                 await self._send_replies([(delivery, answer)])
         await self._clock.sleep(delay)
-        await delivery.requeue()
+        again = Outgoing(
+            self._app.app_id,
+            QueueKind.WORK if isinstance(message, StartWorkflow) else QueueKind.REPLY,
+            delivery.body,
+            delivery.message_id,
+            delivery.reply_to,
+            delivery.correlation_id,
+        )
+        try:
+            await self._transport.publish([again])
+        except FlowmeshError:
+            await delivery.requeue()
+            return
+        await delivery.ack()
 
 
 def _wrong_attempt(live: _Live | None, result: ActivityResult) -> bool:

@@ -31,6 +31,7 @@ from flowmesh.model import (
 from flowmesh.runtime._activities import ActivityRunner
 from flowmesh.runtime._clock import Clock, SystemClock
 from flowmesh.runtime._crash import CrashHook
+from flowmesh.runtime._held import HeldSweeper
 from flowmesh.runtime._log import get_logger
 from flowmesh.runtime._options import WorkerOptions
 from flowmesh.runtime._orchestrator import Orchestrator
@@ -88,6 +89,7 @@ class Worker:
         self._orchestrator: Orchestrator | None = None
         self._timers: TimerPoller | None = None
         self._relay: OutboxRelay | None = None
+        self._held: HeldSweeper | None = None
         self._clearer: OutboxClearer | None = None
         self._senders = (
             SenderPolicy(app.app_id, AppUsers(self._options.app_user_pattern))
@@ -165,6 +167,16 @@ class Worker:
             )
             self._background.append(asyncio.create_task(self._timers.run(), name="flowmesh-timers"))
             self._background.append(asyncio.create_task(self._relay.run(), name="flowmesh-outbox"))
+            self._held = HeldSweeper(
+                self.app.app_id,
+                self._store,
+                self._transport,
+                self._clock,
+                hold_for=self._options.hold_unknown_for,
+                interval=self._options.outbox_sweep_interval,
+                log=self._log,
+            )
+            self._background.append(asyncio.create_task(self._held.run(), name="flowmesh-held"))
         self._subscriptions.append(
             await self._transport.consume(
                 self.app.app_id, QueueKind.WORK, self._on_work, prefetch=self._options.concurrency
@@ -214,6 +226,8 @@ class Worker:
             await self._timers.fire_due()
         if self._relay is not None:
             await self._relay.sweep()
+        if self._held is not None:
+            await self._held.sweep()
 
     # -- consumers -------------------------------------------------------------------------------
 
