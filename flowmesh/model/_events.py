@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from flowmesh.model._failures import FailureDetails
+from flowmesh.model._ranges import check_attempt, check_seq, check_time
 from flowmesh.model._status import WorkflowStatus
 
 
@@ -22,6 +23,9 @@ class ParentRef:
     instance_id: str
     app_id: str
     seq: int
+
+    def __post_init__(self) -> None:
+        check_seq(self, "seq", self.seq)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,12 +42,18 @@ class WorkflowStarted:
     first_seq: int = 0
     """First task sequence number of this run (continued runs carry on numbering)."""
 
+    def __post_init__(self) -> None:
+        check_seq(self, "first_seq", self.first_seq)
+
 
 @dataclass(frozen=True, slots=True)
 class StepStarted:
     """Marks the start of one orchestration step; its time is ``ctx.current_utc_datetime``."""
 
     timestamp: datetime
+
+    def __post_init__(self) -> None:
+        check_time(self, "timestamp", self.timestamp)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +66,10 @@ class ActivityScheduled:
     input: object = None
     attempt: int = 1
 
+    def __post_init__(self) -> None:
+        check_seq(self, "seq", self.seq)
+        check_attempt(self, "attempt", self.attempt)
+
 
 @dataclass(frozen=True, slots=True)
 class ActivityCompleted:
@@ -64,6 +78,9 @@ class ActivityCompleted:
     seq: int
     output: object = None
 
+    def __post_init__(self) -> None:
+        check_seq(self, "seq", self.seq)
+
 
 @dataclass(frozen=True, slots=True)
 class ActivityFailed:
@@ -71,6 +88,9 @@ class ActivityFailed:
 
     seq: int
     failure: FailureDetails
+
+    def __post_init__(self) -> None:
+        check_seq(self, "seq", self.seq)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +103,9 @@ class ChildWorkflowScheduled:
     instance_id: str
     input: object = None
 
+    def __post_init__(self) -> None:
+        check_seq(self, "seq", self.seq)
+
 
 @dataclass(frozen=True, slots=True)
 class ChildWorkflowCompleted:
@@ -90,6 +113,9 @@ class ChildWorkflowCompleted:
 
     seq: int
     output: object = None
+
+    def __post_init__(self) -> None:
+        check_seq(self, "seq", self.seq)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +125,9 @@ class ChildWorkflowFailed:
     seq: int
     failure: FailureDetails
 
+    def __post_init__(self) -> None:
+        check_seq(self, "seq", self.seq)
+
 
 @dataclass(frozen=True, slots=True)
 class TimerCreated:
@@ -107,12 +136,19 @@ class TimerCreated:
     seq: int
     fire_at: datetime
 
+    def __post_init__(self) -> None:
+        check_seq(self, "seq", self.seq)
+        check_time(self, "fire_at", self.fire_at)
+
 
 @dataclass(frozen=True, slots=True)
 class TimerFired:
     """Durable timer ``seq`` fired."""
 
     seq: int
+
+    def __post_init__(self) -> None:
+        check_seq(self, "seq", self.seq)
 
 
 @dataclass(frozen=True, slots=True)

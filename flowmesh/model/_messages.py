@@ -13,6 +13,7 @@ from enum import StrEnum
 
 from flowmesh.model._events import ParentRef
 from flowmesh.model._failures import FailureDetails
+from flowmesh.model._ranges import check_attempt, check_lease_seconds, check_seq, check_timer_seq
 from flowmesh.model._state import WorkflowState
 
 
@@ -45,6 +46,10 @@ class ActivityTask:
     name: str
     input: object = None
 
+    def __post_init__(self) -> None:
+        check_seq(self, "seq", self.seq)
+        check_attempt(self, "attempt", self.attempt)
+
 
 @dataclass(frozen=True, slots=True)
 class ActivityResult:
@@ -55,6 +60,10 @@ class ActivityResult:
     attempt: int
     output: object = None
     failure: FailureDetails | None = None
+
+    def __post_init__(self) -> None:
+        check_seq(self, "seq", self.seq)
+        check_attempt(self, "attempt", self.attempt)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +82,11 @@ class ActivityLease:
     lease_seconds: float
     worker: str = ""
 
+    def __post_init__(self) -> None:
+        check_seq(self, "seq", self.seq)
+        check_attempt(self, "attempt", self.attempt)
+        check_lease_seconds(self, "lease_seconds", self.lease_seconds)
+
 
 @dataclass(frozen=True, slots=True)
 class TaskNote:
@@ -82,6 +96,10 @@ class TaskNote:
     seq: int
     attempt: int
     note: str
+
+    def __post_init__(self) -> None:
+        check_seq(self, "seq", self.seq)
+        check_attempt(self, "attempt", self.attempt)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +112,9 @@ class ChildResult:
     output: object = None
     failure: FailureDetails | None = None
 
+    def __post_init__(self) -> None:
+        check_seq(self, "seq", self.seq)
+
 
 @dataclass(frozen=True, slots=True)
 class TimerDue:
@@ -101,6 +122,9 @@ class TimerDue:
 
     instance_id: str
     seq: int
+
+    def __post_init__(self) -> None:
+        check_timer_seq(self, "seq", self.seq)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import time
 from collections import Counter
@@ -19,7 +20,7 @@ import pytest
 
 from flowmesh import Client
 from flowmesh.codec import Codec
-from flowmesh.model import ActivityResult, ActivityTask, StartAck, StartWorkflow
+from flowmesh.model import ActivityResult, ActivityTask, RaiseEvent, StartAck, StartWorkflow
 from flowmesh.transport import Outgoing, QueueKind
 from flowmesh.transport.rabbitmq import RabbitMQConfig, RabbitMQTransport
 from tests.faults.apps import chain_result
@@ -231,3 +232,113 @@ async def test_200_random_byte_strings_on_the_reply_queue_are_all_dead_lettered(
     assert Counter(str(line["message_id"]) for line in lines) == Counter(
         f"random:{i}" for i in range(200)
     )
+
+
+async def _wait_for_open_activity(client: Client, instance_id: str, timeout: float = 20.0) -> None:
+    """Wait until ``instance_id`` waits on its activity seq 0 (its first step is committed)."""
+    handle = client.get_workflow(instance_id, app_id="fault-host")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = await handle.describe()
+        if any(task.kind == "activity" and task.seq == 0 for task in state.waiting_on):
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{instance_id} never waited on its activity")
+
+
+async def test_activity_lease_with_nan_inf_or_huge_seconds_is_dead_lettered_alone(
+    workers: WorkerProcesses, client: Client, store_for: StoreOpener, services: Services
+) -> None:
+    """Issue 15: an ActivityLease for a running task whose lease_seconds is NaN, inf or 1e300,
+    published to fm.fault-host.reply in one go with an external event (which starts a step)
+    and the task's legitimate result (so on the reply queue both wait for the same next
+    batch), is refused when decoded: it alone lands in the dead-letter queue, with a reason
+    naming lease_seconds, no step fails or requeues anything, and every workflow completes
+    with the result sent beside the bad lease.
+    """
+    host = workers.start("fault-host", module=APPS)
+    workers.wait_ready(host)
+    bad = {"nan": math.nan, "inf": math.inf, "huge": 1e300}
+    codec = Codec()
+    ledger = Ledger("fault-host")
+    async with RabbitMQTransport(RabbitMQConfig(url=services.amqp_url)) as transport:
+        # No fault-act replica yet: each task waits in fm.fault-act.work, so the only result
+        # that can complete a workflow is the one this test sends beside the bad lease.
+        await transport.declare_app("fault-act")
+        for name in bad:
+            instance_id = f"bad-lease-{name}"
+            await ledger.start(client, "slow_one", 0.1, f"result-{name}", instance_id=instance_id)
+            await _wait_for_open_activity(client, instance_id)
+        before = (await transport.queue_stats("fault-host")).dead_messages
+        for name, seconds in bad.items():
+            instance_id = f"bad-lease-{name}"
+            # Built by hand: the model refuses to construct (and the codec to encode) it.
+            lease = msgpack.packb(
+                [
+                    1,
+                    "ActivityLease",
+                    {
+                        "instance_id": instance_id,
+                        "seq": 0,
+                        "attempt": 1,
+                        "lease_seconds": seconds,
+                        "worker": "forged",
+                    },
+                ]
+            )
+            nudge = RaiseEvent(instance_id, "nudge", None, f"nudge-{name}")
+            result = ActivityResult(instance_id, 0, 1, f"result-{name}")
+            await transport.publish(
+                [
+                    Outgoing(
+                        "fault-host", QueueKind.REPLY, codec.encode_message(nudge), f"nudge:{name}"
+                    ),
+                    Outgoing("fault-host", QueueKind.REPLY, lease, f"bad-lease:{name}"),
+                    Outgoing(
+                        "fault-host",
+                        QueueKind.REPLY,
+                        codec.encode_message(result),
+                        f"result:{name}",
+                    ),
+                ]
+            )
+        after = await wait_dead(transport, {"fault-host": before + len(bad)}, timeout=30)
+        statuses = await ledger.wait_all(client, timeout=30)
+        report = await ledger.verify(await store_for("fault-host"))
+        dead = after["fault-host"] - before
+        print(f"ledger: {report}; statuses: {statuses}; dead-lettered: {dead}")
+        assert host.poll() is None
+        assert report.ok, str(report)
+        assert dead == len(bad)
+
+        # The tasks still waiting in fm.fault-act.work now run; their results are duplicates.
+        act = workers.start("fault-act", module=APPS)
+        workers.wait_ready(act)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if not (await transport.queue_stats("fault-act")).work_messages:
+                break
+            await asyncio.sleep(0.3)
+
+    lines = [
+        line
+        for line in dead_letter_lines(workers, "fault-host")
+        if str(line.get("message_id", "")).startswith(("bad-lease:", "nudge:", "result:"))
+    ]
+    reasons = {str(line["message_id"]): str(line["reason"]) for line in lines}
+    print("reasons:\n" + "\n".join(f"  {k}: {v}" for k, v in sorted(reasons.items())))
+    assert Counter(str(line["message_id"]) for line in lines) == Counter(
+        f"bad-lease:{name}" for name in bad
+    )
+    for name, seconds in bad.items():
+        reason = reasons[f"bad-lease:{name}"]
+        assert reason.startswith("undecodable message: invalid ActivityLease message: "), reason
+        assert "field 'lease_seconds': must be a finite number of seconds" in reason, reason
+        assert f"got {seconds!r}" in reason, reason
+    failed_steps = [
+        line
+        for _, _, path in workers.processes
+        for line in _json_lines(path)
+        if line.get("event") == "step failed; deliveries requeued"
+    ]
+    assert failed_steps == [], failed_steps
