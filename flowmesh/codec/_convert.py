@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from flowmesh._errors import SerializationError
-from flowmesh.model import MAX_VALUE_DEPTH, check_value
+from flowmesh.model import MAX_VALUE_DEPTH, FieldRangeError, check_value
 
 Encoder = Callable[[Any], object]
 """Turns a field value into its msgpack-native wire form; raises :class:`ConversionError`."""
@@ -204,7 +204,11 @@ def _class_decoder(
                 raise
         try:
             return cls(**kwargs)
-        except (TypeError, ValueError) as exc:  # e.g. a __post_init__ check of the model
+        except FieldRangeError as exc:  # a value out of range for its field (model._ranges)
+            error = ConversionError(exc.rule)
+            error.within(exc.field)
+            raise error from exc
+        except (TypeError, ValueError) as exc:  # e.g. another __post_init__ check of the model
             raise ConversionError(f"invalid {cls.__qualname__}: {exc}") from exc
 
     return decode

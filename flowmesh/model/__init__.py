@@ -51,6 +51,14 @@ from flowmesh.model._messages import (
     TaskNote,
     TimerDue,
 )
+from flowmesh.model._ranges import (
+    MAX_DURATION,
+    MAX_LEASE_SECONDS,
+    MAX_SEQ,
+    MAX_TIME,
+    MIN_TIME,
+    FieldRangeError,
+)
 from flowmesh.model._retry import RetryPolicy
 from flowmesh.model._state import PendingTask, WorkflowState
 from flowmesh.model._status import WorkflowStatus
@@ -64,8 +72,13 @@ from flowmesh.model._values import (
 
 __all__ = [
     "HISTORY_EVENT_TYPES",
+    "MAX_DURATION",
+    "MAX_LEASE_SECONDS",
+    "MAX_SEQ",
+    "MAX_TIME",
     "MAX_VALUE_DEPTH",
     "MESSAGE_TYPES",
+    "MIN_TIME",
     "ActivityCompleted",
     "ActivityFailed",
     "ActivityLease",
@@ -83,6 +96,7 @@ __all__ = [
     "Describe",
     "EventRaised",
     "FailureDetails",
+    "FieldRangeError",
     "HistoryEvent",
     "Message",
     "ParentRef",

@@ -7,6 +7,7 @@ from datetime import datetime
 
 from flowmesh.model._events import EventRaised
 from flowmesh.model._failures import FailureDetails
+from flowmesh.model._ranges import check_seq, check_time
 from flowmesh.model._status import WorkflowStatus
 
 
@@ -38,6 +39,11 @@ class StartTimer:
 
     seq: int
     fire_at: datetime
+
+    def __post_init__(self) -> None:
+        # The workflow picks fire_at: refuse it in its own code, not later in its step.
+        check_seq(self, "seq", self.seq)
+        check_time(self, "fire_at", self.fire_at)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from flowmesh.model._failures import FailureDetails
+from flowmesh.model._ranges import check_attempt, check_seq, check_time
 from flowmesh.model._status import WorkflowStatus
 
 
@@ -24,6 +25,9 @@ class ParentRef:
     seq: int
     run_id: str = ""
     """The parent's run: a result for an older run of the parent is never applied to a new one."""
+
+    def __post_init__(self) -> None:
+        check_seq(self, "seq", self.seq)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,12 +51,18 @@ class WorkflowStarted:
     """Event IDs recorded by the previous runs (continue-as-new), so a redelivered event
     is not recorded again by the next run (the most recent ones, bounded)."""
 
+    def __post_init__(self) -> None:
+        check_seq(self, "first_seq", self.first_seq)
+
 
 @dataclass(frozen=True, slots=True)
 class StepStarted:
     """Marks the start of one orchestration step; its time is ``ctx.current_utc_datetime``."""
 
     timestamp: datetime
+
+    def __post_init__(self) -> None:
+        check_time(self, "timestamp", self.timestamp)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +75,10 @@ class ActivityScheduled:
     input: object = None
     attempt: int = 1
 
+    def __post_init__(self) -> None:
+        check_seq(self, "seq", self.seq)
+        check_attempt(self, "attempt", self.attempt)
+
 
 @dataclass(frozen=True, slots=True)
 class ActivityCompleted:
@@ -73,6 +87,9 @@ class ActivityCompleted:
     seq: int
     output: object = None
 
+    def __post_init__(self) -> None:
+        check_seq(self, "seq", self.seq)
+
 
 @dataclass(frozen=True, slots=True)
 class ActivityFailed:
@@ -80,6 +97,9 @@ class ActivityFailed:
 
     seq: int
     failure: FailureDetails
+
+    def __post_init__(self) -> None:
+        check_seq(self, "seq", self.seq)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +112,9 @@ class ChildWorkflowScheduled:
     instance_id: str
     input: object = None
 
+    def __post_init__(self) -> None:
+        check_seq(self, "seq", self.seq)
+
 
 @dataclass(frozen=True, slots=True)
 class ChildWorkflowCompleted:
@@ -99,6 +122,9 @@ class ChildWorkflowCompleted:
 
     seq: int
     output: object = None
+
+    def __post_init__(self) -> None:
+        check_seq(self, "seq", self.seq)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +134,9 @@ class ChildWorkflowFailed:
     seq: int
     failure: FailureDetails
 
+    def __post_init__(self) -> None:
+        check_seq(self, "seq", self.seq)
+
 
 @dataclass(frozen=True, slots=True)
 class TimerCreated:
@@ -116,12 +145,19 @@ class TimerCreated:
     seq: int
     fire_at: datetime
 
+    def __post_init__(self) -> None:
+        check_seq(self, "seq", self.seq)
+        check_time(self, "fire_at", self.fire_at)
+
 
 @dataclass(frozen=True, slots=True)
 class TimerFired:
     """Durable timer ``seq`` fired."""
 
     seq: int
+
+    def __post_init__(self) -> None:
+        check_seq(self, "seq", self.seq)
 
 
 @dataclass(frozen=True, slots=True)

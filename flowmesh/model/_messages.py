@@ -13,6 +13,7 @@ from enum import StrEnum
 
 from flowmesh.model._events import ParentRef
 from flowmesh.model._failures import FailureDetails
+from flowmesh.model._ranges import check_attempt, check_lease_seconds, check_seq, check_timer_seq
 from flowmesh.model._state import WorkflowState
 
 
@@ -47,6 +48,10 @@ class ActivityTask:
     run_id: str = ""
     """The run of the instance that scheduled the task; results carry it back."""
 
+    def __post_init__(self) -> None:
+        check_seq(self, "seq", self.seq)
+        check_attempt(self, "attempt", self.attempt)
+
 
 @dataclass(frozen=True, slots=True)
 class ActivityResult:
@@ -59,6 +64,10 @@ class ActivityResult:
     failure: FailureDetails | None = None
     run_id: str = ""
     """Copied from the task: the result belongs to that run only."""
+
+    def __post_init__(self) -> None:
+        check_seq(self, "seq", self.seq)
+        check_attempt(self, "attempt", self.attempt)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +88,11 @@ class ActivityLease:
     run_id: str = ""
     """Copied from the task."""
 
+    def __post_init__(self) -> None:
+        check_seq(self, "seq", self.seq)
+        check_attempt(self, "attempt", self.attempt)
+        check_lease_seconds(self, "lease_seconds", self.lease_seconds)
+
 
 @dataclass(frozen=True, slots=True)
 class TaskNote:
@@ -90,6 +104,10 @@ class TaskNote:
     note: str
     run_id: str = ""
     """Copied from the task."""
+
+    def __post_init__(self) -> None:
+        check_seq(self, "seq", self.seq)
+        check_attempt(self, "attempt", self.attempt)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +122,9 @@ class ChildResult:
     run_id: str = ""
     """The parent's run this result is for (from the child's ``ParentRef``)."""
 
+    def __post_init__(self) -> None:
+        check_seq(self, "seq", self.seq)
+
 
 @dataclass(frozen=True, slots=True)
 class TimerDue:
@@ -113,6 +134,9 @@ class TimerDue:
     seq: int
     run_id: str = ""
     """The run that created the timer."""
+
+    def __post_init__(self) -> None:
+        check_timer_seq(self, "seq", self.seq)
 
 
 @dataclass(frozen=True, slots=True)

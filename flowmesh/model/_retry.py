@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import timedelta
 
 from flowmesh.model._failures import FailureDetails
+from flowmesh.model._ranges import MAX_DURATION, check_duration
 
 
 @dataclass(frozen=True, slots=True)
@@ -14,9 +16,9 @@ class RetryPolicy:
 
     Attempt ``n`` (1-based) that fails is retried after
     ``min(initial_interval * backoff_coefficient ** (n - 1), max_interval)`` using a durable
-    timer, until ``max_attempts`` attempts have run. Errors whose type is listed in
-    ``non_retryable_errors`` (qualified or bare class name), or raised as ``NonRetryableError``,
-    are not retried.
+    timer (without ``max_interval``, at most 100 years), until ``max_attempts`` attempts have
+    run. Errors whose type is listed in ``non_retryable_errors`` (qualified or bare class
+    name), or raised as ``NonRetryableError``, are not retried.
     """
 
     max_attempts: int = 3
@@ -30,8 +32,14 @@ class RetryPolicy:
             raise ValueError(f"RetryPolicy.max_attempts must be >= 1, got {self.max_attempts}")
         if self.initial_interval <= timedelta(0):
             raise ValueError("RetryPolicy.initial_interval must be positive")
-        if self.backoff_coefficient < 1.0:
-            raise ValueError("RetryPolicy.backoff_coefficient must be >= 1.0")
+        # Written as ``not (...)`` so that NaN, which fails every comparison, is refused too.
+        if not (1.0 <= self.backoff_coefficient < math.inf):
+            raise ValueError(
+                f"RetryPolicy.backoff_coefficient must be a finite number >= 1.0, "
+                f"got {self.backoff_coefficient!r}"
+            )
+        check_duration(self, "initial_interval", self.initial_interval)
+        check_duration(self, "max_interval", self.max_interval)
         if self.max_interval is not None and self.max_interval < self.initial_interval:
             raise ValueError("RetryPolicy.max_interval must be >= initial_interval")
         # A list passed by the caller would make the frozen dataclass unhashable.
@@ -43,7 +51,11 @@ class RetryPolicy:
             return None
         if any(failure.matches(name) for name in self.non_retryable_errors):
             return None
-        seconds = self.initial_interval.total_seconds() * self.backoff_coefficient ** (attempt - 1)
-        if self.max_interval is not None:
-            seconds = min(seconds, self.max_interval.total_seconds())
+        try:
+            growth = self.backoff_coefficient ** (attempt - 1)
+        except OverflowError:  # float ** int raises instead of returning inf
+            growth = math.inf
+        # Capped so that a long retry series never asks for a delay timedelta cannot hold.
+        cap = self.max_interval if self.max_interval is not None else MAX_DURATION
+        seconds = min(self.initial_interval.total_seconds() * growth, cap.total_seconds())
         return timedelta(seconds=seconds)

@@ -7,6 +7,7 @@ from datetime import datetime
 
 from flowmesh.model._events import ParentRef
 from flowmesh.model._failures import FailureDetails
+from flowmesh.model._ranges import check_seq, check_time
 from flowmesh.model._status import WorkflowStatus
 
 
@@ -20,6 +21,10 @@ class PendingTask:
     seq: int = 0
     since: datetime | None = None
     detail: str = ""
+
+    def __post_init__(self) -> None:
+        check_seq(self, "seq", self.seq)
+        check_time(self, "since", self.since)
 
     def describe(self) -> str:
         """One readable line, e.g. ``activity 'train' on app 'gpu-trainer' (seq 3)``."""
@@ -57,3 +62,9 @@ class WorkflowState:
     """The latest messages refused for this instance and why (most recent last, bounded),
     e.g. a result for a task that was never dispatched. Each also went to the dead-letter
     queue."""
+
+    def __post_init__(self) -> None:
+        check_time(self, "created_at", self.created_at)
+        check_time(self, "updated_at", self.updated_at)
+        check_seq(self, "history_length", self.history_length)
+        check_seq(self, "version", self.version)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
+from flowmesh.model._ranges import check_lease_seconds
+
 
 @dataclass(frozen=True, slots=True)
 class WorkerOptions:
@@ -64,3 +66,5 @@ class WorkerOptions:
             raise ValueError("concurrency must be >= 1")
         if self.max_deliveries < 1:
             raise ValueError("max_deliveries must be >= 1")
+        # Sent in every ActivityLease, so it must pass the message's own check.
+        check_lease_seconds(self, "activity_lease", self.activity_lease)

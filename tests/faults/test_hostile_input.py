@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import time
 from collections import Counter
@@ -19,7 +20,7 @@ import pytest
 
 from flowmesh import Client
 from flowmesh.codec import Codec
-from flowmesh.model import ActivityResult, ActivityTask, StartAck, StartWorkflow
+from flowmesh.model import ActivityResult, ActivityTask, RaiseEvent, StartAck, StartWorkflow
 from flowmesh.transport import Outgoing, QueueKind
 from flowmesh.transport.rabbitmq import RabbitMQConfig, RabbitMQTransport
 from tests.faults.apps import chain_result
@@ -231,3 +232,120 @@ async def test_200_random_byte_strings_on_the_reply_queue_are_all_dead_lettered(
     assert Counter(str(line["message_id"]) for line in lines) == Counter(
         f"random:{i}" for i in range(200)
     )
+
+
+async def _open_activities(client: Client, instance_id: str) -> set[int]:
+    """Seqs of the activities ``instance_id`` waits for, as ``describe()`` shows them."""
+    state = await client.get_workflow(instance_id, app_id="fault-host").describe()
+    return {task.seq for task in state.waiting_on if task.kind == "activity"}
+
+
+async def _wait_open(client: Client, instance_id: str, seqs: set[int]) -> set[int]:
+    """Wait (bounded) until ``instance_id`` waits for exactly the activities ``seqs``."""
+    deadline = time.monotonic() + 20
+    open_seqs: set[int] = set()
+    while time.monotonic() < deadline:
+        open_seqs = await _open_activities(client, instance_id)
+        if open_seqs == seqs:
+            break
+        await asyncio.sleep(0.2)
+    return open_seqs
+
+
+def _raw_lease(instance_id: str, seq: int, seconds: float) -> bytes:
+    """An ActivityLease built by hand: the model refuses to construct (and the codec to
+    encode) one with these seconds."""
+    fields = {"instance_id": instance_id, "seq": seq, "attempt": 1, "lease_seconds": seconds}
+    data: bytes = msgpack.packb([1, "ActivityLease", {**fields, "worker": "forged"}])
+    return data
+
+
+async def test_activity_lease_with_nan_inf_or_huge_seconds_is_dead_lettered_alone(
+    workers: WorkerProcesses, client: Client, store_for: StoreOpener, services: Services
+) -> None:
+    """Issue 15: a fan_in(2) workflow waits for activities 0 and 1. An ActivityLease for
+    activity 0 with lease_seconds NaN, inf or 1e300 is published to fm.fault-host.reply in one
+    go with an external event (which starts a step) and the legitimate result of activity 1,
+    so the lease and the result wait for the same next step. The lease is refused when
+    decoded: it alone lands in the dead-letter queue, with a reason naming lease_seconds; the
+    result of activity 1 is applied at once (no step fails, nothing is requeued); and once
+    activity 0's result arrives, every workflow completes with both results.
+    """
+    host = workers.start("fault-host", module=APPS)
+    workers.wait_ready(host)
+    bad = {"nan": math.nan, "inf": math.inf, "huge": 1e300}
+    codec = Codec()
+    ledger = Ledger("fault-host")
+
+    def reply(message_id: str, body: bytes) -> Outgoing:
+        return Outgoing("fault-host", QueueKind.REPLY, body, message_id)
+
+    async with RabbitMQTransport(RabbitMQConfig(url=services.amqp_url)) as transport:
+        # No fault-act replica yet: the tasks wait in fm.fault-act.work, so the only results
+        # a workflow gets are the ones this test sends.
+        await transport.declare_app("fault-act")
+        for name in bad:
+            await ledger.start(client, "fan_in", 2, 10 + 32, instance_id=f"bad-lease-{name}")
+            assert await _wait_open(client, f"bad-lease-{name}", {0, 1}) == {0, 1}
+        before = (await transport.queue_stats("fault-host")).dead_messages
+        for name, seconds in bad.items():
+            instance_id = f"bad-lease-{name}"
+            nudge = RaiseEvent(instance_id, "nudge", None, f"nudge-{name}")
+            result = ActivityResult(instance_id, 1, 1, 32)
+            await transport.publish(
+                [
+                    reply(f"nudge:{name}", codec.encode_message(nudge)),
+                    reply(f"bad-lease:{name}", _raw_lease(instance_id, 0, seconds)),
+                    reply(f"result-1:{name}", codec.encode_message(result)),
+                ]
+            )
+        after = await wait_dead(transport, {"fault-host": before + len(bad)}, timeout=30)
+        dead = after["fault-host"] - before
+        still_open = {name: await _wait_open(client, f"bad-lease-{name}", {0}) for name in bad}
+        print(f"dead-lettered: {dead}; activities still open: {still_open}")
+        assert dead == len(bad)
+        assert still_open == {name: {0} for name in bad}, "activity 1's result was not applied"
+
+        await transport.publish(
+            [
+                reply(f"result-0:{name}", codec.encode_message(ActivityResult(i, 0, 1, 10)))
+                for name, i in ((name, f"bad-lease-{name}") for name in bad)
+            ]
+        )
+        statuses = await ledger.wait_all(client, timeout=30)
+        report = await ledger.verify(await store_for("fault-host"))
+        print(f"ledger: {report}; statuses: {statuses}")
+        assert host.poll() is None
+        assert report.ok, str(report)
+
+        # The tasks still waiting in fm.fault-act.work now run; their results are duplicates.
+        act = workers.start("fault-act", module=APPS)
+        workers.wait_ready(act)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if not (await transport.queue_stats("fault-act")).work_messages:
+                break
+            await asyncio.sleep(0.3)
+
+    lines = [
+        line
+        for line in dead_letter_lines(workers, "fault-host")
+        if str(line.get("message_id", "")).startswith(("bad-lease:", "nudge:", "result-"))
+    ]
+    reasons = {str(line["message_id"]): str(line["reason"]) for line in lines}
+    print("reasons:\n" + "\n".join(f"  {k}: {v}" for k, v in sorted(reasons.items())))
+    assert Counter(str(line["message_id"]) for line in lines) == Counter(
+        f"bad-lease:{name}" for name in bad
+    )
+    for name, seconds in bad.items():
+        reason = reasons[f"bad-lease:{name}"]
+        assert reason.startswith("undecodable message: invalid ActivityLease message: "), reason
+        assert "field 'lease_seconds': must be a finite number of seconds" in reason, reason
+        assert f"got {seconds!r}" in reason, reason
+    failed_steps = [
+        line
+        for _, _, path in workers.processes
+        for line in _json_lines(path)
+        if line.get("event") == "step failed; deliveries requeued"
+    ]
+    assert failed_steps == [], failed_steps

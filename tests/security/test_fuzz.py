@@ -8,8 +8,9 @@ consumer).
 (b) The handlers, on the embedded backend: such bodies published onto every queue the runtime
     consumes end in the dead-letter queue, the consumers keep serving (a workflow started
     afterwards completes) and nothing in them is executed (pickle/eval payloads stay inert).
-    Valid but hostile messages (unknown instances, huge sequence numbers, invalid IDs and
-    names) crash nothing, and those with invalid identifiers are dead-lettered.
+    Valid but hostile messages (unknown instances, sequence numbers at their bounds, invalid
+    IDs and names) crash nothing, and those with invalid identifiers are dead-lettered, as is
+    each message whose numbers are out of range (negative or huge seqs, NaN/inf leases).
 
 Bounded: at most 200 examples per property, whole module well under 30 s.
 """
@@ -36,6 +37,8 @@ from flowmesh._errors import DecodeError
 from flowmesh.codec import PAYLOAD_MARKER, Codec
 from flowmesh.model import (
     HISTORY_EVENT_TYPES,
+    MAX_LEASE_SECONDS,
+    MAX_SEQ,
     MESSAGE_TYPES,
     ActivityLease,
     ActivityResult,
@@ -526,21 +529,17 @@ INVALID_IDS = {
 VALID_BUT_HOSTILE = {
     "reply": [
         ActivityResult("nobody", 0, 1, "x"),
-        ActivityResult("waiter", 2**64 - 1, 1, "x"),
-        ActivityResult("waiter", -5, 0, "x"),
-        ActivityResult("waiter", 0, 2**64 - 1, "x"),
+        ActivityResult("waiter", MAX_SEQ, 1, "x"),
+        ActivityResult("waiter", 0, MAX_SEQ, "x"),
         *(Control("nobody", action) for action in ControlAction),
-        TimerDue("nobody", 2**64 - 1),
-        TimerDue("waiter", 2**64 - 1),
-        TimerDue("waiter", -(2**63)),
+        TimerDue("nobody", MAX_SEQ),
+        TimerDue("waiter", MAX_SEQ),
+        TimerDue("waiter", -MAX_SEQ - 1),
         ChildResult("waiter", 99, "ghost-child", 1),
         RaiseEvent("nobody", "go", 1),
         RaiseEvent("waiter", "", 1),
         RaiseEvent("waiter", "not-go", "x" * 100_000),
-        ActivityLease("waiter", 0, 1, math.nan),
-        ActivityLease("waiter", 0, 1, math.inf),
-        ActivityLease("waiter", 0, 1, -1.0),
-        ActivityLease("waiter", 0, 1, 1e308),
+        ActivityLease("waiter", 0, 1, MAX_LEASE_SECONDS),
         TaskNote("waiter", 0, 1, "x" * 100_000),
         Describe("nobody"),
         Describe("waiter", wait=True),
@@ -553,20 +552,51 @@ VALID_BUT_HOSTILE = {
         RaiseEvent("waiter", "go", "wrong queue"),
     ],
     "act": [
-        ActivityTask("waiter", "fz-host", "fz-act", 2**64 - 1, 2**64 - 1, "fz_double", 1),
-        ActivityTask("waiter", "fz-host", "fz-act", -3, 0, "fz_double", "not a number"),
+        ActivityTask("waiter", "fz-host", "fz-act", MAX_SEQ, MAX_SEQ, "fz_double", 1),
     ],
 }
+
+# Messages whose numbers are out of range for their meaning (issue 15): the model refuses to
+# build them, so each is a valid message with fields replaced on the wire. A consumer must
+# refuse them when decoding and dead-letter each alone.
+_RESULT = ActivityResult("waiter", 0, 1, "x")
+_LEASE = ActivityLease("waiter", 0, 1, 30.0)
+_TASK = ActivityTask("waiter", "fz-host", "fz-act", 0, 1, "fz_double", "not a number")
+OUT_OF_RANGE: dict[str, list[tuple[Any, dict[str, object]]]] = {
+    "reply": [
+        (_RESULT, {"seq": 2**64 - 1}),
+        (_RESULT, {"seq": -5, "attempt": 0}),
+        (_RESULT, {"attempt": 2**64 - 1}),
+        (TimerDue("nobody", 0), {"seq": 2**64 - 1}),
+        (TimerDue("waiter", 0), {"seq": -(2**63)}),
+        (_LEASE, {"lease_seconds": math.nan}),
+        (_LEASE, {"lease_seconds": math.inf}),
+        (_LEASE, {"lease_seconds": -1.0}),
+        (_LEASE, {"lease_seconds": 1e308}),
+    ],
+    "act": [
+        (_TASK, {"seq": 2**64 - 1, "attempt": 2**64 - 1}),
+        (_TASK, {"seq": -3, "attempt": 0}),
+    ],
+}
+
+
+def tampered(codec: Codec, message: Any, fields: dict[str, object]) -> bytes:
+    """``message`` encoded by ``codec`` with ``fields`` replaced in its (plain) fields map."""
+    version, kind, body = msgpack.unpackb(codec.encode_message(message))
+    data: bytes = msgpack.packb([version, kind, {**body, **fields}], use_bin_type=True)
+    return data
 
 
 @pytest.mark.parametrize("codec_name", sorted(CODECS))
 async def test_valid_but_hostile_messages_crash_nothing_and_invalid_ids_are_dead_lettered(
     codec_name: str,
 ) -> None:
-    """Unknown instances, huge or negative sequence numbers, NaN/inf leases, oversized notes
-    and wrong-queue kinds crash nothing: a workflow waiting meanwhile still completes with the
-    right event, and a new one runs. Messages whose instance IDs, names or app IDs are not
-    valid are dead-lettered with a reason (the store never sees them)."""
+    """Unknown instances, sequence numbers at their bounds, oversized notes and wrong-queue
+    kinds crash nothing: a workflow waiting meanwhile still completes with the right event,
+    and a new one runs. Messages whose instance IDs, names or app IDs are not valid are
+    dead-lettered with a reason (the store never sees them), and so is each message whose
+    numbers are out of range (huge or negative seqs, attempt 0, NaN/inf leases)."""
     codec = CODECS[codec_name]
     queue = {"reply": 1, "work": 0, "act": 2}
     with capture_logs() as logs:
@@ -590,14 +620,25 @@ async def _publish_hostile_and_check(codec: Codec, queue: dict[str, int]) -> Non
             app_id, kind = QUEUES[queue[where]]
             body = codec.encode_message(message)
             await env.transport.publish([Outgoing(app_id, kind, body, f"hostile-{index}")])
+        for where, cases in OUT_OF_RANGE.items():
+            app_id, kind = QUEUES[queue[where]]
+            for index, (message, fields) in enumerate(cases):
+                body = tampered(codec, message, fields)
+                await env.transport.publish([Outgoing(app_id, kind, body, f"range-{index}")])
         invalid = sum(bad for *_, bad in plan)
+        out_of_range = sum(len(cases) for cases in OUT_OF_RANGE.values())
         for _ in range(500):
             dead = env.transport.dead_letters("fz-host") + env.transport.dead_letters("fz-act")
-            if len([r for _, r in dead if r.startswith("invalid ")]) >= invalid:
+            ranged = [r for _, r in dead if r.startswith("undecodable message: invalid ")]
+            if len([r for _, r in dead if r.startswith("invalid ")]) >= invalid and (
+                len(ranged) >= out_of_range
+            ):
                 break
             await asyncio.sleep(0.01)
         reasons = [r for _, r in dead if r.startswith("invalid ")]
         assert len(reasons) == invalid, reasons
+        assert len(ranged) == out_of_range, ranged
+        assert all("must be" in reason for reason in ranged), ranged
         assert all(len(reason) <= 300 for reason in reasons)
         assert any("invalid instance ID" in r for r in reasons)
         assert any("invalid workflow name" in r for r in reasons)
