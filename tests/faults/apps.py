@@ -1,4 +1,8 @@
-"""Apps for the fault tests (loaded by worker subprocesses with ``--module``)."""
+"""Apps for the fault tests (loaded by worker subprocesses with ``--module``).
+
+Every activity first records its run in the side-effect log (``tests.harness.effects``), so
+the ledger knows how often each task actually ran.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import time
 from datetime import timedelta
 
 from flowmesh import ActivityContext, App, RetryPolicy, WorkflowContext
+from tests.harness.effects import record_run
 
 host = App("fault-host")
 act = App("fault-act")
@@ -62,12 +67,14 @@ async def poison(ctx: WorkflowContext, _: object) -> str:
 @act.activity
 def double(ctx: ActivityContext, value: int) -> int:
     """Twice the input."""
+    record_run(ctx)
     return 2 * value
 
 
 @act.activity
 def sleep_for(ctx: ActivityContext, seconds: float) -> str:
     """Sleep (heartbeating) and say which process finished."""
+    record_run(ctx)
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         time.sleep(0.1)
@@ -78,6 +85,7 @@ def sleep_for(ctx: ActivityContext, seconds: float) -> str:
 @act.activity
 def crash_worker(ctx: ActivityContext, _: object) -> None:
     """A poison task: kills the process running it, every time."""
+    record_run(ctx)
     os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -146,7 +146,7 @@ async def test_hostile_messages_on_every_consumed_queue_are_dead_lettered(
             plan.append((app_id, kind, f"hostile:{queue}:{case}", body))
     expected = Counter(app_id for app_id, *_ in plan)
 
-    ledger = Ledger("fault-host")
+    ledger = Ledger("fault-host", workers)
     async with RabbitMQTransport(RabbitMQConfig(url=services.amqp_url)) as transport:
         before = {app: (await transport.queue_stats(app)).dead_messages for app in expected}
         for index, (app_id, kind, message_id, body) in enumerate(plan):
@@ -160,9 +160,10 @@ async def test_hostile_messages_on_every_consumed_queue_are_dead_lettered(
             assert process.poll() is None, "a worker died on hostile input"
         statuses = await ledger.wait_all(client, timeout=60)
         report = await ledger.verify(await store_for("fault-host"))
-        print(f"ledger: {report} ({len(statuses)} finished)")
+        print(f"ledger: {report}")
+        print(f"{len(statuses)} finished")
         print(f"dead-lettered: { {app: after[app] - before[app] for app in expected} }")
-        assert report.ok, str(report)
+        assert report.ok, report.explain()
         assert {app: after[app] - before[app] for app in expected} == dict(expected)
 
     for app_id in expected:
@@ -206,7 +207,7 @@ async def test_200_random_byte_strings_on_the_reply_queue_are_all_dead_lettered(
         if i % 4 == 0:
             body = b"\x93\x01\xaeActivityResult" + body  # a plausible envelope, then noise
         bodies.append(body)
-    ledger = Ledger("fault-host")
+    ledger = Ledger("fault-host", workers)
     async with RabbitMQTransport(RabbitMQConfig(url=services.amqp_url)) as transport:
         before = (await transport.queue_stats("fault-host")).dead_messages
         for i in range(10):
@@ -221,8 +222,9 @@ async def test_200_random_byte_strings_on_the_reply_queue_are_all_dead_lettered(
         assert host.poll() is None
         await ledger.wait_all(client, timeout=60)
         report = await ledger.verify(await store_for("fault-host"))
-        print(f"ledger: {report}; dead-lettered: {after['fault-host'] - before}")
-        assert report.ok, str(report)
+        print(f"ledger: {report}")
+        print(f"dead-lettered: {after['fault-host'] - before}")
+        assert report.ok, report.explain()
         assert after["fault-host"] - before == 200
     lines = [
         line

@@ -114,7 +114,7 @@ async def test_poison_activity_fails_after_max_deliveries_and_the_app_recovers(
     workers.wait_ready(workers.start("fault-act", module=APPS))
     supervisor = Supervisor(workers)
     supervisor.start()
-    ledger = Ledger("fault-host")
+    ledger = Ledger("fault-host", workers)
     try:
         await ledger.start(
             client, "poison", None, "gave up: ActivityFailedError", instance_id="poison-alone"
@@ -128,8 +128,9 @@ async def test_poison_activity_fails_after_max_deliveries_and_the_app_recovers(
         await supervisor.stop()
     store = await store_for("fault-host")
     report = await ledger.verify(store)
-    print(f"ledger: {report}; fault-act killed and restarted {kills} times")
-    assert report.ok, str(report)
+    print(f"ledger: {report}")
+    print(f"fault-act killed and restarted {kills} times")
+    assert report.ok, report.explain()
 
     record = await store.load("poison-alone")
     assert record is not None
@@ -141,6 +142,8 @@ async def test_poison_activity_fails_after_max_deliveries_and_the_app_recovers(
     assert f"delivered {MAX_DELIVERIES + 1} times" in failures[0].failure.message
     # Per attempt: one kill on the work queue, then MAX_DELIVERIES kills in quarantine.
     assert kills == 2 * (MAX_DELIVERIES + 1), "each kill must count as exactly one redelivery"
+    # The side-effect log agrees: every kill was one run, all but each attempt's first re-runs.
+    assert report.reexecuted_by_activity["crash_worker"] == kills - 2, report.explain()
     assert [(e["instance_id"], e["deliveries"]) for e in poison_log_lines(workers)] == [
         ("poison-alone", MAX_DELIVERIES + 1)
     ] * 2
@@ -156,7 +159,7 @@ async def test_work_queued_beside_a_poison_task_is_not_failed_as_poison(
     deaths count toward its limit and the innocent tasks run normally.
     """
     workers.wait_ready(workers.start("fault-host", module=APPS))
-    ledger = Ledger("fault-host")
+    ledger = Ledger("fault-host", workers)
     await ledger.start(client, "poison", None, "gave up: ActivityFailedError", instance_id="p-2")
     for i in range(10):
         await ledger.start(client, "chain", 3, chain_result(3), instance_id=f"beside-poison-{i}")
@@ -171,8 +174,9 @@ async def test_work_queued_beside_a_poison_task_is_not_failed_as_poison(
     victims = {
         str(e["instance_id"]) for e in poison_log_lines(workers) if e["instance_id"] != "p-2"
     }
-    print(f"ledger: {report}; restarts: {supervisor.restarts}; failed as poison: {sorted(victims)}")
-    assert report.ok, str(report)
+    print(f"ledger: {report}")
+    print(f"restarts: {supervisor.restarts}; failed as poison: {sorted(victims)}")
+    assert report.ok, report.explain()
 
 
 # -- 5. bad input at the client API ----------------------------------------------------------------
@@ -243,14 +247,14 @@ async def test_bad_input_at_the_api_is_refused_and_writes_nothing(
         print(f"UnknownNameError: {unknown.value}")
         assert "no_such_workflow" in str(unknown.value)
 
-        ledger = Ledger("fault-host")
+        ledger = Ledger("fault-host", workers)
         for i in range(3):
             await ledger.start(client, "chain", 3, chain_result(3), instance_id=f"bad-input-ok-{i}")
         await ledger.wait_all(client, timeout=30)
         store = await store_for("fault-host")
         report = await ledger.verify(store)
         print(f"ledger: {report}")
-        assert report.ok, str(report)
+        assert report.ok, report.explain()
         assert (await transport.queue_stats("fault-host")).work_messages == 0
 
     for instance_id in ids:
@@ -271,7 +275,7 @@ async def test_empty_instance_id_is_refused(
     workers.wait_ready(workers.start("fault-host", module=APPS))
     store = await store_for("fault-host")
     before = {s.instance_id for s in await store.list_instances(limit=100_000)}
-    ledger = Ledger("fault-host")
+    ledger = Ledger("fault-host", workers)
     try:
         with pytest.raises(InvalidInstanceIdError):
             await client.start_workflow("chain", 0, app_id="fault-host", instance_id="")
@@ -282,8 +286,9 @@ async def test_empty_instance_id_is_refused(
             ledger.expected[instance_id] = 0
         await ledger.wait_all(client, timeout=20)
         report = await ledger.verify(store)
-        print(f"ledger: {report}; instances created by the empty ID: {sorted(created)}")
-        assert report.ok, str(report)
+        print(f"ledger: {report}")
+        print(f"instances created by the empty ID: {sorted(created)}")
+        assert report.ok, report.explain()
 
 
 # -- 6. unsafe Redis refused; activity-only apps need no Redis -------------------------------------
@@ -306,6 +311,7 @@ def _start_raw(
         "FLOWMESH_AMQP_URL": services.amqp_url,
         "FLOWMESH_REDIS_URL": services.redis_url,
         "FLOWMESH_REDIS_PREFIX": services.key_prefix,
+        **workers.effects_env,
         **env,
     }
     full_env.pop("FLOWMESH_ALLOW_UNSAFE_REDIS", None)
@@ -366,21 +372,23 @@ async def test_activity_only_app_needs_neither_the_flag_nor_redis(
 ) -> None:
     """fault-act (activities only) starts without --allow-unsafe-redis and with a Redis URL
     where nothing listens (redis://127.0.0.1:1/0), logs nothing about Redis, and serves the
-    activities of chain workflows hosted by a normal fault-host: all complete once."""
+    activities of chain workflows hosted by a normal fault-host: all complete once (and the
+    host logs one "workflow completed" line each, the evidence the ledger counts)."""
     host = workers.start("fault-host", module=APPS)
     act, log_path = _start_raw(
         workers, "fault-act", services, FLOWMESH_REDIS_URL="redis://127.0.0.1:1/0"
     )
     for process in (host, act):
         workers.wait_ready(process)
-    ledger = Ledger("fault-host")
+    ledger = Ledger("fault-host", workers)
     for i in range(5):
         await ledger.start(client, "chain", 3, chain_result(3), instance_id=f"act-only-{i}")
     await ledger.wait_all(client, timeout=30)
     report = await ledger.verify(await store_for("fault-host"))
     print(f"ledger: {report}")
-    assert report.ok, str(report)
+    assert report.ok, report.explain()
     assert act.poll() is None
     assert "redis" not in log_path.read_text(errors="replace").lower()
     completed = [e for e in _json_lines(log_path) if e.get("event") == "activity completed"]
     assert len(completed) == 15, "the activities did not run on the Redis-less replica"
+    assert workers.completions("fault-host") == dict.fromkeys(ledger.expected, 1)

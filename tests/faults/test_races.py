@@ -180,7 +180,7 @@ async def test_fan_in_of_500_results_at_once_on_two_host_replicas(
     hosts = [workers.start("fault-host", module=APPS, env=DEBUG) for _ in range(2)]
     for process in hosts:
         workers.wait_ready(process)
-    ledger = Ledger("fault-host")
+    ledger = Ledger("fault-host", workers)
     ids = [f"fanin500-{i}" for i in range(2)]
     for instance_id in ids:
         await ledger.start(client, "fan_in", 500, chain_result(500), instance_id=instance_id)
@@ -196,7 +196,7 @@ async def test_fan_in_of_500_results_at_once_on_two_host_replicas(
     store = await store_for("fault-host")
     report = await ledger.verify(store)
     print(f"ledger: {report}")
-    assert report.ok, str(report)
+    assert report.ok, report.explain()
 
     finals: dict[str, int] = {}
     for instance_id in ids:
@@ -236,7 +236,7 @@ async def test_stopped_replica_resumes_as_a_stale_writer_and_is_fenced(
     act = workers.start("fault-act", module=APPS)
     for process in (a, b, act):
         workers.wait_ready(process)
-    ledger = Ledger("fault-host")
+    ledger = Ledger("fault-host", workers)
     ids = [f"stale-{i}" for i in range(50)]
     await asyncio.gather(
         *(ledger.start(client, "chain", 6, chain_result(6), instance_id=i) for i in ids)
@@ -269,7 +269,7 @@ async def test_stopped_replica_resumes_as_a_stale_writer_and_is_fenced(
     assert a.poll() is None, "A died after SIGCONT"
     report = await ledger.verify(store)
     print(f"ledger: {report}")
-    assert report.ok, str(report)
+    assert report.ok, report.explain()
     moved = []
     for instance_id in ids:
         after = await store.load(instance_id)
@@ -330,7 +330,7 @@ async def test_duplicate_reordered_and_stray_results_leave_histories_unchanged(
         workers.wait_ready(process)
     codec = Codec()
     store = await store_for("fault-host")
-    ledger = Ledger("fault-host")
+    ledger = Ledger("fault-host", workers)
     await ledger.start(client, "chain", 5, chain_result(5), instance_id="dup-chain")
     await ledger.start(client, "fan_in", 20, chain_result(20), instance_id="dup-fanin")
     await ledger.wait_all(client, timeout=30)
@@ -401,7 +401,7 @@ async def test_duplicate_reordered_and_stray_results_leave_histories_unchanged(
     await ledger.wait_all(client, timeout=30)
     report = await ledger.verify(store)
     print(f"ledger: {report}")
-    assert report.ok, str(report)
+    assert report.ok, report.explain()
     final = await store.load(live_id)
     assert final is not None
     [_, _, last] = sorted(e.seq for e in final.history if isinstance(e, ActivityScheduled))
@@ -421,7 +421,7 @@ async def test_result_for_the_open_seq_but_another_attempt_is_not_applied(
     ):
         workers.wait_ready(process)
     store = await store_for("fault-host")
-    ledger = Ledger("fault-host")
+    ledger = Ledger("fault-host", workers)
     instance_id = "forged-attempt"
     await ledger.start(
         client, "double_then_sleep", 4.0, [42, "slept 4.0", 100], instance_id=instance_id
@@ -443,4 +443,4 @@ async def test_result_for_the_open_seq_but_another_attempt_is_not_applied(
     await ledger.wait_all(client, timeout=30)
     report = await ledger.verify(store)
     print(f"ledger: {report}")
-    assert report.ok, str(report)
+    assert report.ok, report.explain()

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.harness.effects import EFFECTS_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -25,11 +30,22 @@ class Services:
 
 @dataclass
 class WorkerProcesses:
-    """Starts and stops ``flowmesh worker`` subprocesses; logs go to files under tmp."""
+    """Starts and stops ``flowmesh worker`` subprocesses; logs go to files under tmp, and so
+    does the side-effect log their activities write (``effects_path``)."""
 
     services: Services
     log_dir: Path
     processes: list[tuple[str, subprocess.Popen[bytes], Path]] = field(default_factory=list)
+
+    @property
+    def effects_path(self) -> Path:
+        """The side-effect log of every worker started here (see ``tests.harness.effects``)."""
+        return self.log_dir / "activity-runs.jsonl"
+
+    @property
+    def effects_env(self) -> dict[str, str]:
+        """The environment that makes a worker's test activities record their runs."""
+        return {EFFECTS_ENV: str(self.effects_path)}
 
     def start(
         self,
@@ -44,7 +60,7 @@ class WorkerProcesses:
         target = services or self.services
         log_path = self.log_dir / f"{app_id}-{len(self.processes)}.log"
         command = [
-            # Debug: fault tests count task runs by the "activity completed" lines.
+            # Debug: fault tests read "step committed" and "activity completed" lines.
             sys.executable, "-m", "flowmesh.cli", "--log-format", "json", "--log-level", "debug",
             "worker",
             "--app-id", app_id, "--concurrency", str(concurrency), "--allow-unsafe-redis",
@@ -57,6 +73,7 @@ class WorkerProcesses:
             "FLOWMESH_AMQP_URL": target.amqp_url,
             "FLOWMESH_REDIS_URL": target.redis_url,
             "FLOWMESH_REDIS_PREFIX": target.key_prefix,
+            **self.effects_env,
             **(env or {}),
         }
         with log_path.open("wb") as log:
@@ -95,6 +112,11 @@ class WorkerProcesses:
                 process.kill()
                 process.wait(timeout=5)
 
+    def completions(self, app_id: str) -> Counter[str]:
+        """Per instance, how many "workflow completed" lines the replicas of ``app_id`` logged:
+        a replica logs one after each commit that completed the instance."""
+        return completion_counts(path for app, _, path in self.processes if app == app_id)
+
     def logs(self) -> str:
         """The tail of every worker's log, for failure reports."""
         parts = []
@@ -102,3 +124,21 @@ class WorkerProcesses:
             text = path.read_text(errors="replace")[-3000:] if path.exists() else ""
             parts.append(f"--- {app_id} (pid {process.pid}, exit {process.poll()}) ---\n{text}")
         return "\n".join(parts)
+
+
+def completion_counts(log_paths: Iterable[Path]) -> Counter[str]:
+    """Per instance, the "workflow completed" lines in these JSON worker logs."""
+    counts: Counter[str] = Counter()
+    for path in log_paths:
+        if not path.exists():
+            continue
+        for line in path.read_text(errors="replace").splitlines():
+            if not line.startswith("{") or '"workflow completed"' not in line:
+                continue
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill
+            if event.get("event") == "workflow completed":
+                counts[str(event.get("instance_id"))] += 1
+    return counts
