@@ -1,5 +1,21 @@
 """Workflow stores: the interface, in-memory and Redis implementations."""
 
-from flowmesh.store._base import Commit, InstanceRecord, OutboxEntry, TimerEntry, WorkflowStore
+from flowmesh.store._base import (
+    MAX_WAITERS,
+    Commit,
+    InstanceRecord,
+    OutboxEntry,
+    TimerEntry,
+    Waiter,
+    WorkflowStore,
+)
 
-__all__ = ["Commit", "InstanceRecord", "OutboxEntry", "TimerEntry", "WorkflowStore"]
+__all__ = [
+    "MAX_WAITERS",
+    "Commit",
+    "InstanceRecord",
+    "OutboxEntry",
+    "TimerEntry",
+    "Waiter",
+    "WorkflowStore",
+]

@@ -40,6 +40,8 @@ REDIS_COMMANDS = (
     "incr",
     "rpush",
     "sadd",
+    "scard",
+    "spop",
     "zadd",
     "zrangebyscore",
     "zrem",
