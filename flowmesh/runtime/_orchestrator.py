@@ -70,7 +70,7 @@ from flowmesh.runtime._translate import (
     open_timer_seqs,
 )
 from flowmesh.security._senders import SenderPolicy
-from flowmesh.store import WorkflowStore
+from flowmesh.store import Waiter, WorkflowStore
 from flowmesh.transport import Delivery, Outgoing, QueueKind, Transport
 
 
@@ -259,6 +259,7 @@ class Orchestrator:
         events: list[HistoryEvent] = [StepStarted(now)]
         to_ack: list[Delivery] = []
         replies: list[tuple[Delivery, Message]] = []
+        controls: list[Delivery] = []  # answered with the state this step leaves
         purge: Control | None = None
         book = TaskBookkeeping()
         for item in self._check_senders(live, batch, refusals):
@@ -287,6 +288,8 @@ class Orchestrator:
                 event = message_to_event(message)
                 if event is not None:
                     events.append(event)
+            if isinstance(message, Control) and item.delivery.reply_to:
+                controls.append(item.delivery)
             to_ack.append(item.delivery)
 
         refused = any(isinstance(r, StartAck) and not r.created for _, r in replies)
@@ -294,9 +297,13 @@ class Orchestrator:
             raise _StaleCache
         if purge is not None:
             await self._purge(instance_id, live, purge)
+            # Only a finished instance is purged; any other keeps its state.
+            kept = live.state if live and not live.state.status.is_terminal else None
+            await self._send_replies(_state_replies(controls, instance_id, kept))
             return to_ack
         if len(events) == 1 and (not book or live is None):
-            await self._send_replies(replies)
+            answers = _state_replies(controls, instance_id, live.state if live else None)
+            await self._send_replies([*replies, *answers])
             return to_ack
 
         if live is None:
@@ -310,9 +317,13 @@ class Orchestrator:
         )
         if from_cache and (outcome.dropped or effects.stale or not (outcome.changed or effects)):
             raise _StaleCache
-        if outcome.changed or effects:
+        state = (
             await self._commit(instance_id, live, outcome, now, effects)
-        await self._send_replies(replies)
+            if outcome.changed or effects
+            else live.state
+        )
+        # Only now, committed: a command sent after a control's answer applies after it.
+        await self._send_replies([*replies, *_state_replies(controls, instance_id, state)])
         return to_ack
 
     def _check_senders(
@@ -394,7 +405,8 @@ class Orchestrator:
         outcome: StepOutcome,
         now: datetime,
         effects: BookkeepingEffects,
-    ) -> None:
+    ) -> WorkflowState:
+        """Commit the step and publish its outbox; returns the committed state."""
         execution = live.execution
         history = live.history
         append = list(outcome.append)
@@ -499,6 +511,7 @@ class Orchestrator:
         )
         if waiters:
             await self._notify_waiters(instance_id, state, waiters)
+        return state
 
     def _log_transition(self, before: WorkflowState, after: WorkflowState) -> None:
         if before.version == 0 or (
@@ -557,7 +570,10 @@ class Orchestrator:
     async def _describe(self, delivery: Delivery, message: Describe) -> None:
         try:
             if message.wait:
-                state = await self._store.add_waiter(message.instance_id, delivery.reply_to)
+                # The notice carries this request's correlation ID, which the client chose
+                # unguessably: an answer with any other ID is not taken for it.
+                waiter = Waiter(delivery.reply_to, delivery.correlation_id)
+                state = await self._store.add_waiter(message.instance_id, waiter)
                 if state is not None and not state.status.ends_waiting:
                     return  # answered when the instance finishes
             else:
@@ -574,11 +590,14 @@ class Orchestrator:
             await delivery.ack()
 
     async def _notify_waiters(
-        self, instance_id: str, state: WorkflowState, waiters: Sequence[str]
+        self, instance_id: str, state: WorkflowState, waiters: Sequence[Waiter]
     ) -> None:
         body = self._codec.encode_message(StateReply(instance_id, state))
-        for address in waiters:
-            await self._transport.send_reply(address, "wait:" + instance_id, body)
+        for waiter in waiters:
+            # No correlation ID: stored by a host that predates them, for a client that
+            # expects the old fixed one.
+            correlation_id = waiter.correlation_id or "wait:" + instance_id
+            await self._transport.send_reply(waiter.address, correlation_id, body)
 
     async def _purge(self, instance_id: str, live: _Live | None, message: Control) -> None:
         if live is None:
@@ -640,6 +659,14 @@ def _start_request(live: _Live | None, pending: list[HistoryEvent]) -> str:
     events = [*(live.history if live else ()), *pending]
     started = next((e for e in events if isinstance(e, WorkflowStarted)), None)
     return started.request_id if started else ""
+
+
+def _state_replies(
+    controls: Sequence[Delivery], instance_id: str, state: WorkflowState | None
+) -> list[tuple[Delivery, Message]]:
+    """Answers to controls sent with ``reply_to``: the state the step left (None: no such
+    instance, or purged)."""
+    return [(delivery, StateReply(instance_id, state)) for delivery in controls]
 
 
 def _blank_state(instance_id: str, app_id: str) -> WorkflowState:
