@@ -308,19 +308,35 @@ def _control(verb: str, doc: str, *, recursive_flag: bool, reason_flag: bool) ->
         hidden=not recursive_flag,
         help="Also act on child workflows on any app.",
     )
+    @click.option(
+        "--wait/--no-wait",
+        default=True,
+        show_default=True,
+        help="Wait until the host committed the command (and show the resulting status).",
+    )
     @amqp_option
-    def command(instance_id: str, app_id: str, reason: str, recursive: bool, amqp_url: str) -> None:
-        async def action(client: Any) -> None:
+    def command(
+        instance_id: str, app_id: str, reason: str, recursive: bool, wait: bool, amqp_url: str
+    ) -> None:
+        async def action(client: Any) -> Any:
             handle = client.get_workflow(instance_id, app_id=app_id)
             if verb == "terminate":
-                await handle.terminate(reason, recursive=recursive)
-            elif verb == "purge":
-                await handle.purge(recursive=recursive)
-            else:
-                await getattr(handle, verb)(reason)
+                return await handle.terminate(reason, recursive=recursive, wait=wait)
+            if verb == "purge":
+                return await handle.purge(recursive=recursive, wait=wait)
+            return await getattr(handle, verb)(reason, wait=wait)
 
-        _run(_with_client(amqp_url, action))
-        click.echo(f"{verb} sent to {instance_id}")
+        state = _run(_with_client(amqp_url, action))
+        if not wait:
+            click.echo(f"{verb} sent to {instance_id}")
+        elif verb == "purge" and state is not None:
+            raise click.ClickException(
+                f"purge refused: {instance_id} has not finished (status {state.status.value})"
+            )
+        elif verb == "purge":
+            click.echo(f"{instance_id} purged")
+        else:
+            click.echo(f"{verb}: {instance_id} is {state.status.value}")
 
 
 _control(

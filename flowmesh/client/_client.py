@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-import itertools
+import hashlib
+import hmac
+import os
+import secrets
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +23,7 @@ from flowmesh.client._handle import WorkflowHandle
 from flowmesh.codec import Codec
 from flowmesh.engine import task_name
 from flowmesh.model import (
+    Control,
     Describe,
     Message,
     StartAck,
@@ -31,19 +35,29 @@ from flowmesh.model import (
     check_name,
     check_value,
 )
+from flowmesh.security._senders import AppUsers
 from flowmesh.transport import Inbox, Outgoing, QueueKind, Transport
+
+APP_USER_PATTERN_ENV = "FLOWMESH_APP_USER_PATTERN"
+"""Where :class:`ClientOptions` takes the per-app user pattern from by default (the variable
+the security plan sets for workers)."""
 
 
 @dataclass(frozen=True, slots=True)
 class ClientOptions:
-    """Timeouts of client requests."""
+    """Timeouts of client requests, and whom the client accepts answers from."""
 
     request_timeout: float = 10.0
-    """How long describe() waits for a replica of the app to answer."""
+    """How long describe() and the control commands wait for a replica of the app to answer."""
     start_ack_timeout: float = 5.0
     """How long start_workflow() waits for the app to confirm (the start is durable anyway)."""
     wait_poll_interval: float = 5.0
     """How often result() re-asks, in case a completion notice was lost."""
+    app_user_pattern: str | None = None
+    """Per-app broker user names, e.g. ``fm-{app}``: accept answers about app X's workflows
+    only from X's user (every hosting app may write to every inbox). None (the default) takes
+    the pattern from ``FLOWMESH_APP_USER_PATTERN`` if set; ``""`` turns the check off. Set it
+    wherever workers run with ``--app-user-pattern``."""
 
 
 class Client:
@@ -69,10 +83,12 @@ class Client:
         self._codec = codec or Codec()
         self.options = options or ClientOptions()
         self._inbox: Inbox | None = None
-        # Request IDs: a random per-client prefix and a counter. As unique as a uuid4 each
-        # (the prefix is one), at a fraction of the cost when thousands of starts are sent.
-        self._id_prefix = f"{uuid.uuid4().hex}-"
-        self._id_counter = itertools.count(1)
+        pattern = self.options.app_user_pattern
+        if pattern is None:
+            pattern = os.environ.get(APP_USER_PATTERN_ENV, "")
+        self._users = AppUsers(pattern) if pattern else None
+        # Completion notices of wait() carry an ID derived from this key, see _wait_id.
+        self._wait_key = secrets.token_bytes(32)
 
     async def __aenter__(self) -> Client:
         await self.connect()
@@ -159,8 +175,27 @@ class Client:
 
     # -- plumbing used by WorkflowHandle ---------------------------------------------------------
 
-    def _new_request_id(self) -> str:
-        return f"{self._id_prefix}{next(self._id_counter):x}"
+    @staticmethod
+    def _new_request_id() -> str:
+        # Unguessable, not just unique: an answer is accepted for the request whose ID it
+        # carries, and every hosting app may write to this client's inbox. (A counter would
+        # let an app that saw one request predict the next, sent to another app.)
+        return secrets.token_hex(16)
+
+    def _wait_id(self, app_id: str, instance_id: str) -> str:
+        """The correlation ID of every wait() request for this instance from this client.
+
+        The host stores it with the inbox address and answers with it when the instance
+        finishes, possibly long after the request. One ID per instance (not per request)
+        keeps re-asking from adding waiters; a keyed hash keeps it unguessable to anyone
+        but the app hosting the instance, which sees it anyway.
+        """
+        data = f"{app_id}\0{instance_id}".encode()
+        return hmac.new(self._wait_key, data, hashlib.sha256).hexdigest()[:32]
+
+    def _answerer(self, app_id: str) -> str:
+        """The broker user that must send answers about ``app_id``'s workflows ('' if any)."""
+        return self._users.user(app_id) if self._users else ""
 
     def _require(self) -> tuple[Transport, Inbox]:
         if self._transport is None or self._inbox is None:
@@ -200,7 +235,7 @@ class Client:
                     )
                 ]
             )
-            answer = await inbox.receive(correlation_id, timeout)
+            answer = await inbox.receive(correlation_id, timeout, sender=self._answerer(app_id))
         if answer is None:
             if required:
                 raise AppUnavailableError(
@@ -222,10 +257,9 @@ class Client:
     ) -> WorkflowState | None:
         body = self._codec.encode_message(message)
         wait = timeout if timeout is not None else self.options.request_timeout
-        # Completion notices for waiters are sent later with this fixed correlation ID.
-        correlation_id = (
-            f"wait:{message.instance_id}" if isinstance(message, Describe) and message.wait else ""
-        )
+        # Completion notices for waiters are sent later, with the ID of the request that
+        # registered the waiter.
+        correlation_id = self._wait_id(app_id, message.instance_id) if message.wait else ""
         reply = await self._request(
             app_id,
             QueueKind.REPLY,
@@ -237,3 +271,17 @@ class Client:
         if isinstance(reply, StateReply):
             return reply.state
         return None
+
+    async def _control(self, app_id: str, message: Control, *, wait: bool) -> StateReply | None:
+        """Send ``message``; with ``wait``, return the host's answer, sent once the control
+        was committed (applied, or found to change nothing)."""
+        if not wait:
+            await self._send(app_id, message)
+            return None
+        body = self._codec.encode_message(message)
+        reply = await self._request(
+            app_id, QueueKind.REPLY, body, self.options.request_timeout, required=True
+        )
+        if not isinstance(reply, StateReply):
+            raise DecodeError(f"app {app_id!r} answered a control with {type(reply).__name__}")
+        return reply

@@ -85,26 +85,48 @@ class WorkflowHandle:
         event = RaiseEvent(self.instance_id, name, data, event_id=uuid.uuid4().hex)
         await self._client._send(self.app_id, event)
 
-    async def suspend(self, reason: str = "") -> None:
-        """Pause the instance: results and events are kept but not applied until resumed."""
-        await self._client._send(
-            self.app_id, Control(self.instance_id, ControlAction.SUSPEND, reason)
-        )
+    # Control commands wait for the outcome (the host answers after the commit that applied
+    # them), so commands issued one after another apply in that order, from any client and
+    # whichever replicas take them.
 
-    async def resume(self, reason: str = "") -> None:
-        """Continue a suspended instance."""
-        await self._client._send(
-            self.app_id, Control(self.instance_id, ControlAction.RESUME, reason)
-        )
+    async def suspend(self, reason: str = "", *, wait: bool = True) -> WorkflowState | None:
+        """Pause the instance: results and events are kept but not applied until resumed.
 
-    async def terminate(self, reason: str = "", *, recursive: bool = True) -> None:
-        """Stop the instance now (and its children on any app when ``recursive``)."""
-        await self._client._send(
-            self.app_id, Control(self.instance_id, ControlAction.TERMINATE, reason, recursive)
-        )
+        Returns the state once the suspension is committed (a finished instance stays as it
+        is); raises :class:`WorkflowNotFoundError` if there is no such instance. With
+        ``wait=False`` it only sends the command and returns None.
+        """
+        message = Control(self.instance_id, ControlAction.SUSPEND, reason)
+        return await self._control(message, wait)
 
-    async def purge(self, *, recursive: bool = True) -> None:
-        """Delete a finished instance's history and state (and its children's)."""
-        await self._client._send(
-            self.app_id, Control(self.instance_id, ControlAction.PURGE, "", recursive)
-        )
+    async def resume(self, reason: str = "", *, wait: bool = True) -> WorkflowState | None:
+        """Continue a suspended instance; returns its state as :meth:`suspend` does."""
+        message = Control(self.instance_id, ControlAction.RESUME, reason)
+        return await self._control(message, wait)
+
+    async def terminate(
+        self, reason: str = "", *, recursive: bool = True, wait: bool = True
+    ) -> WorkflowState | None:
+        """Stop the instance now (and its children on any app when ``recursive``); returns
+        its state as :meth:`suspend` does. Children are terminated after this returns."""
+        message = Control(self.instance_id, ControlAction.TERMINATE, reason, recursive)
+        return await self._control(message, wait)
+
+    async def purge(self, *, recursive: bool = True, wait: bool = True) -> WorkflowState | None:
+        """Delete a finished instance's history and state (and its children's).
+
+        Returns None once it is gone (or if it never existed), and the instance's state if
+        the host refused because it has not finished. Children are purged after this
+        returns. With ``wait=False`` it only sends the command and returns None.
+        """
+        message = Control(self.instance_id, ControlAction.PURGE, "", recursive)
+        reply = await self._client._control(self.app_id, message, wait=wait)
+        return reply.state if reply else None
+
+    async def _control(self, message: Control, wait: bool) -> WorkflowState | None:
+        reply = await self._client._control(self.app_id, message, wait=wait)
+        if reply is None:
+            return None
+        if reply.state is None:
+            raise WorkflowNotFoundError(f"no workflow {self.instance_id!r} on app {self.app_id!r}")
+        return reply.state

@@ -75,7 +75,7 @@ from flowmesh.runtime._translate import (
     open_timer_seqs,
 )
 from flowmesh.security._senders import SenderPolicy
-from flowmesh.store import HeldMessage, WorkflowStore
+from flowmesh.store import HeldMessage, Waiter, WorkflowStore
 from flowmesh.transport import Delivery, Outgoing, QueueKind, Transport
 
 REFUSALS_KEPT = 10
@@ -112,6 +112,8 @@ class _StepInput:
     """Answers to parents outside any commit (a child ID taken, a finished child's result)."""
     purge: Control | None = None
     book: TaskBookkeeping = field(default_factory=TaskBookkeeping)
+    controls: list[Delivery] = field(default_factory=list)
+    """Controls sent with ``reply_to``: answered with the state the step leaves."""
 
 
 @dataclass(slots=True)
@@ -342,9 +344,13 @@ class Orchestrator:
             await self._transport.publish(send_now)
         if purge is not None:
             await self._purge(instance_id, live, purge)
+            # Only a finished instance is purged; any other keeps its state.
+            kept = live.state if live and not live.state.status.is_terminal else None
+            await self._send_replies(_state_replies(step.controls, instance_id, kept))
             return to_ack
         if len(events) == 1 and (not book or live is None):
-            await self._send_replies(replies)
+            answers = _state_replies(step.controls, instance_id, live.state if live else None)
+            await self._send_replies([*replies, *answers])
             return to_ack
 
         if live is None:
@@ -357,11 +363,15 @@ class Orchestrator:
         if from_cache and (outcome.dropped or effects.stale or not (outcome.changed or effects)):
             raise _StaleCache
         refused_now = self._refused(outcome, origins, refusals, to_ack)
-        if outcome.changed or effects or refused_now:
+        state = (
             await self._commit(
                 instance_id, live, outcome, now, effects, refused=refused_now, take_held=len(held)
             )
-        await self._send_replies(replies)
+            if outcome.changed or effects or refused_now
+            else live.state
+        )
+        # Only now, committed: a command sent after a control's answer applies after it.
+        await self._send_replies([*replies, *_state_replies(step.controls, instance_id, state)])
         return to_ack
 
     async def _sort(
@@ -384,6 +394,8 @@ class Orchestrator:
         for item in checked:
             message = item.message
             step.to_ack.append(item.delivery)
+            if isinstance(message, Control) and item.delivery.reply_to:
+                step.controls.append(item.delivery)
             if isinstance(message, StartWorkflow):
                 decision = decide_start(
                     message,
@@ -461,7 +473,9 @@ class Orchestrator:
         """A message for an instance that does not exist: an event or control (but purge)
         may precede its start, so it is held until the instance is created (or dead-lettered
         past the holding bound); anything else belongs to a purged or unknown run."""
-        if not isinstance(item.message, RaiseEvent | Control):
+        if not isinstance(item.message, RaiseEvent | Control) or item.delivery.reply_to:
+            # A control whose sender waits for the answer is answered "no such instance"
+            # instead: held, it would turn a mistyped ID into a tombstone.
             self._log.warning(
                 "message for unknown instance dropped", kind=type(item.message).__name__
             )
@@ -525,7 +539,8 @@ class Orchestrator:
         *,
         refused: tuple[str, ...] = (),
         take_held: int = 0,
-    ) -> None:
+    ) -> WorkflowState:
+        """Commit the step and publish its outbox; returns the committed state."""
         execution = live.execution
         history = live.history
         append = list(outcome.append)
@@ -637,6 +652,7 @@ class Orchestrator:
         )
         if waiters:
             await self._notify_waiters(instance_id, state, waiters)
+        return state
 
     def _log_transition(self, before: WorkflowState, after: WorkflowState) -> None:
         if before.run_id != after.run_id:
@@ -693,7 +709,10 @@ class Orchestrator:
     async def _describe(self, delivery: Delivery, message: Describe) -> None:
         try:
             if message.wait:
-                state = await self._store.add_waiter(message.instance_id, delivery.reply_to)
+                # The notice carries this request's correlation ID, which the client chose
+                # unguessably: an answer with any other ID is not taken for it.
+                waiter = Waiter(delivery.reply_to, delivery.correlation_id)
+                state = await self._store.add_waiter(message.instance_id, waiter)
                 if state is not None and not state.status.ends_waiting:
                     return  # answered when the instance finishes
             else:
@@ -724,11 +743,14 @@ class Orchestrator:
         )
 
     async def _notify_waiters(
-        self, instance_id: str, state: WorkflowState, waiters: Sequence[str]
+        self, instance_id: str, state: WorkflowState, waiters: Sequence[Waiter]
     ) -> None:
         body = self._codec.encode_message(StateReply(instance_id, state))
-        for address in waiters:
-            await self._transport.send_reply(address, "wait:" + instance_id, body)
+        for waiter in waiters:
+            # No correlation ID: stored by a host that predates them, for a client that
+            # expects the old fixed one.
+            correlation_id = waiter.correlation_id or "wait:" + instance_id
+            await self._transport.send_reply(waiter.address, correlation_id, body)
 
     async def _purge(self, instance_id: str, live: _Live | None, message: Control) -> None:
         if live is None:
@@ -818,6 +840,14 @@ def _failure_shown(failure: FailureDetails | None, codec: Codec) -> str | None:
     if failure is None:
         return None
     return failure.message if codec.payload_codec is None else failure.error_type
+
+
+def _state_replies(
+    controls: Sequence[Delivery], instance_id: str, state: WorkflowState | None
+) -> list[tuple[Delivery, Message]]:
+    """Answers to controls sent with ``reply_to``: the state the step left (None: no such
+    instance, or purged)."""
+    return [(delivery, StateReply(instance_id, state)) for delivery in controls]
 
 
 def _blank_state(instance_id: str, app_id: str, version: int) -> WorkflowState:

@@ -456,6 +456,10 @@ class SecurityPlan:
                     env.append(f"FLOWMESH_REDIS_PREFIX={q(self.key_prefix)}")
             env.append(f"FLOWMESH_APP_USER_PATTERN={q(self.users.pattern)}")
             out.append(f"#   {' '.join(env)} flowmesh worker --app-id {app_id}")
+        out.append(
+            f"#   and clients with FLOWMESH_APP_USER_PATTERN={q(self.users.pattern)} too, so they "
+            "take answers only from the app asked."
+        )
         return "\n".join(out) + "\n"
 
 

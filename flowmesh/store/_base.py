@@ -19,6 +19,11 @@ from typing import Protocol
 from flowmesh.model import HistoryEvent, WorkflowState, WorkflowStatus
 from flowmesh.transport._base import Outgoing
 
+MAX_WAITERS = 256
+"""Waiters an instance keeps at most. Each client inbox waiting on it adds one (its re-asks
+add nothing), so without a bound a long-running instance polled by short-lived clients would
+collect one per client for its whole life."""
+
 
 @dataclass(frozen=True, slots=True)
 class OutboxEntry:
@@ -51,6 +56,20 @@ class HeldMessage:
     user_id: str = ""
     """The verified sender, for the sender checks applied when the message is used."""
     message_id: str = ""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Waiter:
+    """An inbox waiting for an instance to finish, and the correlation ID its answer carries.
+
+    The correlation ID is the one of the ``Describe(wait=True)`` request that registered the
+    waiter: a client only accepts an answer carrying an ID it chose (unguessably), so a
+    completion notice cannot be forged by whoever else may write to its inbox.
+    """
+
+    address: str
+    correlation_id: str = ""
+    """Empty for waiters stored before correlation IDs were (see ``docs/protocol.md``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +108,7 @@ class Commit:
     step applied. The commit fails as a conflict unless exactly that many are held, and
     removes them; so a message held meanwhile is never left behind."""
     take_waiters: bool = False
-    """Also remove and return the addresses waiting for this instance (set when the step
+    """Also remove and return the waiters of this instance (set when the step
     finishes or stalls it): atomically with the state change, so a waiter added before the
     commit is always answered and none is added after. Left in place on a version conflict."""
 
@@ -103,10 +122,10 @@ class WorkflowStore(Protocol):
     async def load_state(self, instance_id: str) -> WorkflowState | None:
         """The instance's state without its history (cheap), or None."""
 
-    async def commit(self, commit: Commit) -> list[str]:
+    async def commit(self, commit: Commit) -> list[Waiter]:
         """Apply ``commit`` atomically or raise :class:`~flowmesh.VersionConflictError`.
 
-        Returns the waiter addresses it removed, sorted: those registered by
+        Returns the waiters it removed, sorted: those registered by
         :meth:`add_waiter` if ``commit.take_waiters`` is set, else none (an empty list).
         """
 
@@ -131,16 +150,18 @@ class WorkflowStore(Protocol):
     async def next_timer_at(self) -> datetime | None:
         """When the earliest stored timer is due (None if there are no timers)."""
 
-    async def add_waiter(self, instance_id: str, address: str) -> WorkflowState | None:
-        """Atomically: unless the instance is finished or stalled, remember ``address`` to
-        notify.
+    async def add_waiter(self, instance_id: str, waiter: Waiter) -> WorkflowState | None:
+        """Atomically: unless the instance is finished or stalled, remember ``waiter`` to
+        notify. Adding the same waiter again changes nothing; an instance keeps at most
+        :data:`MAX_WAITERS` of them, a random one dropped to make room (a dropped waiter's
+        client re-asks, see ``docs/protocol.md``).
 
         Returns the current state (the caller answers at once if it is already terminal), or
         None if the instance does not exist.
         """
 
-    async def take_waiters(self, instance_id: str) -> list[str]:
-        """Remove and return the addresses waiting for ``instance_id``, sorted.
+    async def take_waiters(self, instance_id: str) -> list[Waiter]:
+        """Remove and return the waiters of ``instance_id``, sorted.
 
         A step that finishes the instance takes them in its commit instead
         (:attr:`Commit.take_waiters`), which cannot miss a waiter added meanwhile.

@@ -45,6 +45,8 @@ REDIS_COMMANDS = (
     "ltrim",
     "rpush",
     "sadd",
+    "scard",
+    "spop",
     "zadd",
     "zrangebyscore",
     "zrem",

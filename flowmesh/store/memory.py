@@ -24,7 +24,15 @@ from datetime import UTC, datetime, timedelta
 
 from flowmesh._errors import VersionConflictError
 from flowmesh.model import HistoryEvent, WorkflowState, WorkflowStatus, check_instance_id
-from flowmesh.store._base import Commit, HeldMessage, InstanceRecord, OutboxEntry, TimerEntry
+from flowmesh.store._base import (
+    MAX_WAITERS,
+    Commit,
+    HeldMessage,
+    InstanceRecord,
+    OutboxEntry,
+    TimerEntry,
+    Waiter,
+)
 from flowmesh.transport._base import Outgoing
 
 __all__ = ["MemoryStore"]
@@ -83,7 +91,7 @@ class _Instance:
     history: list[HistoryEvent]
     # Position in the instance index, from the store's sequence (creation order).
     created_seq: int
-    waiters: set[str] = field(default_factory=set)
+    waiters: set[Waiter] = field(default_factory=set)
     # entry_id -> ((commit version, position in commit), message): the commit order.
     outbox: dict[str, tuple[tuple[int, int], Outgoing]] = field(default_factory=dict)
 
@@ -137,7 +145,7 @@ class MemoryStore:
         found = self._instances.get(instance_id)
         return None if found is None else found.state
 
-    async def commit(self, commit: Commit) -> list[str]:
+    async def commit(self, commit: Commit) -> list[Waiter]:
         """Apply ``commit`` atomically or raise :class:`~flowmesh.VersionConflictError`.
 
         Returns the waiters it took (``commit.take_waiters``), sorted; else an empty list.
@@ -253,17 +261,19 @@ class MemoryStore:
             return None
         return _from_epoch_ms(min(timer.due_ms for timer in self._timers.values()))
 
-    async def add_waiter(self, instance_id: str, address: str) -> WorkflowState | None:
-        """Remember ``address`` unless the instance is finished; its state, or None if absent."""
+    async def add_waiter(self, instance_id: str, waiter: Waiter) -> WorkflowState | None:
+        """Remember ``waiter`` unless the instance is finished; its state, or None if absent."""
         found = self._instances.get(instance_id)
         if found is None:
             return None
-        if not found.state.status.ends_waiting:
-            found.waiters.add(address)
+        if not found.state.status.ends_waiting and waiter not in found.waiters:
+            if len(found.waiters) >= MAX_WAITERS:
+                found.waiters.pop()  # an arbitrary one, as Redis's SPOP drops a random one
+            found.waiters.add(waiter)
         return found.state
 
-    async def take_waiters(self, instance_id: str) -> list[str]:
-        """Remove and return the addresses waiting for ``instance_id`` (sorted, like Redis's)."""
+    async def take_waiters(self, instance_id: str) -> list[Waiter]:
+        """Remove and return the waiters of ``instance_id`` (sorted, like Redis's)."""
         found = self._instances.get(instance_id)
         if found is None:
             return []

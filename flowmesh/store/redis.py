@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
-from collections.abc import Awaitable, Iterator, Sequence
+from collections.abc import Awaitable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -57,7 +57,15 @@ from flowmesh.model import (
     check_instance_id,
 )
 from flowmesh.security._tls import TLSConfig, strip_tls_query
-from flowmesh.store._base import Commit, HeldMessage, InstanceRecord, OutboxEntry, TimerEntry
+from flowmesh.store._base import (
+    MAX_WAITERS,
+    Commit,
+    HeldMessage,
+    InstanceRecord,
+    OutboxEntry,
+    TimerEntry,
+    Waiter,
+)
 from flowmesh.store._redis_batch import Call, TurnBatcher
 from flowmesh.store._redis_keys import (
     REDIS_COMMANDS,
@@ -85,6 +93,24 @@ log = structlog.get_logger("flowmesh.store")
 
 _NOT_AWAITED = tuple(status.value for status in WorkflowStatus if status.ends_waiting)
 """Statuses for which ``add_waiter`` answers at once instead of storing the waiter."""
+
+
+def _waiter_member(waiter: Waiter) -> str:
+    """The waiters set's member for ``waiter``: inbox addresses contain no space."""
+    if not waiter.correlation_id:
+        return waiter.address
+    return f"{waiter.address} {waiter.correlation_id}"
+
+
+def _parse_waiters(members: Iterable[bytes]) -> list[Waiter]:
+    """Waiters from set members; a bare address was stored before correlation IDs were."""
+    waiters = []
+    for member in members:
+        address, _, correlation_id = member.decode().partition(" ")
+        waiters.append(Waiter(address, correlation_id))
+    return sorted(waiters)
+
+
 _URL_SCHEMES = ("redis", "rediss", "unix")
 _SCRIPTS = ("commit", "claim_timers", "add_waiter", "remove_outbox", "purge", "hold", "drop_held")
 _OUTBOX_CHUNK = 200
@@ -366,7 +392,7 @@ class RedisStore:
             )
         return None if blob is None else self._codec.decode_state(blob)
 
-    async def commit(self, commit: Commit) -> list[str]:
+    async def commit(self, commit: Commit) -> list[Waiter]:
         """Apply ``commit`` in one EVALSHA or raise :class:`~flowmesh.VersionConflictError`.
 
         Returns the waiters the same script removed (``commit.take_waiters``), sorted; else an
@@ -415,7 +441,7 @@ class RedisStore:
                 f"stored version {reply[1]}",
                 stored_version=int(reply[1]),
             )
-        return sorted(member.decode() for member in reply[1:]) if len(reply) > 1 else []
+        return _parse_waiters(reply[1:])
 
     async def list_outbox(self, limit: int = 100) -> list[OutboxEntry]:
         """Pending outbox entries: instances by oldest pending commit, each in commit order."""
@@ -492,15 +518,16 @@ class RedisStore:
             first = await self._redis.zrange(self._keys.timers, 0, 0, withscores=True)
         return _from_epoch_ms(int(first[0][1])) if first else None
 
-    async def add_waiter(self, instance_id: str, address: str) -> WorkflowState | None:
-        """Remember ``address`` unless the instance is finished; its state, or None if absent."""
+    async def add_waiter(self, instance_id: str, waiter: Waiter) -> WorkflowState | None:
+        """Remember ``waiter`` unless the instance is finished; its state, or None if absent."""
         keys = [self._keys.instance(instance_id), self._keys.waiters(instance_id)]
+        args = [_waiter_member(waiter), MAX_WAITERS, *_NOT_AWAITED]
         with self._translating(f"add waiter to {instance_id!r}"):
-            blob = await self._run("add_waiter", keys, [address, *_NOT_AWAITED])
+            blob = await self._run("add_waiter", keys, args)
         return None if blob is None else self._codec.decode_state(blob)
 
-    async def take_waiters(self, instance_id: str) -> list[str]:
-        """Remove and return the addresses waiting for ``instance_id``."""
+    async def take_waiters(self, instance_id: str) -> list[Waiter]:
+        """Remove and return the waiters of ``instance_id``, sorted."""
         key = self._keys.waiters(instance_id)
         pipe: Pipeline
         with self._translating(f"take waiters of {instance_id!r}"):
@@ -508,7 +535,7 @@ class RedisStore:
                 pipe.smembers(key)
                 pipe.delete(key)
                 members, _ = await pipe.execute()
-        return sorted(member.decode() for member in members)
+        return _parse_waiters(members)
 
     async def purge(self, instance_id: str) -> bool:
         """Delete the instance, its history, outbox, timers and waiters; False if absent."""

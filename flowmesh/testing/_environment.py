@@ -18,7 +18,7 @@ from types import TracebackType
 
 from flowmesh._app import App
 from flowmesh._errors import ConfigurationError
-from flowmesh.client import Client
+from flowmesh.client import Client, ClientOptions
 from flowmesh.codec import Codec
 from flowmesh.runtime import Clock, SystemClock, VirtualClock, Worker, WorkerOptions
 from flowmesh.store.memory import MemoryStore
@@ -58,7 +58,11 @@ class TestEnvironment:
         self.transport = MemoryTransport()
         self.stores = {app.app_id: MemoryStore(app.app_id) for app in apps if app.hosts_workflows}
         self.workers: list[Worker] = []
-        self.client = Client(transport=self.transport, codec=self._codec)
+        # One in-memory broker without per-app users: answers carry no user to check, even
+        # where FLOWMESH_APP_USER_PATTERN is set for real workers.
+        self.client = Client(
+            transport=self.transport, codec=self._codec, options=ClientOptions(app_user_pattern="")
+        )
         self._autojump: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> TestEnvironment:

@@ -139,8 +139,15 @@ class Inbox(Protocol):
         confirmed. Other answers are kept only up to a bound, oldest dropped first.
         """
 
-    async def receive(self, correlation_id: str, timeout: float) -> bytes | None:
-        """The next answer carrying ``correlation_id``, or None after ``timeout`` seconds."""
+    async def receive(
+        self, correlation_id: str, timeout: float, *, sender: str = ""
+    ) -> bytes | None:
+        """The next answer carrying ``correlation_id``, or None after ``timeout`` seconds.
+
+        With ``sender`` (a broker user name), answers that another user sent are dropped:
+        every hosting app may write to every inbox, so only the user of the app that was
+        asked may answer (see ``docs/security-model.md``).
+        """
 
     async def close(self) -> None:
         """Delete the inbox."""

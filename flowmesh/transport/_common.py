@@ -89,6 +89,9 @@ def _new_inbox_address() -> str:
     return f"fm.inbox.{uuid.uuid4().hex}"
 
 
+_Answer = tuple[bytes, str]
+"""An answer's body and the broker user that sent it."""
+
 _DROPS_PER_LOG_LINE = 1000
 """An inbox logs its first dropped answer and then every 1000th (with the running total)."""
 
@@ -101,13 +104,16 @@ class _AnswerBuffer:
     every answer, even those that arrive before the broker confirmed the request. Other
     answers (the requester timed out and left, or a notice came between two polls) are held
     up to ``limit``; the oldest is dropped first, so they cannot grow an inbox without bound.
+
+    Each answer keeps the broker user that sent it, so a receiver that knows who must answer
+    (:meth:`get`'s ``sender``) never takes an answer from anyone else.
     """
 
     def __init__(self, limit: int = 1000) -> None:
         self._limit = limit
         self._expected: dict[str, int] = {}
-        self._claimed: dict[str, deque[bytes]] = {}
-        self._loose: dict[str, deque[bytes]] = {}
+        self._claimed: dict[str, deque[_Answer]] = {}
+        self._loose: dict[str, deque[_Answer]] = {}
         self._loose_count = 0
         self._dropped = 0
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
@@ -129,20 +135,22 @@ class _AnswerBuffer:
                 self._expected[correlation_id] = left
             else:
                 del self._expected[correlation_id]
-                for body in self._claimed.pop(correlation_id, ()):
-                    self._put_loose(correlation_id, body)
+                for answer in self._claimed.pop(correlation_id, ()):
+                    self._put_loose(correlation_id, answer)
 
-    def put(self, correlation_id: str, body: bytes) -> None:
-        """Store an answer and wake whoever waits for its correlation ID."""
+    def put(self, correlation_id: str, body: bytes, user_id: str = "") -> None:
+        """Store an answer sent by broker user ``user_id`` and wake whoever waits for its
+        correlation ID."""
         if self._closed:
             return
+        answer = (body, user_id)
         if correlation_id in self._expected:
-            self._claimed.setdefault(correlation_id, deque()).append(body)
+            self._claimed.setdefault(correlation_id, deque()).append(answer)
         else:
-            self._put_loose(correlation_id, body)
+            self._put_loose(correlation_id, answer)
         self._wake(correlation_id)
 
-    def _put_loose(self, correlation_id: str, body: bytes) -> None:
+    def _put_loose(self, correlation_id: str, answer: _Answer) -> None:
         if self._loose_count >= self._limit:
             oldest_id, oldest = next(iter(self._loose.items()))
             oldest.popleft()
@@ -158,30 +166,42 @@ class _AnswerBuffer:
                     dropped_total=self._dropped,
                     limit=self._limit,
                 )
-        self._loose.setdefault(correlation_id, deque()).append(body)
+        self._loose.setdefault(correlation_id, deque()).append(answer)
         self._loose_count += 1
 
-    def _take(self, correlation_id: str) -> bytes | None:
+    def _take(self, correlation_id: str, sender: str) -> bytes | None:
         # Loose answers for an ID arrived before it was expected: oldest first.
         for answers in (self._loose, self._claimed):
             queued = answers.get(correlation_id)
-            if queued:
-                body = queued.popleft()
+            while queued:
+                body, user_id = queued.popleft()
                 if not queued:
                     del answers[correlation_id]
                 if answers is self._loose:
                     self._loose_count -= 1
-                return body
+                if not sender or user_id == sender:
+                    return body
+                # Whoever may write to inboxes (any hosting app) could send this; it must
+                # neither be taken for the real answer nor hide it.
+                log.warning(
+                    "transport.answer_refused",
+                    correlation_id=correlation_id,
+                    user_id=user_id,
+                    expected_user_id=sender,
+                )
         return None
 
-    async def get(self, correlation_id: str, within: float) -> bytes | None:
-        """The next answer for ``correlation_id``, or None after ``within`` seconds."""
-        body = self._take(correlation_id)
+    async def get(self, correlation_id: str, within: float, sender: str = "") -> bytes | None:
+        """The next answer for ``correlation_id``, or None after ``within`` seconds.
+
+        With ``sender``, answers from any other broker user are dropped (and logged).
+        """
+        body = self._take(correlation_id, sender)
         if body is not None:  # already here: no timer needed
             return body
         try:
             async with asyncio.timeout(within):
-                while (body := self._take(correlation_id)) is None:
+                while (body := self._take(correlation_id, sender)) is None:
                     if self._closed:
                         return None
                     await self._wait(correlation_id)

@@ -65,9 +65,12 @@ class RabbitInbox:
         """Within the block, answers carrying ``correlation_id`` are kept until received."""
         return self._buffer.expecting(correlation_id)
 
-    async def receive(self, correlation_id: str, timeout: float) -> bytes | None:
-        """The next answer carrying ``correlation_id``, or None after ``timeout`` seconds."""
-        return await self._buffer.get(correlation_id, timeout)
+    async def receive(
+        self, correlation_id: str, timeout: float, *, sender: str = ""
+    ) -> bytes | None:
+        """The next answer carrying ``correlation_id`` (sent by broker user ``sender``, if
+        given), or None after ``timeout`` seconds."""
+        return await self._buffer.get(correlation_id, timeout, sender)
 
     async def close(self) -> None:
         """Delete the queue and close its channel; waiting receivers get None."""
@@ -85,8 +88,10 @@ class RabbitInbox:
 
     def _on_answer(self, message: AbstractIncomingMessage) -> None:
         # A plain function: aio-pika would run a coroutine in a task of its own per answer.
+        # RabbitMQ verified user_id against the publisher's connection: the sender's identity.
+        user_id = message.user_id or ""
         if message.type != ANSWERS_TYPE:
-            self._buffer.put(message.correlation_id or "", message.body)
+            self._buffer.put(message.correlation_id or "", message.body, user_id)
             return
         try:
             answers = unpack_answers(message.body, max_bytes=len(message.body))
@@ -95,4 +100,4 @@ class RabbitInbox:
             log.warning("transport.answers_dropped", inbox=self._address, error=str(exc))
             return
         for correlation_id, body in answers:
-            self._buffer.put(correlation_id, body)
+            self._buffer.put(correlation_id, body, user_id)

@@ -327,9 +327,12 @@ class _MemoryInbox:
         """Within the block, answers carrying ``correlation_id`` are kept until received."""
         return self.buffer.expecting(correlation_id)
 
-    async def receive(self, correlation_id: str, timeout: float) -> bytes | None:
-        """The next answer carrying ``correlation_id``, or None after ``timeout`` seconds."""
-        return await self.buffer.get(correlation_id, timeout)
+    async def receive(
+        self, correlation_id: str, timeout: float, *, sender: str = ""
+    ) -> bytes | None:
+        """The next answer carrying ``correlation_id`` (sent by broker user ``sender``, if
+        given), or None after ``timeout`` seconds."""
+        return await self.buffer.get(correlation_id, timeout, sender)
 
     async def close(self) -> None:
         """Delete the inbox; later answers to it are dropped."""
@@ -418,7 +421,7 @@ class MemoryTransport:
         if inbox is None:
             log.debug("transport.reply_dropped", address=address)
             return
-        inbox.buffer.put(correlation_id, bytes(body))
+        inbox.buffer.put(correlation_id, bytes(body), self._user_id)
 
     async def consume(
         self, app_id: str, kind: QueueKind, handler: Handler, *, prefetch: int

@@ -28,7 +28,15 @@ from flowmesh.model import (
     WorkflowState,
     WorkflowStatus,
 )
-from flowmesh.store import Commit, HeldMessage, OutboxEntry, TimerEntry, WorkflowStore
+from flowmesh.store import (
+    MAX_WAITERS,
+    Commit,
+    HeldMessage,
+    OutboxEntry,
+    TimerEntry,
+    Waiter,
+    WorkflowStore,
+)
 from flowmesh.store.memory import MemoryStore
 from flowmesh.store.redis import RedisStore, RedisStoreConfig
 from flowmesh.transport._base import Outgoing, QueueKind
@@ -118,6 +126,11 @@ def step(
 
 def started(instance_id: str) -> WorkflowStarted:
     return WorkflowStarted(name="checkout", instance_id=instance_id, app_id="orders")
+
+
+def waiter(name: str) -> Waiter:
+    """Inbox ``name`` waiting with a correlation ID of its own."""
+    return Waiter(f"fm.inbox.{name}", f"cid-{name}")
 
 
 def timer(instance_id: str, seq: int, fire_at: datetime) -> TimerEntry:
@@ -335,11 +348,37 @@ async def test_add_waiter_to_running_instance_returns_state_and_take_returns_add
     store: WorkflowStore,
 ) -> None:
     await store.commit(step("wf-1", 0, started("wf-1")))
-    assert await store.add_waiter("wf-1", "inbox-b") == state("wf-1", 1)
-    assert await store.add_waiter("wf-1", "inbox-a") == state("wf-1", 1)
-    assert await store.add_waiter("wf-1", "inbox-a") == state("wf-1", 1)
-    assert sorted(await store.take_waiters("wf-1")) == ["inbox-a", "inbox-b"]
+    assert await store.add_waiter("wf-1", waiter("b")) == state("wf-1", 1)
+    assert await store.add_waiter("wf-1", waiter("a")) == state("wf-1", 1)
+    assert await store.add_waiter("wf-1", waiter("a")) == state("wf-1", 1)
+    assert sorted(await store.take_waiters("wf-1")) == [waiter("a"), waiter("b")]
     assert await store.take_waiters("wf-1") == []
+
+
+async def test_waiters_keep_their_correlation_ids_one_per_pair(store: WorkflowStore) -> None:
+    """One inbox waiting under two correlation IDs is two waiters, each answered with its own
+    ID; re-registering the same pair (a client re-asking) adds nothing."""
+    await store.commit(step("wf-1", 0, started("wf-1")))
+    first, second = Waiter("fm.inbox.a", "c1"), Waiter("fm.inbox.a", "c2")
+    for registered in (second, first, second):
+        await store.add_waiter("wf-1", registered)
+    done = step("wf-1", 1, status=WorkflowStatus.COMPLETED, take_waiters=True)
+    assert await store.commit(done) == [first, second]
+
+
+async def test_an_instance_keeps_at_most_max_waiters_and_always_the_newest(
+    store: WorkflowStore,
+) -> None:
+    """Waiters are bounded: past MAX_WAITERS an earlier one is dropped (its client re-asks),
+    never the one just added."""
+    await store.commit(step("wf-1", 0, started("wf-1")))
+    for n in range(MAX_WAITERS + 5):
+        await store.add_waiter("wf-1", waiter(f"{n:04}"))
+    await store.add_waiter("wf-1", waiter("0001"))  # kept or dropped, still within the bound
+    kept = await store.take_waiters("wf-1")
+    assert len(kept) == MAX_WAITERS
+    assert waiter(f"{MAX_WAITERS + 4:04}") in kept
+    assert waiter("0001") in kept
 
 
 @pytest.mark.parametrize("final", [WorkflowStatus.FAILED, WorkflowStatus.STALLED])
@@ -350,13 +389,13 @@ async def test_add_waiter_to_finished_or_stalled_instance_returns_its_state_and_
     wait), so no waiter is left stored for it."""
     await store.commit(step("wf-1", 0, started("wf-1")))
     await store.commit(step("wf-1", 1, status=final))
-    finished = await store.add_waiter("wf-1", "inbox-a")
+    finished = await store.add_waiter("wf-1", waiter("a"))
     assert finished == state("wf-1", 2, final)
     assert await store.take_waiters("wf-1") == []
 
 
 async def test_add_waiter_to_missing_instance_returns_none(store: WorkflowStore) -> None:
-    assert await store.add_waiter("nope", "inbox-a") is None
+    assert await store.add_waiter("nope", waiter("a")) is None
     assert await store.take_waiters("nope") == []
 
 
@@ -372,7 +411,7 @@ async def test_purge_removes_everything_and_returns_false_the_second_time(
             add_timers=(timer("wf-1", 1, T0),),
         )
     )
-    await store.add_waiter("wf-1", "inbox-a")
+    await store.add_waiter("wf-1", waiter("a"))
     await store.commit(step("wf-2", 0, add_timers=(timer("wf-2", 1, T0 + LEASE),)))
 
     assert await store.purge("wf-1") is True
@@ -578,10 +617,10 @@ async def test_a_commit_taking_waiters_returns_them_sorted_and_removes_them(
     store: WorkflowStore,
 ) -> None:
     assert await store.commit(step("wf-1", 0, started("wf-1"), take_waiters=True)) == []
-    for address in ("inbox-b", "inbox-c", "inbox-a"):
-        await store.add_waiter("wf-1", address)
+    for name in ("b", "c", "a"):
+        await store.add_waiter("wf-1", waiter(name))
     taken = await store.commit(step("wf-1", 1, take_waiters=True))
-    assert taken == ["inbox-a", "inbox-b", "inbox-c"]
+    assert taken == [waiter("a"), waiter("b"), waiter("c")]
     assert await store.commit(step("wf-1", 2, take_waiters=True)) == []
     assert await store.take_waiters("wf-1") == []
     state_now = await store.load_state("wf-1")
@@ -593,10 +632,10 @@ async def test_a_commit_not_taking_waiters_returns_none_of_them_and_leaves_them(
     store: WorkflowStore,
 ) -> None:
     await store.commit(step("wf-1", 0, started("wf-1")))
-    await store.add_waiter("wf-1", "inbox-b")
-    await store.add_waiter("wf-1", "inbox-a")
+    await store.add_waiter("wf-1", waiter("b"))
+    await store.add_waiter("wf-1", waiter("a"))
     assert await store.commit(step("wf-1", 1)) == []
-    assert await store.take_waiters("wf-1") == ["inbox-a", "inbox-b"]
+    assert await store.take_waiters("wf-1") == [waiter("a"), waiter("b")]
 
 
 async def test_a_conflicting_commit_taking_waiters_leaves_them_in_place(
@@ -604,12 +643,12 @@ async def test_a_conflicting_commit_taking_waiters_leaves_them_in_place(
 ) -> None:
     await store.commit(step("wf-1", 0, started("wf-1")))
     await store.commit(step("wf-1", 1))
-    await store.add_waiter("wf-1", "inbox-a")
+    await store.add_waiter("wf-1", waiter("a"))
     with pytest.raises(VersionConflictError):
         await store.commit(step("wf-1", 1, status=WorkflowStatus.COMPLETED, take_waiters=True))
     with pytest.raises(VersionConflictError):
         await store.commit(step("wf-2", 3, take_waiters=True))  # absent instance
-    assert await store.take_waiters("wf-1") == ["inbox-a"]
+    assert await store.take_waiters("wf-1") == [waiter("a")]
 
 
 async def test_no_waiter_is_added_after_the_commit_that_finished_the_instance_took_them(
@@ -617,10 +656,10 @@ async def test_no_waiter_is_added_after_the_commit_that_finished_the_instance_to
 ) -> None:
     """A waiter is either taken by the finishing commit or sees the finished state."""
     await store.commit(step("wf-1", 0, started("wf-1")))
-    await store.add_waiter("wf-1", "inbox-a")
+    await store.add_waiter("wf-1", waiter("a"))
     done = step("wf-1", 1, status=WorkflowStatus.COMPLETED, take_waiters=True)
-    assert await store.commit(done) == ["inbox-a"]
-    assert await store.add_waiter("wf-1", "inbox-b") == done.state
+    assert await store.commit(done) == [waiter("a")]
+    assert await store.add_waiter("wf-1", waiter("b")) == done.state
     assert await store.take_waiters("wf-1") == []
 
 
@@ -686,10 +725,10 @@ async def test_commits_and_outbox_removal_survive_an_emptied_script_cache(
             OutboxEntry(instance_id, "e1", message()),
         )
         await store.commit(step(instance_id, 0, outbox=outbox))
-    await store.add_waiter(ids[0], "inbox-a")
+    await store.add_waiter(ids[0], waiter("a"))
 
     await _empty_script_cache(store)
-    assert await store.commit(step(ids[0], 1, take_waiters=True)) == ["inbox-a"]
+    assert await store.commit(step(ids[0], 1, take_waiters=True)) == [waiter("a")]
     await _empty_script_cache(store)
     await store.remove_outbox_many([(instance_id, ["e0"]) for instance_id in ids])  # 2 chunks
     await _empty_script_cache(store)

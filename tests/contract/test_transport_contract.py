@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 from uuid import uuid4
 
 import aio_pika
@@ -36,6 +37,8 @@ class Broker:
     """
 
     open: Callable[..., Awaitable[Transport]]
+    user: str
+    """The broker user every transport opened here publishes as (its ``user_id``)."""
     apps: list[str] = field(default_factory=list)
 
     def new_app(self) -> str:
@@ -63,12 +66,15 @@ async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
 
         async def open_memory(drain_timeout: float = 0.0) -> Transport:
             transport = MemoryTransport(
-                memory, max_message_bytes=SIZE_LIMIT, drain_timeout=drain_timeout
+                memory,
+                max_message_bytes=SIZE_LIMIT,
+                drain_timeout=drain_timeout,
+                user_id="fm-contract",
             )
             opened.append(transport)
             return transport
 
-        yield Broker(open_memory)
+        yield Broker(open_memory, "fm-contract")
         for transport in opened:
             await transport.close()
         return
@@ -89,7 +95,7 @@ async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
         opened.append(transport)
         return transport
 
-    rabbit = Broker(open_rabbitmq)
+    rabbit = Broker(open_rabbitmq, urlsplit(url).username or "guest")
     try:
         yield rabbit
     finally:
@@ -451,6 +457,25 @@ async def test_unexpected_answers_are_bounded_and_the_oldest_go_first(
     # The first drop is logged, not each of the 100: a busy client must not flood its log.
     full = [entry for entry in logs if entry["event"] == "transport.inbox_full"]
     assert [(e["dropped_correlation_id"], e["dropped_total"]) for e in full] == [("late-0", 1)]
+    await inbox.close()
+
+
+async def test_an_inbox_hands_out_answers_only_from_the_expected_sender(
+    broker: Broker, transport: Transport
+) -> None:
+    """Every hosting app may write to every inbox: a receiver naming the sender (the asked
+    app's user) gets only that user's answers; the others are dropped, not kept for later."""
+    inbox = await transport.open_inbox()
+    with inbox.expecting("c-1"), capture_logs() as logs:
+        await transport.send_reply(inbox.address, "c-1", b"from someone else")
+        assert await inbox.receive("c-1", 0.3, sender="fm-the-asked-app") is None
+        assert await inbox.receive("c-1", 0.1) is None  # dropped, not put back
+        await transport.send_reply(inbox.address, "c-1", b"from the sender")
+        assert await inbox.receive("c-1", WAIT, sender=broker.user) == b"from the sender"
+    refused = [entry for entry in logs if entry["event"] == "transport.answer_refused"]
+    assert [(e["user_id"], e["expected_user_id"]) for e in refused] == [
+        (broker.user, "fm-the-asked-app")
+    ]
     await inbox.close()
 
 

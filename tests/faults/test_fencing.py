@@ -206,7 +206,8 @@ async def test_an_event_that_overtakes_its_start_is_held_and_applied(
     assert await handle.result(timeout=20) == "shipped 3"
 
     doomed = f"doomed-{uuid.uuid4().hex[:6]}"
-    await client.get_workflow(doomed, app_id=HOST).terminate(reason="cancelled early")
+    # Sent without waiting, like a parent's recursive terminate from its outbox.
+    await client.get_workflow(doomed, app_id=HOST).terminate(reason="cancelled early", wait=False)
     await asyncio.sleep(1.0)
     with pytest.raises(Exception, match="terminated before it started"):
         await client.start_workflow("ship_after_go", 1, app_id=HOST, instance_id=doomed)

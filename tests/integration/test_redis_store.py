@@ -26,7 +26,7 @@ from flowmesh._errors import ConfigurationError, StoreError, VersionConflictErro
 from flowmesh._masking import mask_secrets as mask_url
 from flowmesh.codec import Codec
 from flowmesh.model import EventRaised, WorkflowState, WorkflowStatus
-from flowmesh.store import Commit, OutboxEntry, TimerEntry
+from flowmesh.store import Commit, OutboxEntry, TimerEntry, Waiter
 from flowmesh.store._redis_safety import safety_warnings
 from flowmesh.store.redis import RedisStore, RedisStoreConfig
 from flowmesh.transport._base import Outgoing, QueueKind
@@ -133,7 +133,7 @@ async def test_commit_and_every_script_work_after_the_script_cache_is_flushed(
     outgoing = Outgoing("payments", QueueKind.WORK, b"x")
     await store.commit(commit("wf-1", 1, outbox=(OutboxEntry("wf-1", "e1", outgoing),)))
     assert await store.claim_due_timers(T0, timedelta(seconds=1)) == [TimerEntry("wf-1", 1, T0)]
-    assert await store.add_waiter("wf-1", "inbox") is not None
+    assert await store.add_waiter("wf-1", Waiter("fm.inbox.x", "c-x")) is not None
     await store.remove_outbox("wf-1", ["e1"])
     assert await store.list_outbox() == []
     assert await store.purge("wf-1") is True
@@ -170,9 +170,9 @@ async def test_commit_is_a_single_evalsha_and_load_a_single_transaction(tmp_path
                 url, store.commit(commit("wf-1", 1, append=two_events))
             )
             loaded = await _client_commands(url, store.load("wf-1"))
-            await store.add_waiter("wf-1", "inbox-a")
+            await store.add_waiter("wf-1", Waiter("fm.inbox.a", "c-a"))
             finished = commit("wf-1", 2, take_waiters=True)
-            taken: list[str] = []
+            taken: list[Waiter] = []
 
             async def finish() -> None:
                 taken.extend(await store.commit(finished))
@@ -185,7 +185,8 @@ async def test_commit_is_a_single_evalsha_and_load_a_single_transaction(tmp_path
             )
     assert committed == ["evalsha"]
     assert loaded == ["multi", "hget", "lrange", "exec"]  # sent as one batch
-    assert (finishing, taken) == (["evalsha"], ["inbox-a"])  # waiters taken by the commit
+    # The waiters are taken by the commit.
+    assert (finishing, taken) == (["evalsha"], [Waiter("fm.inbox.a", "c-a")])
     assert removing == ["evalsha"] * 3  # 200 instances per call, pipelined
 
 

@@ -29,14 +29,22 @@ import redis
 import redis.asyncio
 import redis.exceptions
 
-from flowmesh import Client, WorkflowStatus
-from flowmesh._errors import StoreError, TransportError
+from flowmesh import Client, ClientOptions, WorkflowStatus
+from flowmesh._errors import AppUnavailableError, StoreError, TransportError
 from flowmesh.cli._security import apply_redis_acls, run_rabbitmqctl
 from flowmesh.codec import Codec
-from flowmesh.model import ActivityCompleted, ActivityResult, RaiseEvent, TimerDue
+from flowmesh.model import (
+    ActivityCompleted,
+    ActivityResult,
+    Describe,
+    RaiseEvent,
+    StateReply,
+    TimerDue,
+    WorkflowState,
+)
 from flowmesh.security import SecurityPlan, declare_topology, topology_from_sources
 from flowmesh.store.redis import RedisStore, RedisStoreConfig
-from flowmesh.transport import Outgoing, QueueKind, queue_name
+from flowmesh.transport import Delivery, Outgoing, QueueKind, queue_name
 from flowmesh.transport.rabbitmq import RabbitMQConfig, RabbitMQTransport
 from tests.harness.processes import REPO, Services, WorkerProcesses
 
@@ -63,6 +71,11 @@ class Secured:
     @property
     def client_user(self) -> str:
         return next(iter(self.plan.clients))
+
+    @property
+    def two_app_client_user(self) -> str:
+        """A client user managing app1 and gpu-trainer."""
+        return list(self.plan.clients)[1]
 
     def amqp_url(self, user: str) -> str:
         parts = urlsplit(self.admin_amqp_url)
@@ -115,7 +128,8 @@ def secured(amqp_url: str, redis_url: str) -> Iterator[Secured]:
         hosts=topology.hosts,
         calls=topology.calls,
         children=topology.children,
-        clients={f"fmt{suffix}c-ops": ["app1"]},
+        # The second client talks to two hosting apps (one of which may turn on it).
+        clients={f"fmt{suffix}c-ops": ["app1"], f"fmt{suffix}c-both": ["app1", "gpu-trainer"]},
         vhost=vhost,
         key_prefix=key_prefix,
         user_pattern=f"fmt{suffix}-{{app}}",
@@ -265,6 +279,70 @@ async def test_each_app_runs_a_multi_app_workflow_with_only_its_own_credentials(
     completed = [e for e in record.history if isinstance(e, ActivityCompleted)]
     assert [e.seq for e in completed].count(seq) == 1
     assert all(e.output != {"text": "FORGED"} for e in completed)
+
+
+async def test_a_client_takes_no_completion_notice_forged_by_another_hosting_app(
+    secured: Secured, workers: WorkerProcesses, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 15, item 7. Every hosting app may write to every inbox. gpu-trainer learns the
+    inbox address of a client that talks to both apps from a request the client sends it,
+    then sends that inbox a StateReply claiming app1's workflow completed, with the
+    correlation ID an answer to ``wait()`` used to have (``wait:<instance>``). The client
+    must not take it: wait() still waits, and the real result arrives once the workflow
+    really finishes."""
+    start(workers, secured, "app1")
+    start(workers, secured, "app2")  # app3 is not running: the workflow waits for it
+    # Where workers run with per-app users, clients get the pattern from the same variable.
+    monkeypatch.setenv("FLOWMESH_APP_USER_PATTERN", secured.plan.users.pattern)
+    options = ClientOptions(request_timeout=2.0)
+    async with (
+        Client(secured.amqp_url(secured.two_app_client_user), options=options) as client,
+        transport_of(secured, secured.user("gpu-trainer")) as trainer,
+    ):
+        handle = await client.start_workflow(
+            "pipeline", {"text": "forge me"}, app_id="app1", instance_id="forge-1"
+        )
+        await waiting_on(client, "forge-1", "app3")
+
+        # The client asks gpu-trainer something; gpu-trainer (compromised) answers nothing
+        # but keeps the inbox address, which every request's reply_to reveals.
+        seen: list[Delivery] = []
+
+        async def spy(delivery: Delivery) -> None:
+            seen.append(delivery)
+            await delivery.ack()
+
+        await trainer.consume("gpu-trainer", QueueKind.REPLY, spy, prefetch=1)
+        with pytest.raises(AppUnavailableError):
+            await client.get_workflow("anything", app_id="gpu-trainer").describe()
+        assert seen
+        inbox = seen[0].reply_to
+
+        forged = StateReply(
+            "forge-1",
+            WorkflowState(
+                instance_id="forge-1",
+                app_id="app1",
+                name="pipeline",
+                status=WorkflowStatus.COMPLETED,
+                output={"result": {"text": "FORGED"}},
+            ),
+        )
+        body = CODEC.encode_message(forged)
+        for _ in range(3):  # before the wait, and while it runs
+            await trainer.send_reply(inbox, "wait:forge-1", body)
+        waiting = asyncio.create_task(handle.wait(timeout=3.0))
+        await asyncio.sleep(0.5)
+        await trainer.send_reply(inbox, "wait:forge-1", body)
+        with pytest.raises(TimeoutError):
+            await waiting
+        assert (await handle.describe()).status is WorkflowStatus.RUNNING
+        assert isinstance(seen[0].body, bytes)
+        assert isinstance(CODEC.decode_message(seen[0].body), Describe)
+
+        start(workers, secured, "app3")
+        result = await handle.result(timeout=60)
+        assert result["result"]["text"] == "FORGE ME"
 
 
 # -- what the broker refuses -------------------------------------------------------------------

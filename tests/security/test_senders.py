@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from flowmesh import ActivityContext, App, Client, WorkflowContext, WorkflowStatus
+from flowmesh import ActivityContext, App, Client, ClientOptions, WorkflowContext, WorkflowStatus
 from flowmesh._errors import ConfigurationError
 from flowmesh.codec import Codec
 from flowmesh.model import (
@@ -28,13 +28,15 @@ from flowmesh.model import (
     ParentRef,
     RaiseEvent,
     StartWorkflow,
+    StateReply,
     TaskNote,
     TimerDue,
+    WorkflowState,
 )
 from flowmesh.runtime import Worker, WorkerOptions
 from flowmesh.security._senders import AppUsers, SenderPolicy
 from flowmesh.store.memory import MemoryStore
-from flowmesh.transport import Outgoing, QueueKind
+from flowmesh.transport import Delivery, Outgoing, QueueKind
 from flowmesh.transport.memory import MemoryBroker, MemoryTransport
 
 PATTERN = "fm-{app}"
@@ -301,3 +303,34 @@ async def test_unsigned_and_foreign_work_is_refused(mesh: Mesh, client: Client) 
     assert "no user_id" in (await dead_letters(mesh, "s-host", 1))[0]
     assert "claims host app 's-host'" in (await dead_letters(mesh, "s-left", 1))[0]
     assert await mesh.store.load("u-1") is None
+
+
+@pytest.mark.parametrize("pattern", ["fm-{app}", ""])
+async def test_a_client_with_the_pattern_takes_answers_only_from_the_asked_apps_user(
+    pattern: str,
+) -> None:
+    """Answers are checked against the asked app's user once the client knows the pattern.
+    Here another app's user answers first with the right correlation ID (as if it had leaked):
+    the client takes the real host's answer; without the pattern it would take the forgery."""
+    broker = MemoryBroker()
+    host = MemoryTransport(broker, user_id="fm-orders")
+    other = MemoryTransport(broker, user_id="fm-evil")
+    real = WorkflowState(instance_id="wf", app_id="orders", name="w", status=WorkflowStatus.RUNNING)
+    forged = WorkflowState(
+        instance_id="wf", app_id="orders", name="w", status=WorkflowStatus.COMPLETED
+    )
+
+    async def answer(delivery: Delivery) -> None:
+        for transport, state in ((other, forged), (host, real)):
+            body = CODEC.encode_message(StateReply("wf", state))
+            await transport.send_reply(delivery.reply_to, delivery.correlation_id, body)
+        await delivery.ack()
+
+    await host.consume("orders", QueueKind.REPLY, answer, prefetch=1)
+    client_transport = MemoryTransport(broker, user_id="ops")
+    options = ClientOptions(app_user_pattern=pattern)
+    async with Client(transport=client_transport, options=options) as client:
+        state = await client.get_workflow("wf", app_id="orders").describe()
+    assert state.status is (WorkflowStatus.RUNNING if pattern else WorkflowStatus.COMPLETED)
+    for transport in (host, other, client_transport):
+        await transport.close()
