@@ -138,6 +138,14 @@ def main(log_level: str, log_format: str) -> None:
     help="Lease of a long activity; the host re-dispatches it if renewals stop.",
 )
 @click.option(
+    "--hold-unknown-for",
+    default=600.0,
+    show_default=True,
+    envvar="FLOWMESH_HOLD_UNKNOWN_FOR",
+    help="Seconds an event or control for an instance that does not exist yet is held "
+    "(it may have overtaken the start) before it is dead-lettered.",
+)
+@click.option(
     "--app-user-pattern",
     envvar="FLOWMESH_APP_USER_PATTERN",
     default=None,
@@ -156,6 +164,7 @@ def worker(
     drain_timeout: float,
     ack_deadline: float,
     activity_lease: float,
+    hold_unknown_for: float,
     app_user_pattern: str | None,
     tls_ca: str | None,
     tls_cert: str | None,
@@ -186,6 +195,7 @@ def worker(
         drain_timeout=drain_timeout,
         ack_deadline=ack_deadline,
         activity_lease=activity_lease,
+        hold_unknown_for=hold_unknown_for,
         crash_at=os.environ.get("FLOWMESH_CRASH_AT") or None,  # test-only fault injection
         app_user_pattern=app_user_pattern or None,
     )

@@ -11,7 +11,8 @@ leaves a duplicate in the dead-letter queue, never a loss.
 
 from __future__ import annotations
 
-from datetime import timedelta
+import asyncio
+from datetime import datetime, timedelta
 from typing import Any
 
 from flowmesh.runtime._clock import Clock
@@ -40,11 +41,21 @@ class HeldSweeper:
         self._hold_for = timedelta(seconds=hold_for)
         self._interval = interval
         self._log = log
+        self._due: datetime | None = None  # earliest bound of a message held by this replica
+        self._wake = asyncio.Event()
+
+    def notify(self, held_at: datetime) -> None:
+        """This replica just held a message: sweep no later than its bound (besides the
+        regular ``interval``), so the bound holds under a virtual clock too."""
+        due = held_at + self._hold_for
+        if self._due is None or due < self._due:
+            self._due = due
+            self._wake.set()
 
     async def sweep(self) -> int:
         """Dead-letter every message held longer than the bound; returns how many."""
-        now = self._clock.now()
-        before = now - self._hold_for
+        # Held at least hold_for ago (the store lists arrivals strictly before ``before``).
+        before = self._clock.now() - self._hold_for + timedelta(milliseconds=1)
         total = 0
         for instance_id, held in await self._store.expired_held(before):
             expired = [m for m in held if m.held_at < before]
@@ -68,11 +79,29 @@ class HeldSweeper:
     async def run(self) -> None:
         """Sweep forever (cancel to stop)."""
         while True:
-            await self._clock.sleep(self._interval)
+            self._wake.clear()
+            wait = self._interval
+            if self._due is not None:
+                wait = min(wait, max((self._due - self._clock.now()).total_seconds(), 0.0))
+            if await self._sleep_or_wake(wait):
+                continue  # a nearer bound was noted: recompute the wait
+            if self._due is not None and self._due <= self._clock.now():
+                self._due = None
             try:
                 await self.sweep()
             except Exception as exc:  # a sweeper must outlive any failure
                 self._log.warning("held-message sweep failed", error=str(exc))
+
+    async def _sleep_or_wake(self, seconds: float) -> bool:
+        """Sleep ``seconds``; True if :meth:`notify` woke it earlier."""
+        sleeper = asyncio.ensure_future(self._clock.sleep(seconds))
+        waker = asyncio.ensure_future(self._wake.wait())
+        try:
+            done, _ = await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            waker.cancel()
+        return waker in done and sleeper not in done
 
 
 class _HeldDelivery:

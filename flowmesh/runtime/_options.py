@@ -64,6 +64,8 @@ class WorkerOptions:
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ValueError("concurrency must be >= 1")
+        if not self.hold_unknown_for > 0:  # also refuses NaN
+            raise ValueError("hold_unknown_for must be > 0 seconds")
         if self.max_deliveries < 1:
             raise ValueError("max_deliveries must be >= 1")
         # Sent in every ActivityLease, so it must pass the message's own check.

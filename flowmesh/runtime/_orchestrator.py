@@ -138,6 +138,7 @@ class Orchestrator:
         clock: Clock,
         options: WorkerOptions,
         on_timer_added: Callable[[datetime], None] = lambda _: None,
+        on_held: Callable[[datetime], None] = lambda _: None,
         crash: Callable[[str], None] = lambda _: None,
         clearer: OutboxClearer | None = None,
         senders: SenderPolicy | None = None,
@@ -149,6 +150,7 @@ class Orchestrator:
         self._clock = clock
         self._options = options
         self._on_timer_added = on_timer_added
+        self._on_held = on_held
         self._crash = crash
         self._clearer = clearer
         self._senders = senders
@@ -488,6 +490,7 @@ class Orchestrator:
         )
         if not await self._store.hold(instance_id, message):
             raise _StaleCache  # created meanwhile: apply it to the instance instead
+        self._on_held(message.held_at)
         self._log.info(
             "message held until the instance exists",
             kind=type(item.message).__name__,

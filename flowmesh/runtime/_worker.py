@@ -138,6 +138,15 @@ class Worker:
             self._clearer = OutboxClearer(
                 self._store, log=self._log, delay=self._options.outbox_sweep_interval / 5
             )
+            self._held = HeldSweeper(
+                self.app.app_id,
+                self._store,
+                self._transport,
+                self._clock,
+                hold_for=self._options.hold_unknown_for,
+                interval=self._options.outbox_sweep_interval,
+                log=self._log,
+            )
             self._orchestrator = Orchestrator(
                 self.app,
                 store=self._store,
@@ -146,6 +155,7 @@ class Worker:
                 clock=self._clock,
                 options=self._options,
                 on_timer_added=lambda _: self._timers.notify() if self._timers else None,
+                on_held=lambda at: self._held.notify(at) if self._held else None,
                 crash=self._crash,
                 clearer=self._clearer,
                 senders=self._senders,
@@ -167,15 +177,6 @@ class Worker:
             )
             self._background.append(asyncio.create_task(self._timers.run(), name="flowmesh-timers"))
             self._background.append(asyncio.create_task(self._relay.run(), name="flowmesh-outbox"))
-            self._held = HeldSweeper(
-                self.app.app_id,
-                self._store,
-                self._transport,
-                self._clock,
-                hold_for=self._options.hold_unknown_for,
-                interval=self._options.outbox_sweep_interval,
-                log=self._log,
-            )
             self._background.append(asyncio.create_task(self._held.run(), name="flowmesh-held"))
         self._subscriptions.append(
             await self._transport.consume(

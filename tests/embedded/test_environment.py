@@ -309,3 +309,33 @@ async def test_children_of_successive_continued_runs_get_distinct_ids() -> None:
         )
         assert await handle.result(timeout=5) == [f"shipped with label-{i}" for i in (1, 2, 3)]
         assert len(await env.stores["shipping"].list_instances()) == 3
+
+
+async def test_an_event_for_an_instance_that_never_starts_is_dead_lettered_after_the_bound() -> (
+    None
+):
+    """An early event is held (it may precede its start); past hold_unknown_for (10 min) with
+    no instance it goes to the dead-letter queue with the reason, and is forgotten."""
+    async with TestEnvironment(APPS) as env:
+        await env.client.get_workflow("ghost", app_id="orders").raise_event("go", 1)
+        await env.clock.sleep(60)
+        assert env.transport.dead_letters("orders") == []
+        assert len(await env.stores["orders"].held("ghost")) == 1
+        await env.clock.sleep(600)
+        dead = env.transport.dead_letters("orders")
+        assert len(dead) == 1
+        assert "held for instance 'ghost'" in dead[0][1]
+        assert "did not exist within 600 s" in dead[0][1]
+        assert await env.stores["orders"].held("ghost") == []
+
+
+async def test_events_held_before_the_start_are_applied_in_arrival_order() -> None:
+    async with TestEnvironment(APPS) as env:
+        handle = env.client.get_workflow("early-1", app_id="orders")
+        await handle.raise_event("approve", "first")
+        await handle.raise_event("approve", "second")
+        await env.clock.sleep(1)
+        handle = await env.client.start_workflow(
+            approval, None, app_id="orders", instance_id="early-1"
+        )
+        assert await handle.result(timeout=5) == "first"
