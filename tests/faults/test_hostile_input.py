@@ -277,7 +277,7 @@ async def test_activity_lease_with_nan_inf_or_huge_seconds_is_dead_lettered_alon
     workers.wait_ready(host)
     bad = {"nan": math.nan, "inf": math.inf, "huge": 1e300}
     codec = Codec()
-    ledger = Ledger("fault-host")
+    ledger = Ledger("fault-host", workers)
 
     def reply(message_id: str, body: bytes) -> Outgoing:
         return Outgoing("fault-host", QueueKind.REPLY, body, message_id)

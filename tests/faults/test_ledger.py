@@ -97,7 +97,7 @@ async def test_a_clean_run_is_all_completed_nothing_twice_nothing_reexecuted(
     )
     first = read_runs(effects)[0][0]
     assert (first.host_app_id, first.instance_id, first.seq, first.attempt) == (HOST, "a", 0, 1)
-    assert (first.activity, first.app_id, first.run_id) == ("double", "fault-act", None)
+    assert (first.activity, first.app_id, first.run_id) == ("double", "fault-act", "")
 
 
 async def test_a_completed_step_committed_twice_fails_verify(tmp_path: Path, effects: Path) -> None:
