@@ -550,7 +550,7 @@ class Orchestrator:
             await self._transport.send_reply(
                 delivery.reply_to,
                 delivery.correlation_id,
-                self._codec.encode_message(reply),
+                self._codec.encode_message(reply, app_id=self._app.app_id),
                 answer_by=delivery.answer_by,  # a start's answer after its client gave up
             )
 

@@ -5,8 +5,9 @@ Pure functions: the orchestrator does the I/O around them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
+from typing import Protocol
 
 from flowmesh.engine import StepOutcome
 from flowmesh.model import (
@@ -71,7 +72,12 @@ def message_to_event(message: Message) -> HistoryEvent | None:
             return None
 
 
-Encode = Callable[[Message], bytes]
+class Encode(Protocol):
+    """``Codec.encode_message``; ``app_id`` hosts the workflow of a message that does not say."""
+
+    def __call__(self, message: Message, *, app_id: str | None = None) -> bytes:
+        """The encoded ``message``."""
+        ...
 
 
 def command_messages(
@@ -109,9 +115,8 @@ def command_messages(
                     )
                     output = None
                 result = ChildResult(parent.instance_id, parent.seq, instance_id, output, failure)
-                out.append(
-                    Outgoing(parent.app_id, QueueKind.REPLY, encode(result), f"child:{instance_id}")
-                )
+                body = encode(result, app_id=parent.app_id)  # its values belong to the parent
+                out.append(Outgoing(parent.app_id, QueueKind.REPLY, body, f"child:{instance_id}"))
             case StartTimer() | CompleteWorkflow():
                 pass
     return out
