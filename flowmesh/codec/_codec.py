@@ -190,8 +190,8 @@ class Codec:
     ) -> bytes:
         """Encode a wire message.
 
-        ``app_id`` is the app hosting the workflow the message concerns, which the payload
-        codec binds its values to; it is needed (with a payload codec) only for the messages
+        ``app_id`` is the app hosting the workflow the message concerns, which a bound payload
+        codec binds its values to; it is needed (with such a codec) only for the messages
         that do not name it: ``ActivityResult``, ``ChildResult`` and ``RaiseEvent``, i.e. the
         app whose reply queue they are sent to (``TypeError`` if missing). ``where`` names
         whose value it carries (e.g. ``"input of activity 'charge'"``) for error messages;
@@ -232,7 +232,7 @@ class Codec:
     ) -> bytes:
         """Encode a history event of ``instance_id`` hosted by ``app_id``.
 
-        Both are needed with a payload codec (``TypeError`` if missing) for events with
+        Both are needed with a bound payload codec (``TypeError`` if missing) for events with
         protected fields: the values are bound to the history that holds them.
         """
         return self._encode(event, _EVENT, "", app_id, instance_id)
@@ -251,7 +251,7 @@ class Codec:
     ) -> bytes:
         """Encode a workflow state snapshot kept for ``instance_id`` by ``app_id``'s store.
 
-        Both are needed with a payload codec (``TypeError`` if missing), as for events.
+        Both are needed with a bound payload codec (``TypeError`` if missing), as for events.
         """
         return self._encode(state, _STATE, "", app_id, instance_id)
 
@@ -276,7 +276,7 @@ class Codec:
         except ConversionError as exc:
             raise _encode_error(obj, kind, exc, where) from None
         if self._payload is not None and kind.protected:
-            missing = _missing_binding(kind, app_id, instance_id)
+            missing = _missing_binding(kind, app_id, instance_id) if self._payload.bound else ""
             if missing:
                 # A programming error: the value could not be bound to where it belongs.
                 raise TypeError(
@@ -387,7 +387,7 @@ class Codec:
                 f"invalid {kind.tag}: unsupported {PAYLOAD_MARKER} scheme {shown}; this codec "
                 f"supports {PAYLOAD_SCHEME}"
             )
-        missing = _missing_binding(kind, app_id, instance_id)
+        missing = _missing_binding(kind, app_id, instance_id) if self._payload.bound else ""
         if missing:
             raise DecodeError(
                 f"invalid {kind.tag}: cannot check that its encoded values belong here: the "

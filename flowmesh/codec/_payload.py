@@ -220,6 +220,11 @@ class PayloadFields:
         self._bound = isinstance(codec, BoundPayloadCodec)
         self._wire = wire
 
+    @property
+    def bound(self) -> bool:
+        """Whether the payload codec binds values to their context (so needs it)."""
+        return self._bound
+
     def seal(self, body: dict[str, object], paths: tuple[Path, ...], context: ContextOf) -> None:
         """Encode every protected field of ``body`` (a converter's output) in place."""
 

@@ -592,9 +592,13 @@ def test_the_parts_of_a_context_a_blob_does_not_name_must_be_given() -> None:
         ENC.decode_message(data)
     with pytest.raises(DecodeError, match="did not say"):
         ENC.decode_event(ENC.encode_event(ActivityCompleted(3, 1), **AT))
-    # Kinds without protected fields, and codecs without a payload codec, need nothing.
+    # Kinds without protected fields, codecs without a payload codec and context-free payload
+    # codecs (compression) need nothing.
     assert ENC.decode_message(ENC.encode_message(TimerDue("i-1", 2))) == TimerDue("i-1", 2)
     assert Codec().decode_message(Codec().encode_message(result)) == result
+    free = Codec(payload_codec=_Exploding(ValueError()))
+    assert b"~" in free.encode_message(result)
+    assert b"~" in free.encode_event(ActivityCompleted(3, SECRET))
 
 
 class _Recording:
