@@ -210,7 +210,8 @@ def sealed_for(tree: Any, field: object, plaintext: bytes) -> bytes:
     (as decode_every_way reads it): the attacker holds the key."""
     tag, fields = tree[1], tree[2]
     instance = AT["instance_id"]
-    if tag in MESSAGE_TAGS and isinstance(fields.get("instance_id"), str):
+    # A mutation may have made the tag anything (a list, say): only a message tag names it.
+    if isinstance(tag, str) and tag in MESSAGE_TAGS and isinstance(fields.get("instance_id"), str):
         instance = fields["instance_id"]
     return SEALER.seal(plaintext, PayloadContext(HOST, instance, f"{tag}.{field}"))
 
