@@ -79,6 +79,7 @@ def _log_payload_protection(codec: Codec, log: Any) -> None:
             "payload encryption enabled",
             active_key=payload.active_key_id,
             key_ids=list(payload.key_ids),
+            allow_unbound=payload.allow_unbound,  # fmenc1 still read: a migration window
         )
     elif payload is not None:
         log.info("payload codec enabled", payload_codec=type(payload).__name__)

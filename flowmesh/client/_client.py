@@ -205,7 +205,7 @@ class Client:
     async def _send(self, app_id: str, message: Message) -> None:
         transport, _ = self._require()
         await transport.publish(
-            [Outgoing(app_id, QueueKind.REPLY, self._codec.encode_message(message))]
+            [Outgoing(app_id, QueueKind.REPLY, self._codec.encode_message(message, app_id=app_id))]
         )
 
     async def _request(
@@ -243,7 +243,7 @@ class Client:
                 )
             return None
         try:
-            return self._codec.decode_message(answer)
+            return self._codec.decode_message(answer, app_id=app_id)
         except DecodeError as exc:
             raise DecodeError(f"bad answer from app {app_id!r}: {exc}") from exc
 

@@ -12,7 +12,7 @@ import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Final, cast
+from typing import Any, Final, cast
 
 from flowmesh._errors import (
     ConfigurationError,
@@ -20,13 +20,19 @@ from flowmesh._errors import (
     PayloadTooLargeError,
     SerializationError,
 )
+from flowmesh.codec._binding import Binding, binding_of, lookup
 from flowmesh.codec._convert import ClassConverter, ConversionError, build_converter, wire_name
 from flowmesh.codec._payload import (
     PAYLOAD_MARKER,
     PAYLOAD_SCHEME,
+    AnyPayloadCodec,
+    BoundPayloadCodec,
+    ContextOf,
     Path,
     PayloadCodec,
+    PayloadContext,
     PayloadFields,
+    describe_path,
     protected_paths,
 )
 from flowmesh.codec._where import describe, describe_value, subject
@@ -85,6 +91,8 @@ class _Kind:
     converter: ClassConverter
     protected: tuple[Path, ...]
     """Paths of the fields a payload codec encodes (user values, failure texts)."""
+    binding: Binding
+    """Where the app and instance of the protected values come from (codec/_binding.py)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +115,9 @@ def _kinds() -> _Kinds:
     by_type: dict[type, _Kind] = {}
     for group, classes in groups:
         for cls in classes:
-            by_type[cls] = _Kind(cls.__name__, group, build_converter(cls), protected_paths(cls))
+            by_type[cls] = _Kind(
+                cls.__name__, group, build_converter(cls), protected_paths(cls), binding_of(cls)
+            )
     by_tag = {kind.tag: kind for kind in by_type.values()}
     if len(by_tag) != len(by_type):
         raise TypeError("two encodable model classes share a name, so their tags would clash")
@@ -127,10 +137,13 @@ class Codec:
 
     ``payload_codec`` (e.g. :class:`flowmesh.security.EncryptionCodec`) encodes every user
     value and the message and stack trace of failure details; without one nothing changes on
-    the wire. A codec with a payload codec refuses blobs whose protected fields are plaintext,
-    unless ``allow_plaintext`` (for switching a running deployment to encryption: it reads
-    histories written before, and always writes encoded values). A codec without one refuses
-    blobs with encoded fields.
+    the wire. A :class:`~flowmesh.codec.BoundPayloadCodec` binds each value to its app,
+    instance and field, which is why some methods take ``app_id`` / ``instance_id``: the ones
+    a blob does not name itself (codec/_binding.py, docs/security-payloads.md). A codec with
+    a payload codec refuses blobs whose protected fields are plaintext, unless
+    ``allow_plaintext`` (for switching a running deployment to encryption: it reads histories
+    written before, and always writes encoded values). A codec without one refuses blobs with
+    encoded fields.
     """
 
     __slots__ = ("_allow_plaintext", "_limits", "_payload", "_payload_codec", "_wire")
@@ -139,7 +152,7 @@ class Codec:
         self,
         limits: CodecLimits = DEFAULT_LIMITS,
         *,
-        payload_codec: PayloadCodec | None = None,
+        payload_codec: AnyPayloadCodec | None = None,
         allow_plaintext: bool = False,
     ) -> None:
         self._limits = limits
@@ -148,9 +161,10 @@ class Codec:
         self._allow_plaintext = allow_plaintext
         self._payload: PayloadFields | None = None
         if payload_codec is not None:
-            if not isinstance(payload_codec, PayloadCodec):
+            if not isinstance(payload_codec, BoundPayloadCodec | PayloadCodec):
                 raise ConfigurationError(
-                    f"payload_codec must have encode(bytes) and decode(bytes) methods, got "
+                    "payload_codec must have seal(bytes, context) and open(bytes, context), or "
+                    f"encode(bytes) and decode(bytes) methods, got "
                     f"{type(payload_codec).__qualname__}"
                 )
             # A protected value is unpacked on its own, so it gets the user-value depth limit.
@@ -167,17 +181,23 @@ class Codec:
         return self._limits
 
     @property
-    def payload_codec(self) -> PayloadCodec | None:
+    def payload_codec(self) -> AnyPayloadCodec | None:
         """The payload codec applied to protected fields, if any."""
         return self._payload_codec
 
-    def encode_message(self, message: Message, *, where: str = "") -> bytes:
+    def encode_message(
+        self, message: Message, *, app_id: str | None = None, where: str = ""
+    ) -> bytes:
         """Encode a wire message.
 
-        ``where`` names whose value it carries (e.g. ``"input of activity 'charge'"``) for
-        error messages; without it one is derived from the message.
+        ``app_id`` is the app hosting the workflow the message concerns, which a bound payload
+        codec binds its values to; it is needed (with such a codec) only for the messages
+        that do not name it: ``ActivityResult``, ``ChildResult`` and ``RaiseEvent``, i.e. the
+        app whose reply queue they are sent to (``TypeError`` if missing). ``where`` names
+        whose value it carries (e.g. ``"input of activity 'charge'"``) for error messages;
+        without it one is derived from the message.
         """
-        return self._encode(message, _MESSAGE, where)
+        return self._encode(message, _MESSAGE, where, app_id, None)
 
     def check_value(self, value: object, where: str) -> None:
         """Raise unless ``value`` can travel: msgpack-native and small enough.
@@ -198,27 +218,55 @@ class Codec:
                 "pass large data by reference (e.g. a blob-store key) instead"
             )
 
-    def decode_message(self, data: bytes) -> Message:
-        """Decode bytes made by :meth:`encode_message`; raises ``DecodeError`` otherwise."""
-        return cast("Message", self._decode(data, _MESSAGE))
+    def decode_message(self, data: bytes, *, app_id: str | None = None) -> Message:
+        """Decode bytes made by :meth:`encode_message`; raises ``DecodeError`` otherwise.
 
-    def encode_event(self, event: HistoryEvent) -> bytes:
-        """Encode a history event."""
-        return self._encode(event, _EVENT, "")
+        ``app_id`` is as for :meth:`encode_message`: a worker passes its own app ID (the
+        messages that need it arrive on its reply queue). Values sealed for another app,
+        instance or field are refused.
+        """
+        return cast("Message", self._decode(data, _MESSAGE, app_id, None))
 
-    def decode_event(self, data: bytes) -> HistoryEvent:
-        """Decode bytes made by :meth:`encode_event`; raises ``DecodeError`` otherwise."""
-        return cast("HistoryEvent", self._decode(data, _EVENT))
+    def encode_event(
+        self, event: HistoryEvent, *, app_id: str | None = None, instance_id: str | None = None
+    ) -> bytes:
+        """Encode a history event of ``instance_id`` hosted by ``app_id``.
 
-    def encode_state(self, state: WorkflowState) -> bytes:
-        """Encode a workflow state snapshot."""
-        return self._encode(state, _STATE, "")
+        Both are needed with a bound payload codec (``TypeError`` if missing) for events with
+        protected fields: the values are bound to the history that holds them.
+        """
+        return self._encode(event, _EVENT, "", app_id, instance_id)
 
-    def decode_state(self, data: bytes) -> WorkflowState:
-        """Decode bytes made by :meth:`encode_state`; raises ``DecodeError`` otherwise."""
-        return cast("WorkflowState", self._decode(data, _STATE))
+    def decode_event(
+        self, data: bytes, *, app_id: str | None = None, instance_id: str | None = None
+    ) -> HistoryEvent:
+        """Decode bytes made by :meth:`encode_event` for the same app and instance.
 
-    def _encode(self, obj: object, group: str, where: str) -> bytes:
+        Raises ``DecodeError`` otherwise, also for values sealed for another history.
+        """
+        return cast("HistoryEvent", self._decode(data, _EVENT, app_id, instance_id))
+
+    def encode_state(
+        self, state: WorkflowState, *, app_id: str | None = None, instance_id: str | None = None
+    ) -> bytes:
+        """Encode a workflow state snapshot kept for ``instance_id`` by ``app_id``'s store.
+
+        Both are needed with a bound payload codec (``TypeError`` if missing), as for events.
+        """
+        return self._encode(state, _STATE, "", app_id, instance_id)
+
+    def decode_state(
+        self, data: bytes, *, app_id: str | None = None, instance_id: str | None = None
+    ) -> WorkflowState:
+        """Decode bytes made by :meth:`encode_state` for the same app and instance.
+
+        Raises ``DecodeError`` otherwise, also for values sealed for another instance.
+        """
+        return cast("WorkflowState", self._decode(data, _STATE, app_id, instance_id))
+
+    def _encode(
+        self, obj: object, group: str, where: str, app_id: str | None, instance_id: str | None
+    ) -> bytes:
         kind = _kinds().by_type.get(type(obj))
         if kind is None or kind.group != group:
             # A programming error, not a bad value: the caller passed the wrong kind of object.
@@ -228,8 +276,16 @@ class Codec:
         except ConversionError as exc:
             raise _encode_error(obj, kind, exc, where) from None
         if self._payload is not None and kind.protected:
+            missing = _missing_binding(kind, app_id, instance_id) if self._payload.bound else ""
+            if missing:
+                # A programming error: the value could not be bound to where it belongs.
+                raise TypeError(
+                    f"encoding a {kind.tag} with a payload codec needs {missing}: its values "
+                    "are bound to the app hosting the workflow and to the instance"
+                )
+            context = _context_of(kind, body, app_id, instance_id)
             try:
-                self._payload.seal(body, kind.protected)
+                self._payload.seal(body, kind.protected, context)
             except SerializationError as exc:
                 raise SerializationError(f"{where or describe(obj)}: {exc}") from exc
             except (TypeError, ValueError, OverflowError) as exc:
@@ -263,7 +319,9 @@ class Codec:
                 return f" field {name!r}"
         return ""
 
-    def _decode(self, data: bytes, group: str) -> object:
+    def _decode(
+        self, data: bytes, group: str, app_id: str | None, instance_id: str | None
+    ) -> object:
         raw = self._wire.unpack(data)
         if not isinstance(raw, list) or not raw:
             raise DecodeError(
@@ -294,14 +352,20 @@ class Codec:
         if kind.group != group:
             raise DecodeError(f"expected a {group}, got a {kind.group} ({tag})")
         if type(body) is dict and kind.protected:
-            self._open(body, kind)
+            self._open(body, kind, app_id, instance_id)
         try:
             return kind.converter.decode(body)
         except ConversionError as exc:
             where = f"field {exc.path!r}" if exc.path else "fields"
             raise DecodeError(f"invalid {tag} {group}: {where}: {exc.reason}") from None
 
-    def _open(self, body: dict[object, object], kind: _Kind) -> None:
+    def _open(
+        self,
+        body: dict[object, object],
+        kind: _Kind,
+        app_id: str | None,
+        instance_id: str | None,
+    ) -> None:
         """Decode the protected fields of ``body`` in place, or refuse the blob."""
         marker = body.get(PAYLOAD_MARKER)
         if marker is None:
@@ -323,10 +387,47 @@ class Codec:
                 f"invalid {kind.tag}: unsupported {PAYLOAD_MARKER} scheme {shown}; this codec "
                 f"supports {PAYLOAD_SCHEME}"
             )
+        missing = _missing_binding(kind, app_id, instance_id) if self._payload.bound else ""
+        if missing:
+            raise DecodeError(
+                f"invalid {kind.tag}: cannot check that its encoded values belong here: the "
+                f"reader did not say which {missing} it reads for"
+            )
         try:
-            self._payload.open(body, kind.protected)
+            self._payload.open(body, kind.protected, _context_of(kind, body, app_id, instance_id))
         except DecodeError as exc:
             raise DecodeError(f"invalid {kind.tag}: {exc}") from None
+
+
+def _missing_binding(kind: _Kind, app_id: str | None, instance_id: str | None) -> str:
+    """``"app_id= and instance_id="`` etc. for the parts the caller must give and did not."""
+    missing = []
+    if kind.binding.app is None and app_id is None:
+        missing.append("app_id=")
+    if kind.binding.instance is None and instance_id is None:
+        missing.append("instance_id=")
+    return " and ".join(missing)
+
+
+def _context_of(
+    kind: _Kind, body: dict[Any, object], app_id: str | None, instance_id: str | None
+) -> ContextOf:
+    """The :data:`ContextOf` of ``body``'s protected fields (after :func:`_missing_binding`)."""
+    app = app_id if kind.binding.app is None else lookup(body, kind.binding.app)
+    instance = instance_id if kind.binding.instance is None else lookup(body, kind.binding.instance)
+
+    def context(path: Path) -> PayloadContext:
+        # Only a hostile envelope gets here with a non-str: the converter would refuse it later.
+        for name, value in (("app ID", app), ("instance ID", instance)):
+            if type(value) is not str:
+                raise DecodeError(
+                    f"its {name} is a {wire_name(value)}, so its encoded values cannot be checked"
+                )
+        return PayloadContext(
+            cast("str", app), cast("str", instance), f"{kind.tag}.{describe_path(path)}"
+        )
+
+    return context
 
 
 def _encode_error(obj: object, kind: _Kind, exc: ConversionError, where: str) -> SerializationError:

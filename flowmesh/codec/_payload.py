@@ -1,11 +1,14 @@
 """Payload codecs: a bytes -> bytes transform the codec applies to every user value.
 
-With a :class:`PayloadCodec` (e.g. :class:`flowmesh.security.EncryptionCodec`), each
-*protected field* of a message, history event or workflow state - every user value (inputs,
-outputs, event data, custom status) and the ``message`` and ``stack_trace`` of failure details -
-is msgpack-packed on its own, passed through ``PayloadCodec.encode`` and carried as a msgpack
-bin in place of the value. The fields map is tagged with ``"$payload": 1`` so that a reader
-knows the values are encoded (and one without a payload codec refuses them clearly instead of
+With a payload codec (e.g. :class:`flowmesh.security.EncryptionCodec`), each *protected
+field* of a message, history event or workflow state - every user value (inputs, outputs,
+event data, custom status) and the ``message`` and ``stack_trace`` of failure details - is
+msgpack-packed on its own, passed through the payload codec and carried as a msgpack bin in
+place of the value. A :class:`BoundPayloadCodec` also gets the value's :class:`PayloadContext`
+(hosting app, instance, field), which an encrypting codec authenticates, so that a value
+cannot be moved to another app, instance or field; a :class:`PayloadCodec` (e.g. compression)
+gets the bytes only. The fields map is tagged with ``"$payload": 1`` so that a reader knows
+the values are encoded (and one without a payload codec refuses them clearly instead of
 handing bytes to the workflow). docs/protocol-codec.md specifies the wire form.
 
 Which fields are protected is derived from the model's type hints, once per class:
@@ -20,7 +23,8 @@ import enum
 import types
 import typing
 from collections.abc import Callable
-from typing import Any, Final, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, Final, Protocol, cast, runtime_checkable
 
 from flowmesh._errors import DecodeError, SerializationError
 from flowmesh.codec._convert import wire_name
@@ -42,7 +46,10 @@ _PROTECTED_STR_FIELDS: Final[dict[type, frozenset[str]]] = {
 
 @runtime_checkable
 class PayloadCodec(Protocol):
-    """Transforms the packed bytes of one user value, e.g. by encrypting them.
+    """Transforms the packed bytes of one user value without regard to where it belongs.
+
+    For transforms such as compression. An encrypting codec should be a
+    :class:`BoundPayloadCodec` instead, so that its ciphertexts are bound to their place.
 
     ``decode(encode(data)) == data`` must hold. ``decode`` sees untrusted bytes: it must raise
     :class:`~flowmesh.DecodeError` for anything it cannot decode (the codec turns any other
@@ -58,6 +65,57 @@ class PayloadCodec(Protocol):
     def decode(self, data: bytes) -> bytes:
         """Undo :meth:`encode`; raise ``DecodeError`` for bytes it did not make."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class PayloadContext:
+    """Where one protected value belongs; a :class:`BoundPayloadCodec` binds the value to it.
+
+    ``app_id`` is the app hosting the workflow instance the value belongs to, ``instance_id``
+    that instance, ``field`` the blob kind and the field's path in it (``ActivityTask.input``,
+    ``StateReply.state.failure.message``). docs/security-payloads.md says where each kind's
+    app and instance come from.
+    """
+
+    app_id: str
+    instance_id: str
+    field: str
+
+    def as_bytes(self) -> bytes:
+        """A canonical byte form (length-prefixed parts), e.g. for AEAD associated data.
+
+        Length prefixes make it injective: no two contexts give the same bytes.
+        """
+        out = bytearray()
+        for part in (self.app_id, self.instance_id, self.field):
+            # surrogatepass: a hostile envelope's string must give bytes, not an exception.
+            raw = part.encode("utf-8", "surrogatepass")
+            out += len(raw).to_bytes(4, "big") + raw
+        return bytes(out)
+
+
+@runtime_checkable
+class BoundPayloadCodec(Protocol):
+    """Transforms one user value's packed bytes bound to its :class:`PayloadContext`.
+
+    ``open(seal(data, context), context) == data`` must hold, and ``open`` must refuse
+    (``DecodeError``) a value sealed for another context: that is what keeps a ciphertext
+    from being replayed into another app, instance or field. The other requirements are
+    those of :class:`PayloadCodec`. The codec prefers this interface when a payload codec
+    has both.
+    """
+
+    def seal(self, data: bytes, context: PayloadContext) -> bytes:
+        """Encode the msgpack bytes of the value at ``context``."""
+        ...
+
+    def open(self, data: bytes, context: PayloadContext) -> bytes:
+        """Undo :meth:`seal`; raise ``DecodeError`` for bytes not sealed for ``context``."""
+        ...
+
+
+AnyPayloadCodec = PayloadCodec | BoundPayloadCodec
+"""What ``Codec(payload_codec=...)`` accepts."""
 
 
 class _Items:
@@ -148,25 +206,43 @@ def apply(node: object, path: Path, transform: Transform, full: Path | None = No
         apply(node[head], path[1:], transform, full)
 
 
+ContextOf = Callable[[Path], PayloadContext]
+"""The context of the protected field at a path of one blob (raises if it cannot be known)."""
+
+
 class PayloadFields:
     """Seals and opens the protected fields of encoded bodies with one payload codec."""
 
-    __slots__ = ("_codec", "_wire")
+    __slots__ = ("_bound", "_codec", "_wire")
 
-    def __init__(self, codec: PayloadCodec, wire: Wire) -> None:
+    def __init__(self, codec: AnyPayloadCodec, wire: Wire) -> None:
         self._codec = codec
+        self._bound = isinstance(codec, BoundPayloadCodec)
         self._wire = wire
 
-    def seal(self, body: dict[str, object], paths: tuple[Path, ...]) -> None:
+    @property
+    def bound(self) -> bool:
+        """Whether the payload codec binds values to their context (so needs it)."""
+        return self._bound
+
+    def seal(self, body: dict[str, object], paths: tuple[Path, ...], context: ContextOf) -> None:
         """Encode every protected field of ``body`` (a converter's output) in place."""
+
+        def seal_value(value: object, path: Path) -> object:
+            return self._seal_value(value, path, context)
+
         for path in paths:
-            apply(body, path, self._seal_value)
+            apply(body, path, seal_value)
         body[PAYLOAD_MARKER] = PAYLOAD_SCHEME
 
-    def _seal_value(self, value: object, path: Path) -> object:
+    def _seal_value(self, value: object, path: Path, context: ContextOf) -> object:
         packed = self._wire.pack(value)  # the converter has vetted the value
+        where = context(path) if self._bound else None
         try:
-            sealed = self._codec.encode(packed)
+            if where is not None:
+                sealed = cast("BoundPayloadCodec", self._codec).seal(packed, where)
+            else:
+                sealed = cast("PayloadCodec", self._codec).encode(packed)
         except Exception as exc:
             raise SerializationError(
                 f"payload codec {type(self._codec).__name__} failed to encode field "
@@ -179,20 +255,28 @@ class PayloadFields:
             )
         return sealed
 
-    def open(self, body: dict[Any, object], paths: tuple[Path, ...]) -> None:
+    def open(self, body: dict[Any, object], paths: tuple[Path, ...], context: ContextOf) -> None:
         """Decode every protected field of a decoded ``body`` in place (``DecodeError`` if bad)."""
+
+        def open_value(value: object, path: Path) -> object:
+            return self._open_value(value, path, context)
+
         del body[PAYLOAD_MARKER]
         for path in paths:
-            apply(body, path, self._open_value)
+            apply(body, path, open_value)
 
-    def _open_value(self, value: object, path: Path) -> object:
+    def _open_value(self, value: object, path: Path, context: ContextOf) -> object:
         if type(value) is not bytes:
             raise DecodeError(
                 f"field {describe_path(path)!r} must be an encoded payload (bin), got "
                 f"{wire_name(value)}"
             )
+        where = context(path) if self._bound else None
         try:
-            packed = self._codec.decode(value)
+            if where is not None:
+                packed = cast("BoundPayloadCodec", self._codec).open(value, where)
+            else:
+                packed = cast("PayloadCodec", self._codec).decode(value)
         except DecodeError as exc:
             raise DecodeError(f"field {describe_path(path)!r}: {exc}") from None
         except Exception as exc:  # a third-party payload codec must not break the guarantee

@@ -255,14 +255,17 @@ class ActivityRunner:
             task.instance_id, task.seq, task.attempt, output, failure, task.run_id
         )
         try:
-            body = self._codec.encode_message(result)
+            body = self._codec.encode_message(result, app_id=task.host_app_id)
         except SerializationError as exc:
             # The output cannot travel: report that as the activity's (non-retryable) failure.
             failure = FailureDetails.from_exception(
                 exc, app_id=self._app.app_id, non_retryable=True
             )
             body = self._codec.encode_message(
-                ActivityResult(task.instance_id, task.seq, task.attempt, None, failure, task.run_id)
+                ActivityResult(
+                    task.instance_id, task.seq, task.attempt, None, failure, task.run_id
+                ),
+                app_id=task.host_app_id,
             )
         await self._transport.publish(
             [

@@ -321,7 +321,10 @@ class Orchestrator:
         # Messages that arrived before the instance existed, applied by the step creating it.
         held: list[Message] = []
         if live is None and starts and not assume_new:
-            held = [self._codec.decode_message(h.body) for h in await self._store.held(instance_id)]
+            held = [
+                self._codec.decode_message(h.body, app_id=self._app.app_id)
+                for h in await self._store.held(instance_id)
+            ]
         now = self._clock.now()
         step = _StepInput([StepStarted(now)])
         await self._sort(
@@ -705,7 +708,7 @@ class Orchestrator:
             await self._transport.send_reply(
                 delivery.reply_to,
                 delivery.correlation_id,
-                self._codec.encode_message(reply),
+                self._codec.encode_message(reply, app_id=self._app.app_id),
                 answer_by=delivery.answer_by,  # a start's answer after its client gave up
             )
 

@@ -5,8 +5,9 @@ Pure functions: the orchestrator does the I/O around them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
+from typing import Protocol
 
 from flowmesh.engine import StepOutcome
 from flowmesh.model import (
@@ -71,7 +72,12 @@ def message_to_event(message: Message) -> HistoryEvent | None:
             return None
 
 
-Encode = Callable[[Message], bytes]
+class Encode(Protocol):
+    """``Codec.encode_message``; ``app_id`` hosts the workflow of a message that does not say."""
+
+    def __call__(self, message: Message, *, app_id: str | None = None) -> bytes:
+        """The encoded ``message``."""
+        ...
 
 
 def command_messages(
@@ -129,7 +135,8 @@ def child_result(
     result = ChildResult(
         parent.instance_id, parent.seq, instance_id, output, failure, parent.run_id
     )
-    return Outgoing(parent.app_id, QueueKind.REPLY, encode(result), f"child:{instance_id}")
+    body = encode(result, app_id=parent.app_id)  # its values belong to the parent
+    return Outgoing(parent.app_id, QueueKind.REPLY, body, f"child:{instance_id}")
 
 
 def final_child_result(state: WorkflowState, encode: Encode) -> Outgoing | None:

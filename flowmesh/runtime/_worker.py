@@ -234,7 +234,8 @@ class Worker:
 
     async def _decode(self, delivery: Delivery, queue: str) -> Message | None:
         try:
-            message = self._codec.decode_message(delivery.body)
+            # Messages that do not name their workflow's app arrive on its own reply queue.
+            message = self._codec.decode_message(delivery.body, app_id=self.app.app_id)
         except DecodeError as exc:
             await self._dead_letter(delivery, queue, f"undecodable message: {exc}")
             return None

@@ -2,11 +2,15 @@
 
 Ciphertext format (docs/security-payloads.md)::
 
-    b"fmenc1" | len(key_id) (1 byte) | key_id (ASCII) | nonce (12 bytes) | ciphertext + tag (16)
+    b"fmenc2" | len(key_id) (1 byte) | key_id (ASCII) | nonce (12 bytes) | ciphertext + tag (16)
 
-The header (``b"fmenc1"``, the key id length and the key id) is the AES-GCM associated data,
-so neither the format version nor the key id can be changed without the tag failing. The
-primitive is ``cryptography``'s ``AESGCM``; nothing here implements cryptography itself.
+The AES-GCM associated data is the header (``b"fmenc2"``, the key id length and the key id)
+followed by the value's :class:`~flowmesh.codec.PayloadContext` (hosting app, instance, field),
+so neither the format version nor the key id can be changed, nor the ciphertext moved to
+another app, instance or field, without the tag failing. Version 1 (``b"fmenc1"``) had only
+the header as associated data; it is read only when explicitly allowed (``allow_unbound``),
+for migrating data written before. The primitive is ``cryptography``'s ``AESGCM``; nothing
+here implements cryptography itself.
 """
 
 from __future__ import annotations
@@ -17,12 +21,16 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final
 
 from flowmesh._errors import ConfigurationError, DecodeError
+from flowmesh.codec import PayloadContext
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-MAGIC: Final = b"fmenc1"
-"""First bytes of every value :class:`EncryptionCodec` writes (format version 1)."""
+MAGIC: Final = b"fmenc2"
+"""First bytes of every value :class:`EncryptionCodec` writes (format version 2)."""
+
+MAGIC_UNBOUND: Final = b"fmenc1"
+"""First bytes of format version 1, whose values are not bound to their context."""
 
 KEY_BYTES: Final = 32
 """AES-256: every key is exactly 32 bytes."""
@@ -45,19 +53,34 @@ def check_key_id(key_id: object) -> str:
 
 
 class EncryptionCodec:
-    """A :class:`~flowmesh.codec.PayloadCodec` that encrypts with AES-256-GCM.
+    """A :class:`~flowmesh.codec.BoundPayloadCodec` that encrypts with AES-256-GCM.
 
     ``keys`` is an ordered keyring ``{key_id: 32-byte key}``. The ``active`` key (default: the
     first) encrypts; every key decrypts, so rotating is: put the new key first, keep the old
     ones until nothing encrypted with them is left (docs/security-payloads.md). Each value
-    gets a fresh random 96-bit nonce. Decoding raises :class:`~flowmesh.DecodeError` for
-    anything that is not a value encrypted with one of the keys: wrong format, unknown key
-    id, truncated or tampered bytes.
+    gets a fresh random 96-bit nonce and is bound to its context (app, instance, field).
+    Opening raises :class:`~flowmesh.DecodeError` for anything that is not a value encrypted
+    with one of the keys for that context: wrong format, unknown key id, truncated or
+    tampered bytes, a value moved from elsewhere. ``allow_unbound`` also opens format 1
+    values, which carry no context (written by flowmesh before binding; for migration only).
     """
 
-    __slots__ = ("_active", "_active_header", "_aead", "_ciphers", "_invalid_tag")
+    __slots__ = (
+        "_active",
+        "_active_header",
+        "_aead",
+        "_allow_unbound",
+        "_ciphers",
+        "_invalid_tag",
+    )
 
-    def __init__(self, keys: Mapping[str, bytes], *, active: str | None = None) -> None:
+    def __init__(
+        self,
+        keys: Mapping[str, bytes],
+        *,
+        active: str | None = None,
+        allow_unbound: bool = False,
+    ) -> None:
         from cryptography.exceptions import InvalidTag
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -83,6 +106,7 @@ class EncryptionCodec:
         self._active_header = _header(active)
         self._aead = ciphers[active]
         self._invalid_tag = InvalidTag
+        self._allow_unbound = allow_unbound
 
     @property
     def active_key_id(self) -> str:
@@ -94,23 +118,38 @@ class EncryptionCodec:
         """Every key id this codec decrypts, in keyring order."""
         return tuple(self._ciphers)
 
+    @property
+    def allow_unbound(self) -> bool:
+        """Whether format 1 values (not bound to a context) are still opened."""
+        return self._allow_unbound
+
     def __repr__(self) -> str:  # never show key material
         return f"EncryptionCodec(active={self._active!r}, key_ids={list(self._ciphers)!r})"
 
-    def encode(self, data: bytes) -> bytes:
-        """Encrypt ``data`` with the active key and a fresh random nonce."""
+    def seal(self, data: bytes, context: PayloadContext) -> bytes:
+        """Encrypt ``data`` for ``context`` with the active key and a fresh random nonce."""
         nonce = os.urandom(NONCE_BYTES)
         header = self._active_header
-        return header + nonce + self._aead.encrypt(nonce, data, header)
+        return header + nonce + self._aead.encrypt(nonce, data, header + context.as_bytes())
 
-    def decode(self, data: bytes) -> bytes:
-        """Decrypt bytes made by :meth:`encode` with any key of the keyring."""
-        if not data.startswith(MAGIC):
+    def open(self, data: bytes, context: PayloadContext) -> bytes:
+        """Decrypt bytes made by :meth:`seal` for ``context`` with any key of the keyring."""
+        if data.startswith(MAGIC):
+            bound = True
+        elif data.startswith(MAGIC_UNBOUND):
+            if not self._allow_unbound:
+                raise DecodeError(
+                    "encrypted in format fmenc1, which does not bind a value to its app, "
+                    "instance and field; refused unless unbound values are allowed "
+                    "(FLOWMESH_PAYLOAD_ALLOW_UNBOUND=1, while migrating)"
+                )
+            bound = False
+        else:
             raise DecodeError(
-                "not an encrypted payload: expected the fmenc1 format "
+                "not an encrypted payload: expected the fmenc2 format "
                 "(is the writer using another payload codec?)"
             )
-        at = len(MAGIC)
+        at = len(MAGIC)  # both versions have 6-byte magics
         if len(data) <= at:
             raise DecodeError("truncated encrypted payload: no key id")
         id_len = data[at]
@@ -133,15 +172,29 @@ class EncryptionCodec:
                 f"{', '.join(map(repr, self._ciphers))} (add the key to FLOWMESH_PAYLOAD_KEYS)"
             )
         nonce = data[at : at + NONCE_BYTES]
+        associated = data[:at] + context.as_bytes() if bound else data[:at]
         try:
-            return cipher.decrypt(nonce, data[at + NONCE_BYTES :], data[:at])
+            return cipher.decrypt(nonce, data[at + NONCE_BYTES :], associated)
         except self._invalid_tag:
+            moved = (
+                ", or the value was encrypted for another place than "
+                f"{_shown(context.field)} of instance {_shown(context.instance_id)} on app "
+                f"{_shown(context.app_id)} (moved from another app, instance or field)"
+                if bound
+                else ""
+            )
             raise DecodeError(
                 f"encrypted payload failed authentication with key {key_id!r}: the bytes were "
-                "tampered with, or the key with this id is not the one that encrypted them"
+                f"tampered with, or the key with this id is not the one that encrypted them{moved}"
             ) from None
 
 
 def _header(key_id: str) -> bytes:
     raw = key_id.encode("ascii")
     return MAGIC + bytes([len(raw)]) + raw
+
+
+def _shown(text: str) -> str:
+    """``repr`` of an ID from an envelope, cut short: error messages stay readable."""
+    shown = repr(text)
+    return shown if len(shown) <= 80 else shown[:77] + "..."

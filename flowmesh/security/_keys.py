@@ -20,6 +20,10 @@ PAYLOAD_KEYS_ENV: Final = "FLOWMESH_PAYLOAD_KEYS"
 ALLOW_PLAINTEXT_ENV: Final = "FLOWMESH_PAYLOAD_ALLOW_PLAINTEXT"
 """Set to ``1`` while switching a running deployment to encryption (reads old plaintext)."""
 
+ALLOW_UNBOUND_ENV: Final = "FLOWMESH_PAYLOAD_ALLOW_UNBOUND"
+"""Set to ``1`` while migrating data encrypted in format 1 (not bound to its app, instance and
+field): such values are read; everything written is bound."""
+
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"", "0", "false", "no", "off"})
 
@@ -85,15 +89,24 @@ def payload_codec_from_env(environ: Mapping[str, str] | None = None) -> Encrypti
     text = env.get(PAYLOAD_KEYS_ENV)
     if text is None:
         return None
-    return EncryptionCodec(parse_payload_keys(text))
+    return EncryptionCodec(parse_payload_keys(text), allow_unbound=allow_unbound_from_env(env))
 
 
 def allow_plaintext_from_env(environ: Mapping[str, str] | None = None) -> bool:
     """Whether ``FLOWMESH_PAYLOAD_ALLOW_PLAINTEXT`` is set to a true value (1/true/yes/on)."""
+    return _flag(ALLOW_PLAINTEXT_ENV, environ)
+
+
+def allow_unbound_from_env(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether ``FLOWMESH_PAYLOAD_ALLOW_UNBOUND`` is set to a true value (1/true/yes/on)."""
+    return _flag(ALLOW_UNBOUND_ENV, environ)
+
+
+def _flag(name: str, environ: Mapping[str, str] | None) -> bool:
     env = os.environ if environ is None else environ
-    value = env.get(ALLOW_PLAINTEXT_ENV, "").strip().lower()
+    value = env.get(name, "").strip().lower()
     if value in _TRUE:
         return True
     if value in _FALSE:
         return False
-    raise ConfigurationError(f"{ALLOW_PLAINTEXT_ENV} must be 1/true/yes/on or 0/false/no/off")
+    raise ConfigurationError(f"{name} must be 1/true/yes/on or 0/false/no/off")

@@ -118,18 +118,23 @@ _OUTBOX_CHUNK = 200
 
 
 class StoreCodec(Protocol):
-    """What the store needs from :class:`flowmesh.codec.Codec`."""
+    """What the store needs from :class:`flowmesh.codec.Codec`.
 
-    def encode_event(self, event: HistoryEvent, /) -> bytes:
+    The store passes its app ID and the instance whose keys hold a blob, so that encrypted
+    values are bound to where they are kept (one moved to another instance's or app's keys
+    does not decode).
+    """
+
+    def encode_event(self, event: HistoryEvent, /, *, app_id: str, instance_id: str) -> bytes:
         """Bytes of one history event."""
 
-    def decode_event(self, data: bytes, /) -> HistoryEvent:
+    def decode_event(self, data: bytes, /, *, app_id: str, instance_id: str) -> HistoryEvent:
         """A history event from :meth:`encode_event` bytes."""
 
-    def encode_state(self, state: WorkflowState, /) -> bytes:
+    def encode_state(self, state: WorkflowState, /, *, app_id: str, instance_id: str) -> bytes:
         """Bytes of a workflow state."""
 
-    def decode_state(self, data: bytes, /) -> WorkflowState:
+    def decode_state(self, data: bytes, /, *, app_id: str, instance_id: str) -> WorkflowState:
         """A workflow state from :meth:`encode_state` bytes."""
 
 
@@ -367,6 +372,10 @@ class RedisStore:
                 f"{action} failed: {type(exc).__name__}: {detail}"
             ) from exc
 
+    def _decode_state(self, blob: bytes, instance_id: str) -> WorkflowState:
+        # The store's app and the instance key: values are bound to where they are kept.
+        return self._codec.decode_state(blob, app_id=self.config.app_id, instance_id=instance_id)
+
     async def load(self, instance_id: str) -> InstanceRecord | None:
         """The instance's state and history (one MULTI/EXEC round trip), or None."""
         pipe: Pipeline
@@ -377,10 +386,12 @@ class RedisStore:
                 blob, events = await pipe.execute()
         if blob is None:
             return None
-        decode_event = self._codec.decode_event
+        app_id, decode_event = self.config.app_id, self._codec.decode_event
         return InstanceRecord(
-            state=self._codec.decode_state(blob),
-            history=tuple([decode_event(event) for event in events]),
+            state=self._codec.decode_state(blob, app_id=app_id, instance_id=instance_id),
+            history=tuple(
+                [decode_event(e, app_id=app_id, instance_id=instance_id) for e in events]
+            ),
         )
 
     async def load_state(self, instance_id: str) -> WorkflowState | None:
@@ -390,7 +401,7 @@ class RedisStore:
             blob = await cast(
                 "Awaitable[bytes | None]", self._redis.hget(self._keys.instance(instance_id), "s")
             )
-        return None if blob is None else self._codec.decode_state(blob)
+        return None if blob is None else self._decode_state(blob, instance_id)
 
     async def commit(self, commit: Commit) -> list[Waiter]:
         """Apply ``commit`` in one EVALSHA or raise :class:`~flowmesh.VersionConflictError`.
@@ -400,6 +411,7 @@ class RedisStore:
         """
         _check_commit(commit)
         instance_id, state = commit.instance_id, commit.state
+        app_id = self.config.app_id
         keys = [
             *self._keys.per_instance(instance_id)[:4],
             self._keys.index,
@@ -416,10 +428,13 @@ class RedisStore:
             commit.expected_version,
             state.version,
             state.status.value,
-            self._codec.encode_state(state),
+            self._codec.encode_state(state, app_id=app_id, instance_id=instance_id),
             1 if commit.replace_history else 0,
             len(commit.append),
-            *[self._codec.encode_event(event) for event in commit.append],
+            *[
+                self._codec.encode_event(event, app_id=app_id, instance_id=instance_id)
+                for event in commit.append
+            ],
             len(commit.outbox),
         ]
         for position, entry in enumerate(commit.outbox):
@@ -524,7 +539,7 @@ class RedisStore:
         args = [_waiter_member(waiter), MAX_WAITERS, *_NOT_AWAITED]
         with self._translating(f"add waiter to {instance_id!r}"):
             blob = await self._run("add_waiter", keys, args)
-        return None if blob is None else self._codec.decode_state(blob)
+        return None if blob is None else self._decode_state(blob, instance_id)
 
     async def take_waiters(self, instance_id: str) -> list[Waiter]:
         """Remove and return the waiters of ``instance_id``, sorted."""
@@ -636,7 +651,11 @@ class RedisStore:
                     pipe.hget(self._keys.instance(raw.decode()), "s")
                 blobs = await pipe.execute()
         # An instance purged between the two round trips simply drops out.
-        return [self._codec.decode_state(blob) for blob in blobs if blob is not None]
+        return [
+            self._decode_state(blob, raw.decode())
+            for raw, blob in zip(raw_ids, blobs, strict=True)
+            if blob is not None
+        ]
 
     async def check_safety(self) -> list[str]:
         """Reasons the Redis server may lose data: eviction, no or weak persistence.

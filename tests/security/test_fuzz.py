@@ -18,6 +18,7 @@ Bounded: at most 200 examples per property, whole module well under 30 s.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import pickle
 from collections import Counter
@@ -34,7 +35,7 @@ from structlog.testing import capture_logs
 
 from flowmesh import ActivityContext, App, WorkflowContext
 from flowmesh._errors import DecodeError
-from flowmesh.codec import PAYLOAD_MARKER, Codec
+from flowmesh.codec import PAYLOAD_MARKER, Codec, PayloadContext
 from flowmesh.model import (
     HISTORY_EVENT_TYPES,
     MAX_LEASE_SECONDS,
@@ -72,6 +73,10 @@ SEALER = EncryptionCodec({"k1": KEY1})
 PLAIN = Codec()
 ENC = Codec(payload_codec=SEALER)
 CODECS = {"plain": PLAIN, "encrypted": ENC}
+HOST = "orders"
+"""The app hosting the samples' workflow: messages that do not name it are bound to it."""
+AT = {"app_id": HOST, "instance_id": "order-17"}
+"""Where the samples' history events and state are kept."""
 
 # -- apps served by the handler fuzz --------------------------------------------------------------
 
@@ -120,9 +125,13 @@ TARGETED = [
 ]
 
 VALID: list[bytes] = [
-    *(codec.encode_message(m) for codec in CODECS.values() for m in [*MESSAGES, *TARGETED]),
-    *(codec.encode_event(e) for codec in CODECS.values() for e in EVENTS),
-    *(codec.encode_state(STATE) for codec in CODECS.values()),
+    *(
+        codec.encode_message(m, app_id=HOST)
+        for codec in CODECS.values()
+        for m in [*MESSAGES, *TARGETED]
+    ),
+    *(codec.encode_event(e, **AT) for codec in CODECS.values() for e in EVENTS),
+    *(codec.encode_state(STATE, **AT) for codec in CODECS.values()),
 ]
 TAGS = [cls.__name__ for cls in (*MESSAGE_TYPES, *HISTORY_EVENT_TYPES, WorkflowState)]
 FAMILIES: dict[str, tuple[type, ...]] = {
@@ -137,9 +146,9 @@ def decode_every_way(data: bytes) -> list[object]:
     decoded: list[object] = []
     for codec in CODECS.values():
         for family, decode in (
-            ("message", codec.decode_message),
-            ("event", codec.decode_event),
-            ("state", codec.decode_state),
+            ("message", functools.partial(codec.decode_message, app_id=HOST)),
+            ("event", functools.partial(codec.decode_event, **AT)),
+            ("state", functools.partial(codec.decode_state, **AT)),
         ):
             try:
                 result = decode(data)
@@ -187,12 +196,27 @@ def nested(depth: int, leaf: object = None) -> object:
 
 
 deep = st.integers(min_value=30, max_value=400).map(nested)
-hostile_values = junk | deep | st.builds(lambda v: SEALER.encode(msgpack.packb(v)), junk)
+# Sealed for no field in particular: decrypts nowhere, so it tests the refusal path.
+ANYWHERE = PayloadContext(HOST, "order-17", "Anything.value")
+hostile_values = junk | deep | st.builds(lambda v: SEALER.seal(msgpack.packb(v), ANYWHERE), junk)
 # Deep nesting packed by hand (msgpack's packer stops at 512 levels).
 deep_packed = st.integers(min_value=30, max_value=3000).map(lambda d: b"\x91" * d + b"\xc0")
-sealed_junk = st.builds(SEALER.encode, st.binary(max_size=40) | deep_packed) | st.builds(
-    lambda v: SEALER.encode(msgpack.packb(v, use_bin_type=True)), junk
+# Plaintexts for sealed_for: junk that an attacker holding the key could encrypt.
+junk_plaintext = (st.binary(max_size=40) | deep_packed) | st.builds(
+    lambda v: msgpack.packb(v, use_bin_type=True), junk
 )
+MESSAGE_TAGS = frozenset(cls.__name__ for cls in MESSAGE_TYPES)
+
+
+def sealed_for(tree: Any, field: object, plaintext: bytes) -> bytes:
+    """``plaintext`` sealed for ``field`` of the blob ``tree``, so that it decrypts there
+    (as decode_every_way reads it): the attacker holds the key."""
+    tag, fields = tree[1], tree[2]
+    instance = AT["instance_id"]
+    # A mutation may have made the tag anything (a list, say): only a message tag names it.
+    if isinstance(tag, str) and tag in MESSAGE_TAGS and isinstance(fields.get("instance_id"), str):
+        instance = fields["instance_id"]
+    return SEALER.seal(plaintext, PayloadContext(HOST, instance, f"{tag}.{field}"))
 
 
 def unpack_raw(data: bytes) -> Any:
@@ -246,7 +270,8 @@ def structured_mutation(draw: st.DrawFn) -> bytes:
         elif op == "sealed":
             candidates = [k for k, v in fields.items() if isinstance(v, bytes)] or list(fields)
             if candidates:
-                fields[draw(st.sampled_from(sorted(candidates, key=repr)))] = draw(sealed_junk)
+                field = draw(st.sampled_from(sorted(candidates, key=repr)))
+                fields[field] = sealed_for(tree, field, draw(junk_plaintext))
     data = pack(tree)
     return data if data is not None else draw(st.sampled_from(VALID))
 
@@ -317,7 +342,7 @@ def test_wrong_types_in_typed_fields_are_refused_by_both_codecs(
     message: Any, field_value: object, field: str
 ) -> None:
     for codec in CODECS.values():
-        tree = unpack_raw(codec.encode_message(message))
+        tree = unpack_raw(codec.encode_message(message, app_id=HOST))
         if field not in tree[2]:
             continue
         expected = type(tree[2][field])
@@ -326,7 +351,7 @@ def test_wrong_types_in_typed_fields_are_refused_by_both_codecs(
         if data is None:
             continue
         try:
-            decoded = codec.decode_message(data)
+            decoded = codec.decode_message(data, app_id=HOST)
         except DecodeError:
             continue
         # Accepted only when the value has the field's type (float fields also take ints).
@@ -334,15 +359,15 @@ def test_wrong_types_in_typed_fields_are_refused_by_both_codecs(
 
 
 @FUZZ
-@given(sealed=sealed_junk, which=st.sampled_from(["input", "output", "data"]))
+@given(plaintext=junk_plaintext, which=st.sampled_from(["input", "output", "data"]))
 def test_decryptable_junk_in_encrypted_fields_only_raises_decode_error(
-    sealed: bytes, which: str
+    plaintext: bytes, which: str
 ) -> None:
     """An attacker holding the key is still held to the codec's limits on what decrypts."""
     for message in MESSAGES:
-        tree = unpack_raw(ENC.encode_message(message))
+        tree = unpack_raw(ENC.encode_message(message, app_id=HOST))
         if which in tree[2]:
-            tree[2][which] = sealed
+            tree[2][which] = sealed_for(tree, which, plaintext)
             decode_every_way(pack(tree) or b"")
 
 
@@ -353,7 +378,7 @@ def test_decryptable_junk_in_encrypted_fields_only_raises_decode_error(
 )
 def test_no_mutation_of_a_ciphertext_ever_decrypts(message: Any, flips: list[Any]) -> None:
     field = "input" if isinstance(message, StartWorkflow) else "data"
-    tree = unpack_raw(ENC.encode_message(message))
+    tree = unpack_raw(ENC.encode_message(message, app_id=HOST))
     sealed = bytearray(tree[2][field])
     for at, mask in flips:
         sealed[at % len(sealed)] ^= mask
@@ -361,7 +386,7 @@ def test_no_mutation_of_a_ciphertext_ever_decrypts(message: Any, flips: list[Any
         return  # flips cancelled out
     tree[2][field] = bytes(sealed)
     with pytest.raises(DecodeError):
-        ENC.decode_message(pack(tree) or b"")
+        ENC.decode_message(pack(tree) or b"", app_id=HOST)
 
 
 # -- (b) the handlers ------------------------------------------------------------------------------
@@ -381,10 +406,11 @@ class Outcome:
 CRASHES = {"transport.handler_failed", "transport.handler_left_unsettled"}
 
 
-def must_dead_letter(codec: Codec, body: bytes) -> bool:
-    """True if a consumer with ``codec`` must dead-letter ``body`` (undecodable or invalid)."""
+def must_dead_letter(codec: Codec, body: bytes, app_id: str) -> bool:
+    """True if ``app_id``'s consumer with ``codec`` must dead-letter ``body`` (undecodable or
+    invalid)."""
     try:
-        message = codec.decode_message(body)
+        message = codec.decode_message(body, app_id=app_id)
     except DecodeError:
         return True
     return message_problem(message) is not None
@@ -411,7 +437,7 @@ async def _run_hostile(
         for index, (queue, body) in enumerate(bodies):
             app_id, kind = QUEUES[queue % len(QUEUES)]
             await env.transport.publish([Outgoing(app_id, kind, body, f"fuzz-{index}")])
-            if must_dead_letter(codec, body):
+            if must_dead_letter(codec, body, app_id):
                 expected[(app_id, body)] += 1
         for _ in range(500):
             dead = Counter(
@@ -581,9 +607,10 @@ OUT_OF_RANGE: dict[str, list[tuple[Any, dict[str, object]]]] = {
 }
 
 
-def tampered(codec: Codec, message: Any, fields: dict[str, object]) -> bytes:
-    """``message`` encoded by ``codec`` with ``fields`` replaced in its (plain) fields map."""
-    version, kind, body = msgpack.unpackb(codec.encode_message(message))
+def tampered(codec: Codec, message: Any, fields: dict[str, object], app_id: str) -> bytes:
+    """``message`` encoded by ``codec`` for ``app_id`` with ``fields`` replaced in its (plain)
+    fields map."""
+    version, kind, body = msgpack.unpackb(codec.encode_message(message, app_id=app_id))
     data: bytes = msgpack.packb([version, kind, {**body, **fields}], use_bin_type=True)
     return data
 
@@ -618,12 +645,12 @@ async def _publish_hostile_and_check(codec: Codec, queue: dict[str, int]) -> Non
         ]
         for index, (where, message, _) in enumerate(plan):
             app_id, kind = QUEUES[queue[where]]
-            body = codec.encode_message(message)
+            body = codec.encode_message(message, app_id=app_id)
             await env.transport.publish([Outgoing(app_id, kind, body, f"hostile-{index}")])
         for where, cases in OUT_OF_RANGE.items():
             app_id, kind = QUEUES[queue[where]]
             for index, (message, fields) in enumerate(cases):
-                body = tampered(codec, message, fields)
+                body = tampered(codec, message, fields, app_id)
                 await env.transport.publish([Outgoing(app_id, kind, body, f"range-{index}")])
         invalid = sum(bad for *_, bad in plan)
         out_of_range = sum(len(cases) for cases in OUT_OF_RANGE.values())
@@ -661,4 +688,6 @@ def test_decoded_values_keep_their_msgpack_types() -> None:
     """bin stays bytes and str stays str through both codecs (no implicit conversions)."""
     message = StartWorkflow("i-1", "wf", "app", {"b": b"\x80\x81", "s": "\x80"})
     for codec in CODECS.values():
-        assert codec.decode_message(codec.encode_message(message)) == message
+        assert (
+            codec.decode_message(codec.encode_message(message, app_id=HOST), app_id=HOST) == message
+        )

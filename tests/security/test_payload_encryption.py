@@ -39,17 +39,30 @@ from flowmesh._errors import (
     SerializationError,
 )
 from flowmesh.cli._config import build_codec
-from flowmesh.codec import PAYLOAD_MARKER, Codec, CodecLimits, PayloadCodec
+from flowmesh.codec import (
+    PAYLOAD_MARKER,
+    BoundPayloadCodec,
+    Codec,
+    CodecLimits,
+    PayloadCodec,
+    PayloadContext,
+)
 from flowmesh.model import (
+    ActivityCompleted,
     ActivityResult,
+    ActivityScheduled,
     ActivityTask,
+    ChildResult,
+    ChildWorkflowCompleted,
     RaiseEvent,
     StartWorkflow,
+    StateReply,
     TimerDue,
     WorkflowState,
 )
 from flowmesh.security import (
     MAGIC,
+    MAGIC_UNBOUND,
     EncryptionCodec,
     parse_payload_keys,
     payload_codec_from_env,
@@ -57,7 +70,16 @@ from flowmesh.security import (
 from flowmesh.testing import TestEnvironment
 from flowmesh.transport import Outgoing, QueueKind
 from tests.harness.processes import REPO, Services, WorkerProcesses
-from tests.security.samples import EVENTS, KEY1, KEY2, MESSAGES, SECRET, STATE, random_key
+from tests.security.samples import (
+    EVENTS,
+    FAILURE,
+    KEY1,
+    KEY2,
+    MESSAGES,
+    SECRET,
+    STATE,
+    random_key,
+)
 
 SECRET_BYTES = SECRET.encode()
 
@@ -71,6 +93,12 @@ def b64(key: bytes) -> str:
 
 
 ENC = codec_with({"k1": KEY1})
+HOST = "orders"
+"""The app hosting the samples' workflow: messages that do not name it are bound to it."""
+AT = {"app_id": HOST, "instance_id": "order-17"}
+"""Where the samples' history events and state are kept."""
+HERE = PayloadContext(HOST, "order-17", "RaiseEvent.data")
+"""A context for EncryptionCodec tests that are not about contexts."""
 
 
 def fields_of(data: bytes) -> dict[str, Any]:
@@ -86,21 +114,21 @@ def fields_of(data: bytes) -> dict[str, Any]:
 
 @pytest.mark.parametrize("message", MESSAGES, ids=lambda m: type(m).__name__)
 def test_every_message_round_trips_encrypted_without_plaintext(message: Any) -> None:
-    data = ENC.encode_message(message)
-    assert ENC.decode_message(data) == message
+    data = ENC.encode_message(message, app_id=HOST)
+    assert ENC.decode_message(data, app_id=HOST) == message
     assert SECRET_BYTES not in data
 
 
 @pytest.mark.parametrize("event", EVENTS, ids=lambda e: type(e).__name__)
 def test_every_history_event_round_trips_encrypted_without_plaintext(event: Any) -> None:
-    data = ENC.encode_event(event)
-    assert ENC.decode_event(data) == event
+    data = ENC.encode_event(event, **AT)
+    assert ENC.decode_event(data, **AT) == event
     assert SECRET_BYTES not in data
 
 
 def test_workflow_state_round_trips_encrypted_without_plaintext() -> None:
-    data = ENC.encode_state(STATE)
-    assert ENC.decode_state(data) == STATE
+    data = ENC.encode_state(STATE, **AT)
+    assert ENC.decode_state(data, **AT) == STATE
     assert SECRET_BYTES not in data
     # Routing metadata stays readable: IDs, names, status.
     for visible in (b"order-17", b"process_order", b"orders", b"FAILED", b"charge"):
@@ -115,44 +143,47 @@ def test_samples_carry_the_secret_in_plaintext_for_every_kind_with_protected_fie
     carrying = {type(m) for m in [*MESSAGES, *EVENTS] if SECRET_BYTES in _plain_bytes(plain, m)}
     protected = {k.converter.cls for k in _kinds().by_type.values() if k.protected}
     assert protected - {WorkflowState} == carrying
-    assert SECRET_BYTES in plain.encode_state(STATE)
+    assert SECRET_BYTES in plain.encode_state(STATE, **AT)
 
 
 def _plain_bytes(codec: Codec, obj: Any) -> bytes:
     try:
-        return codec.encode_message(obj)
+        return codec.encode_message(obj, app_id=HOST)
     except TypeError:
-        return codec.encode_event(obj)
+        return codec.encode_event(obj, **AT)
 
 
 def test_wire_form_is_a_tagged_fields_map_with_bin_protected_fields() -> None:
     message = ActivityResult("i-1", 3, 2, output={"x": SECRET})
-    fields = fields_of(ENC.encode_message(message))
+    fields = fields_of(ENC.encode_message(message, app_id=HOST))
     assert fields[PAYLOAD_MARKER] == 1
     assert isinstance(fields["output"], bytes) and fields["output"].startswith(MAGIC + b"\x02k1")
     assert fields["instance_id"] == "i-1" and fields["seq"] == 3 and fields["attempt"] == 2
     assert fields["failure"] is None  # an absent failure has no texts to protect
     # The plaintext of an encoded field is the msgpack of the value.
-    opened = EncryptionCodec({"k1": KEY1}).decode(fields["output"])
+    where = PayloadContext(HOST, "i-1", "ActivityResult.output")
+    opened = EncryptionCodec({"k1": KEY1}).open(fields["output"], where)
     assert msgpack.unpackb(opened, raw=False) == {"x": SECRET}
 
 
 def test_failure_message_and_stack_are_encrypted_but_error_type_is_not() -> None:
     message = next(m for m in MESSAGES if isinstance(m, ActivityResult) and m.failure)
-    failure = fields_of(ENC.encode_message(message))["failure"]
+    failure = fields_of(ENC.encode_message(message, app_id=HOST))["failure"]
     assert failure["error_type"] == "builtins.ValueError"
     assert isinstance(failure["message"], bytes) and isinstance(failure["stack_trace"], bytes)
     assert failure["non_retryable"] is True and failure["app_id"] == "payments"
 
 
 def test_nil_user_values_are_encrypted_too_so_presence_does_not_show() -> None:
-    fields = fields_of(ENC.encode_message(StartWorkflow("i-1", "wf", "app")))
+    fields = fields_of(ENC.encode_message(StartWorkflow("i-1", "wf", "app"), app_id=HOST))
     assert isinstance(fields["input"], bytes)
 
 
 def test_messages_without_user_data_are_unchanged_by_the_payload_codec() -> None:
     for message in (TimerDue("i-1", 4), *[m for m in MESSAGES if "Control" in repr(type(m))]):
-        assert ENC.encode_message(message) == Codec().encode_message(message)
+        assert ENC.encode_message(message, app_id=HOST) == Codec().encode_message(
+            message, app_id=HOST
+        )
 
 
 @pytest.mark.parametrize("obj", [*MESSAGES, *EVENTS], ids=lambda o: type(o).__name__)
@@ -160,12 +191,15 @@ def test_without_a_payload_codec_nothing_is_tagged_or_encoded(obj: Any) -> None:
     data = _plain_bytes(Codec(payload_codec=None), obj)
     assert PAYLOAD_MARKER.encode() not in data and MAGIC not in data
     assert PAYLOAD_MARKER not in fields_of(data)
-    assert PAYLOAD_MARKER.encode() not in Codec().encode_state(STATE)
+    assert PAYLOAD_MARKER.encode() not in Codec().encode_state(STATE, **AT)
 
 
 def test_each_value_gets_a_fresh_nonce() -> None:
     message = RaiseEvent("i-1", "e", SECRET)
-    first, second = ENC.encode_message(message), ENC.encode_message(message)
+    first, second = (
+        ENC.encode_message(message, app_id=HOST),
+        ENC.encode_message(message, app_id=HOST),
+    )
     assert first != second
     one, two = fields_of(first)["data"], fields_of(second)["data"]
     assert one[:9] == two[:9] == MAGIC + b"\x02k1"  # same header
@@ -175,56 +209,59 @@ def test_each_value_gets_a_fresh_nonce() -> None:
 
 def test_size_limit_applies_to_the_encrypted_message() -> None:
     small = Codec(CodecLimits(max_message_bytes=256), payload_codec=EncryptionCodec({"k": KEY1}))
-    small.encode_message(ActivityTask("i", "h", "a", 1, 1, "n", "x" * 60))
+    small.encode_message(ActivityTask("i", "h", "a", 1, 1, "n", "x" * 60), app_id=HOST)
     with pytest.raises(PayloadTooLargeError, match="limit"):
-        small.encode_message(ActivityTask("i", "h", "a", 1, 1, "n", "x" * 250))
+        small.encode_message(ActivityTask("i", "h", "a", 1, 1, "n", "x" * 250), app_id=HOST)
 
 
 # -- refusing what a codec cannot or must not read ------------------------------------------------
 
 
 def test_a_codec_without_keys_refuses_encrypted_blobs_with_a_clear_reason() -> None:
-    data = ENC.encode_message(MESSAGES[0])
+    data = ENC.encode_message(MESSAGES[0], app_id=HOST)
     with pytest.raises(DecodeError, match=r"encoded by a payload codec.*FLOWMESH_PAYLOAD_KEYS"):
-        Codec().decode_message(data)
+        Codec().decode_message(data, app_id=HOST)
     with pytest.raises(DecodeError, match="payload codec"):
-        Codec().decode_state(ENC.encode_state(STATE))
+        Codec().decode_state(ENC.encode_state(STATE, **AT), **AT)
 
 
 def test_a_codec_with_keys_refuses_plaintext_user_values_unless_allowed() -> None:
-    plain = Codec().encode_message(MESSAGES[0])
+    plain = Codec().encode_message(MESSAGES[0], app_id=HOST)
     with pytest.raises(DecodeError, match="not encoded"):
-        ENC.decode_message(plain)
+        ENC.decode_message(plain, app_id=HOST)
     migrating = Codec(payload_codec=EncryptionCodec({"k1": KEY1}), allow_plaintext=True)
-    assert migrating.decode_message(plain) == MESSAGES[0]
+    assert migrating.decode_message(plain, app_id=HOST) == MESSAGES[0]
     # ... and still writes ciphertext.
-    assert SECRET_BYTES not in migrating.encode_message(MESSAGES[0])
-    assert migrating.decode_message(ENC.encode_message(MESSAGES[0])) == MESSAGES[0]
+    assert SECRET_BYTES not in migrating.encode_message(MESSAGES[0], app_id=HOST)
+    assert (
+        migrating.decode_message(ENC.encode_message(MESSAGES[0], app_id=HOST), app_id=HOST)
+        == MESSAGES[0]
+    )
 
 
 @pytest.mark.parametrize("marker", [2, 0, "1", True, [1], b"\x01"])
 def test_an_unknown_payload_scheme_is_refused(marker: object) -> None:
-    fields = fields_of(ENC.encode_message(MESSAGES[0]))
+    fields = fields_of(ENC.encode_message(MESSAGES[0], app_id=HOST))
     fields[PAYLOAD_MARKER] = marker
     data = msgpack.packb([1, "StartWorkflow", fields], use_bin_type=True)
     with pytest.raises(DecodeError, match="scheme"):
-        ENC.decode_message(data)
+        ENC.decode_message(data, app_id=HOST)
 
 
 @pytest.mark.parametrize("value", [None, "plain", 7, [b"x"], {"a": 1}])
 def test_a_protected_field_that_is_not_bin_is_refused(value: object) -> None:
-    fields = fields_of(ENC.encode_message(MESSAGES[0]))
+    fields = fields_of(ENC.encode_message(MESSAGES[0], app_id=HOST))
     fields["input"] = value
     data = msgpack.packb([1, "StartWorkflow", fields], use_bin_type=True)
     with pytest.raises(DecodeError, match=r"field 'input' must be an encoded payload"):
-        ENC.decode_message(data)
+        ENC.decode_message(data, app_id=HOST)
 
 
 def test_a_missing_protected_field_takes_its_default() -> None:
-    fields = fields_of(ENC.encode_message(MESSAGES[0]))
+    fields = fields_of(ENC.encode_message(MESSAGES[0], app_id=HOST))
     del fields["input"]
     data = msgpack.packb([1, "StartWorkflow", fields], use_bin_type=True)
-    assert ENC.decode_message(data) == dataclasses.replace(MESSAGES[0], input=None)
+    assert ENC.decode_message(data, app_id=HOST) == dataclasses.replace(MESSAGES[0], input=None)
 
 
 # -- tampering, wrong keys, unknown keys ----------------------------------------------------------
@@ -237,70 +274,84 @@ def _with_field(data: bytes, kind: str, name: str, value: bytes) -> bytes:
 
 
 def test_every_single_bit_flip_in_a_ciphertext_is_detected() -> None:
-    data = ENC.encode_message(RaiseEvent("i-1", "e", {"secret": SECRET}))
+    data = ENC.encode_message(RaiseEvent("i-1", "e", {"secret": SECRET}), app_id=HOST)
     sealed = fields_of(data)["data"]
     for index in range(len(sealed)):
         for bit in (0x01, 0x80):
             broken = bytearray(sealed)
             broken[index] ^= bit
             with pytest.raises(DecodeError):
-                ENC.decode_message(_with_field(data, "RaiseEvent", "data", bytes(broken)))
+                ENC.decode_message(
+                    _with_field(data, "RaiseEvent", "data", bytes(broken)), app_id=HOST
+                )
 
 
 def test_truncated_or_extended_ciphertexts_are_refused() -> None:
-    data = ENC.encode_message(RaiseEvent("i-1", "e", SECRET))
+    data = ENC.encode_message(RaiseEvent("i-1", "e", SECRET), app_id=HOST)
     sealed = fields_of(data)["data"]
     for cut in range(len(sealed)):
         with pytest.raises(DecodeError):
-            ENC.decode_message(_with_field(data, "RaiseEvent", "data", sealed[:cut]))
+            ENC.decode_message(_with_field(data, "RaiseEvent", "data", sealed[:cut]), app_id=HOST)
     with pytest.raises(DecodeError, match="authentication"):
-        ENC.decode_message(_with_field(data, "RaiseEvent", "data", sealed + b"\x00"))
+        ENC.decode_message(_with_field(data, "RaiseEvent", "data", sealed + b"\x00"), app_id=HOST)
 
 
 def test_tampering_reports_a_clear_reason() -> None:
-    data = ENC.encode_message(RaiseEvent("i-1", "e", SECRET))
+    data = ENC.encode_message(RaiseEvent("i-1", "e", SECRET), app_id=HOST)
     sealed = bytearray(fields_of(data)["data"])
     sealed[-1] ^= 1
     with pytest.raises(DecodeError, match=r"field 'data'.*failed authentication with key 'k1'"):
-        ENC.decode_message(_with_field(data, "RaiseEvent", "data", bytes(sealed)))
+        ENC.decode_message(_with_field(data, "RaiseEvent", "data", bytes(sealed)), app_id=HOST)
 
 
 def test_a_different_key_under_the_same_id_fails_authentication() -> None:
-    data = ENC.encode_message(MESSAGES[0])
+    data = ENC.encode_message(MESSAGES[0], app_id=HOST)
     other = codec_with({"k1": random_key()})
     with pytest.raises(DecodeError, match="failed authentication"):
-        other.decode_message(data)
+        other.decode_message(data, app_id=HOST)
 
 
 def test_an_unknown_key_id_is_named_in_the_error() -> None:
-    data = codec_with({"k9": KEY1}).encode_message(MESSAGES[0])
+    data = codec_with({"k9": KEY1}).encode_message(MESSAGES[0], app_id=HOST)
     with pytest.raises(DecodeError, match=r"unknown key id 'k9'.*'k1'"):
-        ENC.decode_message(data)
+        ENC.decode_message(data, app_id=HOST)
 
 
 def test_swapping_the_key_id_in_the_header_fails_authentication() -> None:
     # Same key under two ids: the id is associated data, so relabelling is detected.
     both = codec_with({"ka": KEY1, "kb": KEY1})
-    sealed = EncryptionCodec({"ka": KEY1}).encode(b"\xa3abc")
+    sealed = EncryptionCodec({"ka": KEY1}).seal(b"\xa3abc", HERE)
     relabelled = sealed.replace(b"\x02ka", b"\x02kb", 1)
     with pytest.raises(DecodeError, match="failed authentication"):
-        both.payload_codec.decode(relabelled)  # type: ignore[union-attr]
-    assert both.payload_codec.decode(sealed) == b"\xa3abc"  # type: ignore[union-attr]
+        both.payload_codec.open(relabelled, HERE)  # type: ignore[union-attr]
+    assert both.payload_codec.open(sealed, HERE) == b"\xa3abc"  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(
     "blob",
-    [b"", b"fmenc", b"fmenc1", b"fmenc1\x05k1", b"fmenc2\x02k1" + bytes(40), b"xxxxxx" + bytes(40)],
+    [
+        b"",
+        b"fmenc",
+        b"fmenc2",
+        b"fmenc2\x05k1",
+        b"fmenc2\x02k1" + bytes(40),
+        b"fmenc1\x05k1",
+        b"fmenc1\x02k1" + bytes(40),
+        b"fmenc3\x02k1" + bytes(40),
+        b"xxxxxx" + bytes(40),
+    ],
 )
-def test_malformed_ciphertexts_are_decode_errors(blob: bytes) -> None:
+@pytest.mark.parametrize("allow_unbound", [False, True])
+def test_malformed_ciphertexts_are_decode_errors(blob: bytes, allow_unbound: bool) -> None:
     with pytest.raises(DecodeError):
-        EncryptionCodec({"k1": KEY1}).decode(blob)
+        EncryptionCodec({"k1": KEY1}, allow_unbound=allow_unbound).open(blob, HERE)
 
 
-def test_a_non_ascii_key_id_in_a_ciphertext_is_refused() -> None:
-    blob = b"fmenc1\x02\xff\xfe" + bytes(40)
+@pytest.mark.parametrize("magic", [b"fmenc2", b"fmenc1"])
+def test_a_non_ascii_key_id_in_a_ciphertext_is_refused(magic: bytes) -> None:
+    blob = magic + b"\x02\xff\xfe" + bytes(40)
     with pytest.raises(DecodeError, match="malformed key id"):
-        EncryptionCodec({"k1": KEY1}).decode(blob)
+        EncryptionCodec({"k1": KEY1}, allow_unbound=True).open(blob, HERE)
 
 
 # -- rotation -------------------------------------------------------------------------------------
@@ -308,32 +359,37 @@ def test_a_non_ascii_key_id_in_a_ciphertext_is_refused() -> None:
 
 def test_rotation_old_data_still_decrypts_and_new_data_uses_the_new_key() -> None:
     before = codec_with({"k1": KEY1})
-    old_message = before.encode_message(MESSAGES[0])
-    old_event = before.encode_event(EVENTS[0])
-    old_state = before.encode_state(STATE)
+    old_message = before.encode_message(MESSAGES[0], app_id=HOST)
+    old_event = before.encode_event(EVENTS[0], **AT)
+    old_state = before.encode_state(STATE, **AT)
 
     after = codec_with({"k2": KEY2, "k1": KEY1})  # k2 first: active
     assert after.payload_codec.active_key_id == "k2"  # type: ignore[union-attr]
-    assert after.decode_message(old_message) == MESSAGES[0]
-    assert after.decode_event(old_event) == EVENTS[0]
-    assert after.decode_state(old_state) == STATE
+    assert after.decode_message(old_message, app_id=HOST) == MESSAGES[0]
+    assert after.decode_event(old_event, **AT) == EVENTS[0]
+    assert after.decode_state(old_state, **AT) == STATE
 
-    new_message = after.encode_message(MESSAGES[0])
+    new_message = after.encode_message(MESSAGES[0], app_id=HOST)
     assert fields_of(new_message)["input"].startswith(MAGIC + b"\x02k2")
     # Readers that already have k2 read new data; k1 can be retired once old data is gone.
-    assert codec_with({"k2": KEY2}).decode_message(new_message) == MESSAGES[0]
+    assert codec_with({"k2": KEY2}).decode_message(new_message, app_id=HOST) == MESSAGES[0]
     with pytest.raises(DecodeError, match="unknown key id 'k2'"):
-        before.decode_message(new_message)
+        before.decode_message(new_message, app_id=HOST)
     with pytest.raises(DecodeError, match="unknown key id 'k1'"):
-        codec_with({"k2": KEY2}).decode_message(old_message)
+        codec_with({"k2": KEY2}).decode_message(old_message, app_id=HOST)
 
 
 def test_a_designated_active_key_encrypts() -> None:
     codec = codec_with({"k1": KEY1, "k2": KEY2}, active="k2")
-    assert fields_of(codec.encode_message(MESSAGES[0]))["input"].startswith(MAGIC + b"\x02k2")
+    assert fields_of(codec.encode_message(MESSAGES[0], app_id=HOST))["input"].startswith(
+        MAGIC + b"\x02k2"
+    )
     # Stage 1 of a rotation: every reader gets k2 while k1 stays active.
     staged = codec_with({"k1": KEY1, "k2": KEY2})
-    assert staged.decode_message(codec.encode_message(MESSAGES[0])) == MESSAGES[0]
+    assert (
+        staged.decode_message(codec.encode_message(MESSAGES[0], app_id=HOST), app_id=HOST)
+        == MESSAGES[0]
+    )
 
 
 # -- EncryptionCodec configuration ----------------------------------------------------------------
@@ -368,9 +424,11 @@ def test_encryption_codec_repr_shows_key_ids_but_no_key_material() -> None:
     assert codec.key_ids == ("k2", "k1")
 
 
-def test_encryption_codec_is_a_payload_codec_and_codec_refuses_other_objects() -> None:
-    assert isinstance(EncryptionCodec({"k1": KEY1}), PayloadCodec)
-    with pytest.raises(ConfigurationError, match="encode"):
+def test_encryption_codec_is_a_bound_payload_codec_and_codec_refuses_other_objects() -> None:
+    assert isinstance(EncryptionCodec({"k1": KEY1}), BoundPayloadCodec)
+    # It has no unbound encode/decode: nothing can encrypt a value for no place in particular.
+    assert not isinstance(EncryptionCodec({"k1": KEY1}), PayloadCodec)
+    with pytest.raises(ConfigurationError, match=r"seal.*encode"):
         Codec(payload_codec=object())  # type: ignore[arg-type]
 
 
@@ -391,7 +449,7 @@ class _Exploding:
 def test_any_failure_of_a_payload_codec_on_decode_is_a_decode_error(error: Exception) -> None:
     codec = Codec(payload_codec=_Exploding(error))
     with pytest.raises(DecodeError, match="payload codec _Exploding failed"):
-        codec.decode_message(codec.encode_message(MESSAGES[0]))
+        codec.decode_message(codec.encode_message(MESSAGES[0], app_id=HOST), app_id=HOST)
 
 
 def test_a_payload_codec_failing_on_encode_is_a_serialization_error() -> None:
@@ -403,7 +461,7 @@ def test_a_payload_codec_failing_on_encode_is_a_serialization_error() -> None:
             return data
 
     with pytest.raises(SerializationError, match="hsm offline"):
-        Codec(payload_codec=Broken()).encode_message(MESSAGES[0])
+        Codec(payload_codec=Broken()).encode_message(MESSAGES[0], app_id=HOST)
 
 
 def test_a_custom_payload_codec_is_applied_to_every_protected_field() -> None:
@@ -416,9 +474,213 @@ def test_a_custom_payload_codec_is_applied_to_every_protected_field() -> None:
 
     codec = Codec(payload_codec=Reverse())
     for obj in MESSAGES:
-        data = codec.encode_message(obj)
-        assert codec.decode_message(data) == obj
+        data = codec.encode_message(obj, app_id=HOST)
+        assert codec.decode_message(data, app_id=HOST) == obj
         assert SECRET_BYTES not in data
+
+
+# -- values are bound to their app, instance and field (issue 15) -------------------------------
+
+
+def _moved(source: bytes, source_field: str, target: bytes, target_field: str) -> bytes:
+    """``target`` with its ``target_field`` replaced by the ciphertext of ``source_field`` of
+    ``source``: what someone who can write to a queue or to Redis can do without the key."""
+    sealed = fields_of(source)[source_field]
+    assert isinstance(sealed, bytes) and sealed.startswith(MAGIC)
+    envelope = msgpack.unpackb(target, raw=False, strict_map_key=False)
+    envelope[2][target_field] = sealed
+    return msgpack.packb(envelope, use_bin_type=True)
+
+
+def test_a_value_moved_into_another_instances_message_is_refused() -> None:
+    """A start's input replayed into a start of another instance of the same workflow and
+    app, and an activity input into another instance's task, fail authentication."""
+    start = ENC.encode_message(StartWorkflow("i-1", "wf", "orders", {"card": SECRET}))
+    other = ENC.encode_message(StartWorkflow("i-2", "wf", "orders", {"card": "mine"}))
+    with pytest.raises(DecodeError, match=r"failed authentication.*instance 'i-2'"):
+        ENC.decode_message(_moved(start, "input", other, "input"))
+    task = ENC.encode_message(ActivityTask("i-1", "orders", "pay", 3, 1, "charge", SECRET))
+    other_task = ENC.encode_message(ActivityTask("i-2", "orders", "pay", 3, 1, "charge", 0))
+    with pytest.raises(DecodeError, match="failed authentication"):
+        ENC.decode_message(_moved(task, "input", other_task, "input"))
+    assert ENC.decode_message(other).input == {"card": "mine"}  # the untouched one decodes
+
+
+def test_a_value_moved_into_another_apps_message_is_refused() -> None:
+    """The same instance ID on another app is another workflow: a value moved there fails."""
+    start = ENC.encode_message(StartWorkflow("i-1", "wf", "orders", {"card": SECRET}))
+    elsewhere = ENC.encode_message(StartWorkflow("i-1", "wf", "billing", None))
+    with pytest.raises(DecodeError, match=r"failed authentication.*on app 'billing'"):
+        ENC.decode_message(_moved(start, "input", elsewhere, "input"))
+    task = ENC.encode_message(ActivityTask("i-1", "orders", "pay", 3, 1, "charge", SECRET))
+    other_host = ENC.encode_message(ActivityTask("i-1", "billing", "pay", 3, 1, "charge", 0))
+    with pytest.raises(DecodeError, match="failed authentication"):
+        ENC.decode_message(_moved(task, "input", other_host, "input"))
+
+
+def test_a_value_moved_into_another_field_is_refused() -> None:
+    """Same app and instance, other field: a workflow input replayed as an activity input,
+    a failure message as its stack trace, a state's input as its output."""
+    start = ENC.encode_message(StartWorkflow("i-1", "wf", "orders", {"card": SECRET}))
+    task = ENC.encode_message(ActivityTask("i-1", "orders", "pay", 3, 1, "charge", 0))
+    with pytest.raises(DecodeError, match=r"another place than 'ActivityTask\.input'"):
+        ENC.decode_message(_moved(start, "input", task, "input"))
+
+    result = ENC.encode_message(ActivityResult("i-1", 3, 1, failure=FAILURE), app_id="orders")
+    envelope = msgpack.unpackb(result, raw=False, strict_map_key=False)
+    failure = envelope[2]["failure"]
+    failure["stack_trace"] = failure["message"]
+    swapped = msgpack.packb(envelope, use_bin_type=True)
+    with pytest.raises(DecodeError, match=r"field 'failure\.stack_trace'.*failed auth"):
+        ENC.decode_message(swapped, app_id="orders")
+
+    state = ENC.encode_state(STATE, **AT)
+    with pytest.raises(DecodeError, match="failed authentication"):
+        ENC.decode_state(_moved(state, "input", state, "output"), **AT)
+
+
+def test_a_reply_is_bound_to_the_app_whose_reply_queue_carries_it() -> None:
+    """Results and events do not name their workflow's app; they are bound to the app they are
+    sent to, so one replayed onto another app's reply queue (same instance ID) is refused."""
+    for message in (
+        ActivityResult("i-1", 3, 1, output=SECRET),
+        ChildResult("i-1", 5, "i-1-child", output=SECRET),
+        RaiseEvent("i-1", "approve", SECRET, "ev-1"),
+    ):
+        data = ENC.encode_message(message, app_id="orders")
+        assert ENC.decode_message(data, app_id="orders") == message
+        with pytest.raises(DecodeError, match=r"failed authentication.*on app 'billing'"):
+            ENC.decode_message(data, app_id="billing")
+
+
+def test_history_events_and_states_are_bound_to_the_history_that_holds_them() -> None:
+    """An event or state copied to another instance's keys, or another app's, is refused."""
+    event = ENC.encode_event(ActivityCompleted(3, {"receipt": SECRET}), **AT)
+    state = ENC.encode_state(STATE, **AT)
+    for app_id, instance_id in (("orders", "order-99"), ("billing", "order-17")):
+        with pytest.raises(DecodeError, match="failed authentication"):
+            ENC.decode_event(event, app_id=app_id, instance_id=instance_id)
+        with pytest.raises(DecodeError, match="failed authentication"):
+            ENC.decode_state(state, app_id=app_id, instance_id=instance_id)
+    assert ENC.decode_event(event, **AT) == ActivityCompleted(3, {"receipt": SECRET})
+    # The kind is part of the field: an activity's output replayed as a child's output fails.
+    child = ENC.encode_event(ChildWorkflowCompleted(3, None), **AT)
+    with pytest.raises(DecodeError, match=r"ChildWorkflowCompleted\.output"):
+        ENC.decode_event(_moved(event, "output", child, "output"), **AT)
+
+
+def test_a_value_from_a_message_moved_into_a_history_is_refused() -> None:
+    """An activity task's input (seen on the queue) does not decode as the history's
+    ActivityScheduled input of the same instance."""
+    task = ENC.encode_message(ActivityTask("order-17", "orders", "pay", 3, 1, "charge", SECRET))
+    scheduled = ENC.encode_event(ActivityScheduled(3, "charge", "pay", None), **AT)
+    with pytest.raises(DecodeError, match="failed authentication"):
+        ENC.decode_event(_moved(task, "input", scheduled, "input"), **AT)
+
+
+def test_the_parts_of_a_context_a_blob_does_not_name_must_be_given() -> None:
+    """Encoding without them is a programming error; decoding without them is refused."""
+    result = ActivityResult("i-1", 3, 1, output=SECRET)
+    with pytest.raises(TypeError, match="app_id="):
+        ENC.encode_message(result)
+    with pytest.raises(TypeError, match="app_id= and instance_id="):
+        ENC.encode_event(ActivityCompleted(3, SECRET))
+    with pytest.raises(TypeError, match="instance_id="):
+        ENC.encode_state(STATE, app_id="orders")
+    data = ENC.encode_message(result, app_id="orders")
+    with pytest.raises(DecodeError, match="did not say which app_id="):
+        ENC.decode_message(data)
+    with pytest.raises(DecodeError, match="did not say"):
+        ENC.decode_event(ENC.encode_event(ActivityCompleted(3, 1), **AT))
+    # Kinds without protected fields, codecs without a payload codec and context-free payload
+    # codecs (compression) need nothing.
+    assert ENC.decode_message(ENC.encode_message(TimerDue("i-1", 2))) == TimerDue("i-1", 2)
+    assert Codec().decode_message(Codec().encode_message(result)) == result
+    free = Codec(payload_codec=_Exploding(ValueError()))
+    assert b"~" in free.encode_message(result)
+    assert b"~" in free.encode_event(ActivityCompleted(3, SECRET))
+
+
+class _Recording:
+    """A bound payload codec that records the context of every value it seals."""
+
+    def __init__(self) -> None:
+        self.seen: list[PayloadContext] = []
+
+    def seal(self, data: bytes, context: PayloadContext) -> bytes:
+        self.seen.append(context)
+        return data
+
+    def open(self, data: bytes, context: PayloadContext) -> bytes:
+        return data
+
+
+def test_each_kind_binds_its_values_to_the_documented_context() -> None:
+    """The rule of docs/security-payloads.md: the workflow's hosting app (from the envelope
+    where it names it, else the caller's), the instance, and kind.field."""
+    recording = _Recording()
+    codec = Codec(payload_codec=recording)
+
+    def contexts(encode: Any) -> set[tuple[str, str, str]]:
+        recording.seen.clear()
+        encode()
+        return {(c.app_id, c.instance_id, c.field) for c in recording.seen}
+
+    assert contexts(lambda: codec.encode_message(MESSAGES[0], app_id="ignored")) == {
+        ("orders", "order-17", "StartWorkflow.input")
+    }
+    assert contexts(lambda: codec.encode_message(MESSAGES[2])) == {
+        ("orders", "order-17", "ActivityTask.input")  # host_app_id, not the activity's app
+    }
+    assert contexts(lambda: codec.encode_message(MESSAGES[8], app_id="parents")) == {
+        ("parents", "order-17", "ChildResult.output"),
+        ("parents", "order-17", "ChildResult.failure.message"),
+        ("parents", "order-17", "ChildResult.failure.stack_trace"),
+    }
+    reply = contexts(lambda: codec.encode_message(StateReply("order-17", STATE)))
+    assert ("orders", "order-17", "StateReply.state.custom_status") in reply
+    assert contexts(lambda: codec.encode_event(EVENTS[0], app_id="a", instance_id="i")) == {
+        ("a", "i", "WorkflowStarted.input")
+    }
+    assert ("a", "i", "WorkflowState.failure.message") in contexts(
+        lambda: codec.encode_state(STATE, app_id="a", instance_id="i")
+    )
+
+
+def test_payload_context_bytes_are_unambiguous() -> None:
+    """Length prefixes keep ('ab', 'c') and ('a', 'bc') apart."""
+    one = PayloadContext("ab", "c", "StartWorkflow.input").as_bytes()
+    two = PayloadContext("a", "bc", "StartWorkflow.input").as_bytes()
+    assert one != two
+    assert PayloadContext("\udcff", "i", "f").as_bytes()  # a lone surrogate does not raise
+
+
+def _fmenc1(key_id: str, key: bytes, plaintext: bytes) -> bytes:
+    """A value as flowmesh wrote it before binding: associated data = header only."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    header = MAGIC_UNBOUND + bytes([len(key_id)]) + key_id.encode()
+    nonce = os.urandom(12)
+    return header + nonce + AESGCM(key).encrypt(nonce, plaintext, header)
+
+
+def test_unbound_fmenc1_values_are_refused_unless_allowed_for_migration() -> None:
+    """Format 1 values carry no context, so they could be replayed anywhere: refused by
+    default, read with allow_unbound (FLOWMESH_PAYLOAD_ALLOW_UNBOUND=1); writes are fmenc2."""
+    old = _fmenc1("k1", KEY1, msgpack.packb({"card": SECRET}))
+    fields = {**fields_of(ENC.encode_message(MESSAGES[0])), "input": old}
+    blob = msgpack.packb([1, "StartWorkflow", fields], use_bin_type=True)
+    with pytest.raises(DecodeError, match=r"fmenc1.*FLOWMESH_PAYLOAD_ALLOW_UNBOUND"):
+        ENC.decode_message(blob)
+    migrating = codec_with({"k1": KEY1}, allow_unbound=True)
+    assert migrating.decode_message(blob).input == {"card": SECRET}
+    assert fields_of(migrating.encode_message(MESSAGES[0]))["input"].startswith(b"fmenc2")
+    env = {"FLOWMESH_PAYLOAD_KEYS": f"k1:{b64(KEY1)}"}
+    assert not build_codec(env).payload_codec.allow_unbound  # type: ignore[union-attr]
+    lenient = build_codec({**env, "FLOWMESH_PAYLOAD_ALLOW_UNBOUND": "1"})
+    assert lenient.decode_message(blob).input == {"card": SECRET}
+    with pytest.raises(ConfigurationError, match="ALLOW_UNBOUND"):
+        build_codec({**env, "FLOWMESH_PAYLOAD_ALLOW_UNBOUND": "maybe"})
 
 
 # -- keys from the environment ---------------------------------------------------------------------
@@ -479,11 +741,11 @@ def test_cli_codec_is_built_from_the_environment() -> None:
     codec = build_codec(env)
     assert isinstance(codec.payload_codec, EncryptionCodec)
     assert codec.payload_codec.active_key_id == "k2"
-    plain = Codec().encode_message(MESSAGES[0])
+    plain = Codec().encode_message(MESSAGES[0], app_id=HOST)
     with pytest.raises(DecodeError):
-        codec.decode_message(plain)
+        codec.decode_message(plain, app_id=HOST)
     lenient = build_codec({**env, "FLOWMESH_PAYLOAD_ALLOW_PLAINTEXT": "1"})
-    assert lenient.decode_message(plain) == MESSAGES[0]
+    assert lenient.decode_message(plain, app_id=HOST) == MESSAGES[0]
     with pytest.raises(ConfigurationError, match="ALLOW_PLAINTEXT"):
         build_codec({**env, "FLOWMESH_PAYLOAD_ALLOW_PLAINTEXT": "maybe"})
 
@@ -561,11 +823,11 @@ async def test_embedded_backend_carries_only_ciphertext_and_dead_letters_unknown
 
         # Someone else's ciphertext (unknown key id) is dead-lettered, and work goes on.
         alien = codec_with({"k9": random_key()}).encode_message(
-            RaiseEvent("emb-1", "approve", SECRET)
+            RaiseEvent("emb-1", "approve", SECRET), app_id="emb-host"
         )
         await env.transport.publish([Outgoing("emb-host", QueueKind.REPLY, alien)])
         task = codec_with({"k9": random_key()}).encode_message(
-            ActivityTask("emb-2", "emb-host", "emb-act", 0, 1, "emb_echo", SECRET)
+            ActivityTask("emb-2", "emb-host", "emb-act", 0, 1, "emb_echo", SECRET), app_id=HOST
         )
         await env.transport.publish([Outgoing("emb-act", QueueKind.WORK, task)])
         for _ in range(200):
@@ -643,7 +905,8 @@ async def peek(
                 held.append(message)
             for message in held:
                 await message.reject(requeue=True)
-            if any(must in repr(_decoded(codec, body)) for body in bodies):
+            app = queue.split(".")[1]  # fm.<app>.work|reply
+            if any(must in repr(_decoded(codec, body, app)) for body in bodies):
                 return bodies
             assert time.monotonic() < deadline, f"nothing carrying the secret in {queue}"
             await asyncio.sleep(0.2)
@@ -651,9 +914,9 @@ async def peek(
         await connection.close()
 
 
-def _decoded(codec: Codec, body: bytes) -> object:
+def _decoded(codec: Codec, body: bytes, app: str) -> object:
     try:
-        return codec.decode_message(body)
+        return codec.decode_message(body, app_id=app)
     except DecodeError:
         return None
 
@@ -841,3 +1104,41 @@ async def test_a_worker_dead_letters_ciphertext_it_has_no_key_for(
     assert dead["event"] == "message dead-lettered" and "unknown key id 'k9'" in dead["reason"]
     assert any(e.get("event") == "payload encryption enabled" for e in lines)
     assert E2E_SECRET not in log
+
+
+@pytest.mark.real_services
+@pytest.mark.timeout(120)
+async def test_a_worker_dead_letters_a_value_moved_into_another_instance(
+    workers: WorkerProcesses, services: Services, payload_env: dict[str, str]
+) -> None:
+    """A start whose encrypted input was lifted from another instance's start (same app,
+    same key) is dead-lettered with the failed authentication as reason, so the value never
+    reaches a workflow; the worker keeps serving and the instance ID is still free."""
+    from flowmesh.transport.rabbitmq import RabbitMQConfig, RabbitMQTransport
+
+    codec = build_codec(payload_env)
+    host = workers.start("sec-host", module=APPS, env=payload_env)
+    workers.wait_ready(host)
+    original = codec.encode_message(
+        StartWorkflow("moved-a", "guarded", "sec-host", {"secret": E2E_SECRET})
+    )
+    target = codec.encode_message(StartWorkflow("moved-b", "guarded", "sec-host", None))
+    forged = _moved(original, "input", target, "input")
+    async with RabbitMQTransport(RabbitMQConfig(url=services.amqp_url)) as transport:
+        before = (await transport.queue_stats("sec-host")).dead_messages
+        await transport.publish([Outgoing("sec-host", QueueKind.WORK, forged, "moved:1")])
+        deadline = time.monotonic() + 30
+        while (await transport.queue_stats("sec-host")).dead_messages <= before:
+            assert time.monotonic() < deadline, "not dead-lettered"
+            await asyncio.sleep(0.2)
+    assert host.poll() is None
+    log = workers.processes[-1][2].read_text()
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    [dead] = [e for e in lines if e.get("message_id") == "moved:1"]
+    assert dead["event"] == "message dead-lettered"
+    assert "failed authentication" in dead["reason"] and "'moved-b'" in dead["reason"]
+    async with Client(services.amqp_url, codec=codec) as client:
+        handle = await client.start_workflow(
+            "guarded", {"secret": "own"}, app_id="sec-host", instance_id="moved-b"
+        )
+        assert (await handle.describe()).input == {"secret": "own"}
