@@ -70,3 +70,19 @@ class VirtualClock:
             _, _, future = heapq.heappop(self._sleepers)
             if not future.done():
                 future.set_result(None)
+
+
+async def sleep_or_wake(clock: Clock, wake: asyncio.Event, seconds: float) -> bool:
+    """Sleep ``seconds`` on ``clock`` unless ``wake`` is set first; True if woken early.
+
+    For the background loops (timers, held messages) that poll at an interval but must react
+    at once when this replica creates something due sooner.
+    """
+    sleeper = asyncio.ensure_future(clock.sleep(seconds))
+    waker = asyncio.ensure_future(wake.wait())
+    try:
+        done, _ = await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        sleeper.cancel()
+        waker.cancel()
+    return waker in done and sleeper not in done

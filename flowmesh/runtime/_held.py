@@ -15,7 +15,7 @@ import asyncio
 from datetime import datetime, timedelta
 from typing import Any
 
-from flowmesh.runtime._clock import Clock
+from flowmesh.runtime._clock import Clock, sleep_or_wake
 from flowmesh.store import HeldMessage, WorkflowStore
 from flowmesh.transport import Transport
 
@@ -83,7 +83,7 @@ class HeldSweeper:
             wait = self._interval
             if self._due is not None:
                 wait = min(wait, max((self._due - self._clock.now()).total_seconds(), 0.0))
-            if await self._sleep_or_wake(wait):
+            if await sleep_or_wake(self._clock, self._wake, wait):
                 continue  # a nearer bound was noted: recompute the wait
             if self._due is not None and self._due <= self._clock.now():
                 self._due = None
@@ -91,17 +91,6 @@ class HeldSweeper:
                 await self.sweep()
             except Exception as exc:  # a sweeper must outlive any failure
                 self._log.warning("held-message sweep failed", error=str(exc))
-
-    async def _sleep_or_wake(self, seconds: float) -> bool:
-        """Sleep ``seconds``; True if :meth:`notify` woke it earlier."""
-        sleeper = asyncio.ensure_future(self._clock.sleep(seconds))
-        waker = asyncio.ensure_future(self._wake.wait())
-        try:
-            done, _ = await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            waker.cancel()
-        return waker in done and sleeper not in done
 
 
 class _HeldDelivery:

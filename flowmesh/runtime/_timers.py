@@ -16,7 +16,7 @@ from typing import Any
 
 from flowmesh.codec import Codec
 from flowmesh.model import TimerDue
-from flowmesh.runtime._clock import Clock
+from flowmesh.runtime._clock import Clock, sleep_or_wake
 from flowmesh.runtime._options import WorkerOptions
 from flowmesh.store import TimerEntry, WorkflowStore
 from flowmesh.transport import Outgoing, QueueKind, Transport
@@ -90,13 +90,4 @@ class TimerPoller:
             wait = self._options.timer_poll_interval
             if next_at is not None:
                 wait = min(wait, max((next_at - self._clock.now()).total_seconds(), 0.0))
-            await self._sleep_or_wake(wait)
-
-    async def _sleep_or_wake(self, seconds: float) -> None:
-        sleeper = asyncio.ensure_future(self._clock.sleep(seconds))
-        waker = asyncio.ensure_future(self._wake.wait())
-        try:
-            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            waker.cancel()
+            await sleep_or_wake(self._clock, self._wake, wait)
