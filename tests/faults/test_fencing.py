@@ -221,7 +221,8 @@ async def test_a_replica_lacking_the_workflow_leaves_its_messages_to_one_that_ha
     """A rolling deploy: an old host replica (without ``ship_after_go``) runs beside a new
     one. Starts the old replica takes used to be refused and lost, and events of running
     instances it took marked them STALLED. Now it leaves every such message, with growing
-    delay, to the new replica: all 30 complete, none stalls."""
+    delay, to the new replica: all 30 complete, none stalls (the old replica is stopped after
+    a while, as the rollout would, which bounds how long the test waits)."""
     new = workers.start(HOST, module=APPS)
     act = workers.start("fence-act", module=APPS)
     for process in (new, act):
@@ -242,6 +243,11 @@ async def test_a_replica_lacking_the_workflow_leaves_its_messages_to_one_that_ha
     ]
     for handle in handles:
         await handle.raise_event("go")
+    # The rollout goes on: after a while the old replica is stopped (gracefully), as a
+    # rolling deploy does. Until then it hands on whatever it takes.
+    await asyncio.sleep(5.0)
+    old.send_signal(signal.SIGTERM)
+    old.wait(30)
     for i, handle in enumerate(handles):
         state = await handle.wait(timeout=60)
         expected = i if i < 15 else 100 + i - 15
