@@ -55,6 +55,8 @@ async def serve(
             store = RedisStore(config, codec)
             await store.connect()
             await _check_redis(store, allow_unsafe_redis, log)
+            # Fails now, saying to run `flowmesh security apply`, rather than at the first step.
+            await store.ensure_functions()
         worker = Worker(app, transport=transport, store=store, codec=codec, options=options)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -431,7 +431,10 @@ class SecurityPlan:
                 )
         out += [
             "",
-            "# 3. Redis ACL users: one per app that hosts workflows; activity-only apps get none.",
+            "# 3. Redis: flowmesh's function library (the only server-side code app users may",
+            "#    run: they get FCALL, not EVAL or SCRIPT), then one ACL user per app that hosts",
+            "#    workflows; activity-only apps get none.",
+            "flowmesh security functions | redis-cli -x FUNCTION LOAD REPLACE",
         ]
         for redis_user in self.redis_users():
             password = f'">${password_variable(redis_user.name)}"'
