@@ -120,6 +120,21 @@ def main(log_level: str, log_format: str) -> None:
     help="Start even if Redis has no persistence or may evict keys (development only).",
 )
 @click.option(
+    "--allow-redis-everysec",
+    is_flag=True,
+    envvar="FLOWMESH_ALLOW_REDIS_EVERYSEC",
+    help="Accept appendfsync everysec: a machine crash may lose the last second of "
+    "acknowledged steps (default: only appendfsync always).",
+)
+@click.option(
+    "--redis-check-interval",
+    default=60.0,
+    show_default=True,
+    envvar="FLOWMESH_REDIS_CHECK_INTERVAL",
+    help="Seconds between re-checks of the Redis configuration (0: only at start); a replica "
+    "whose Redis became unsafe drains and exits.",
+)
+@click.option(
     "--drain-timeout", default=30.0, show_default=True, help="Seconds to finish work on SIGTERM."
 )
 @click.option(
@@ -161,6 +176,8 @@ def worker(
     module: str | None,
     concurrency: int,
     allow_unsafe_redis: bool,
+    allow_redis_everysec: bool,
+    redis_check_interval: float,
     drain_timeout: float,
     ack_deadline: float,
     activity_lease: float,
@@ -207,6 +224,8 @@ def worker(
             key_prefix=key_prefix,
             options=options,
             allow_unsafe_redis=allow_unsafe_redis,
+            allow_redis_everysec=allow_redis_everysec,
+            redis_check_interval=redis_check_interval,
         )
     )
 

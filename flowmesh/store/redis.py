@@ -156,6 +156,9 @@ class RedisStoreConfig:
     """TLS settings for a ``rediss://`` URL. None: the URL's query parameters
     (``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs=none``) if any, else
     verify against the system's CAs."""
+    allow_fsync_everysec: bool = False
+    """Whether :meth:`RedisStore.check_safety` accepts ``appendfsync everysec`` (a machine
+    crash may then lose the last second of acknowledged commits); by default only ``always``."""
 
     def __post_init__(self) -> None:
         try:
@@ -671,7 +674,8 @@ class RedisStore:
         ]
 
     async def check_safety(self) -> list[str]:
-        """Reasons the Redis server may lose data: eviction, no or weak persistence.
+        """Reasons the Redis server may lose data: eviction, no or weak persistence
+        (``appendfsync`` other than ``always``, unless ``allow_fsync_everysec``).
 
         If the server refuses ``CONFIG`` (an ACL user of ``flowmesh security plan``, a managed
         Redis), reads what ``INFO persistence`` and ``INFO memory`` show instead (AOF on or off,
@@ -701,7 +705,7 @@ class RedisStore:
                 )
                 return info_safety_warnings(sections)
         settings = {_text(name): _text(value) for reply in replies for name, value in reply.items()}
-        return safety_warnings(settings)
+        return safety_warnings(settings, allow_everysec=self.config.allow_fsync_everysec)
 
 
 def _held_message(entry: bytes) -> HeldMessage:

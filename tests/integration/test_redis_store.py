@@ -38,7 +38,7 @@ T0 = datetime(2030, 1, 1, tzinfo=UTC)
 SAFE = {
     "maxmemory-policy": "noeviction",
     "appendonly": "yes",
-    "appendfsync": "everysec",
+    "appendfsync": "always",
     "save": "",
 }
 
@@ -212,11 +212,15 @@ async def _client_commands(url: str, action: Awaitable[object]) -> list[str]:
     ("settings", "expected"),
     [
         (("--appendonly", "no", "--save", ""), ["no persistence"]),
-        (("--appendonly", "yes"), []),
-        (("--appendonly", "yes", "--save", ""), []),
+        (("--appendonly", "yes", "--appendfsync", "always"), []),
+        (("--appendonly", "yes", "--appendfsync", "always", "--save", ""), []),
+        (("--appendonly", "yes"), ["appendfsync is 'everysec'"]),  # Redis' default fsync
         (("--appendonly", "yes", "--appendfsync", "no"), ["appendfsync is 'no'"]),
         (("--appendonly", "no", "--save", "3600 1"), ["only RDB snapshots"]),
-        (("--appendonly", "yes", "--maxmemory-policy", "allkeys-lru"), ["evicts keys"]),
+        (
+            ("--appendonly", "yes", "--appendfsync", "always", "--maxmemory-policy", "allkeys-lru"),
+            ["evicts keys"],
+        ),
     ],
 )
 async def test_check_safety_reports_what_can_lose_data(
@@ -228,6 +232,17 @@ async def test_check_safety_reports_what_can_lose_data(
     assert len(warnings) == len(expected), warnings
     for warning, fragment in zip(warnings, expected, strict=True):
         assert fragment in warning
+
+
+async def test_check_safety_accepts_everysec_only_when_allowed(tmp_path: Path) -> None:
+    with private_redis(tmp_path, "--appendonly", "yes", "--appendfsync", "everysec") as url:
+        async with new_store(url) as store:
+            refused = await store.check_safety()
+        config = RedisStoreConfig(url=url, app_id="orders", allow_fsync_everysec=True)
+        async with RedisStore(config, Codec()) as store:
+            allowed = await store.check_safety()
+    assert len(refused) == 1 and "--allow-redis-everysec" in refused[0]
+    assert allowed == []
 
 
 async def test_check_safety_warns_about_the_dev_redis_without_persistence(
