@@ -161,6 +161,13 @@ def main(log_level: str, log_format: str) -> None:
     "(it may have overtaken the start) before it is dead-lettered.",
 )
 @click.option(
+    "--max-history-events",
+    default=WorkerOptions().max_history_events,
+    show_default=True,
+    envvar="FLOWMESH_MAX_HISTORY_EVENTS",
+    help="A run whose history reached this many events fails (use continue_as_new).",
+)
+@click.option(
     "--app-user-pattern",
     envvar="FLOWMESH_APP_USER_PATTERN",
     default=None,
@@ -182,6 +189,7 @@ def worker(
     ack_deadline: float,
     activity_lease: float,
     hold_unknown_for: float,
+    max_history_events: int,
     app_user_pattern: str | None,
     tls_ca: str | None,
     tls_cert: str | None,
@@ -213,6 +221,7 @@ def worker(
         ack_deadline=ack_deadline,
         activity_lease=activity_lease,
         hold_unknown_for=hold_unknown_for,
+        max_history_events=max_history_events,
         crash_at=os.environ.get("FLOWMESH_CRASH_AT") or None,  # test-only fault injection
         app_user_pattern=app_user_pattern or None,
     )

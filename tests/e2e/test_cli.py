@@ -122,3 +122,32 @@ def test_cli_errors_are_one_clear_line(services: Services) -> None:
     assert "AppUnavailableError" in missing.stderr
     assert "not valid JSON" in bad_json.stderr
     assert "s3cr3t-pw" not in unreachable.stderr
+
+
+def test_a_history_past_its_limit_fails_the_run_and_names_continue_as_new(
+    services: Services, workers: WorkerProcesses
+) -> None:
+    """A workflow that never continues-as-new, on a host with --max-history-events 30 (env),
+    fails at the step after its history reached 30 events: status FAILED, error type
+    flowmesh.HistoryLimitExceeded, a message naming continue_as_new, and a history that ends
+    with the failure just past the limit. (On main it ran on and on.)"""
+    workers.start("e2e-host", module="tests.e2e.apps", env={"FLOWMESH_MAX_HISTORY_EVENTS": "30"})
+    workers.start("e2e-crunch", module="tests.e2e.apps")
+    started = flowmesh(
+        services, "start", "endless", "--app-id", "e2e-host", "--instance-id", "long-1"
+    )
+    assert started.returncode == 0, started.stderr
+    deadline = time.monotonic() + 30
+    status = flowmesh(services, "status", "long-1", "--app-id", "e2e-host")
+    while "FAILED" not in status.stdout and time.monotonic() < deadline:
+        time.sleep(0.5)
+        status = flowmesh(services, "status", "long-1", "--app-id", "e2e-host")
+    print(status.stdout)
+    assert "status:        FAILED" in status.stdout
+    assert "HistoryLimitExceeded" in status.stdout
+    assert "continue_as_new" in status.stdout
+    history = flowmesh(services, "history", "long-1", "--app-id", "e2e-host")
+    rows = [line for line in history.stdout.splitlines() if line[:1].isdigit()]
+    print(f"history: {len(rows)} events, last: {rows[-1]}")
+    assert 30 < len(rows) <= 30 + 4  # at most one step past the limit, then the failure
+    assert "WorkflowCompleted" in rows[-1] and "FAILED" in rows[-1]
