@@ -22,6 +22,7 @@ from flowmesh.cli._config import (
     configure_logging,
     mask_url,
 )
+from flowmesh.cli._dead_letters import dead_letters
 from flowmesh.cli._format import history_table, state_text, stats_table
 from flowmesh.cli._loader import discover_app_ids, load_app
 from flowmesh.cli._security import security, tls_options, tls_urls
@@ -420,3 +421,4 @@ def apps(app_ids: tuple[str, ...], amqp_url: str) -> None:
 
 
 main.add_command(security)
+main.add_command(dead_letters)
