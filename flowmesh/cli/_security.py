@@ -311,6 +311,18 @@ def apply(
         _run(apply_redis_acls(security_plan, passwords, redis_url))
         click.echo(f"Redis function library {library().name} loaded")
         click.echo("Redis ACL users set: " + ", ".join(u.name for u in security_plan.redis_users()))
+        # The apps' users may not read appendfsync (CONFIG GET): check it here, as admin.
+        for warning in _run(redis_warnings(redis_url)):
+            click.echo(f"WARNING: Redis may lose workflow histories: {warning}")
+
+
+async def redis_warnings(redis_url: str) -> list[str]:
+    """:meth:`RedisStore.check_safety` with the administrator's connection."""
+    from flowmesh.codec import Codec
+    from flowmesh.store.redis import RedisStore, RedisStoreConfig
+
+    async with RedisStore(RedisStoreConfig(url=redis_url, app_id="admin"), Codec()) as store:
+        return await store.check_safety()
 
 
 @security.command()
