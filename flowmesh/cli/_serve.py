@@ -122,9 +122,9 @@ async def _check_redis(store: Any, allow_unsafe: bool, log: Any) -> None:
 
 
 def _refusal(problems: list[str], *, started: bool) -> str:
-    when = "Redis became unsafe while this replica ran" if started else "Redis"
+    when = "Redis became unsafe while this replica ran: it" if started else "Redis"
     return (
-        f"{when}: it may lose workflow histories: "
+        f"{when} may lose workflow histories: "
         + "; ".join(problems)
         + ". Fix the server (appendonly yes, appendfsync always, maxmemory-policy noeviction) "
         "or pass --allow-unsafe-redis for development."
