@@ -22,6 +22,7 @@ from flowmesh.cli._config import (
     configure_logging,
     mask_url,
 )
+from flowmesh.cli._dead_letters import dead_letters
 from flowmesh.cli._format import history_table, state_text, stats_table
 from flowmesh.cli._loader import discover_app_ids, load_app
 from flowmesh.cli._security import security, tls_options, tls_urls
@@ -120,6 +121,21 @@ def main(log_level: str, log_format: str) -> None:
     help="Start even if Redis has no persistence or may evict keys (development only).",
 )
 @click.option(
+    "--allow-redis-everysec",
+    is_flag=True,
+    envvar="FLOWMESH_ALLOW_REDIS_EVERYSEC",
+    help="Accept appendfsync everysec: a machine crash may lose the last second of "
+    "acknowledged steps (default: only appendfsync always).",
+)
+@click.option(
+    "--redis-check-interval",
+    default=60.0,
+    show_default=True,
+    envvar="FLOWMESH_REDIS_CHECK_INTERVAL",
+    help="Seconds between re-checks of the Redis configuration (0: only at start); a replica "
+    "whose Redis became unsafe drains and exits.",
+)
+@click.option(
     "--drain-timeout", default=30.0, show_default=True, help="Seconds to finish work on SIGTERM."
 )
 @click.option(
@@ -146,6 +162,13 @@ def main(log_level: str, log_format: str) -> None:
     "(it may have overtaken the start) before it is dead-lettered.",
 )
 @click.option(
+    "--max-history-events",
+    default=WorkerOptions().max_history_events,
+    show_default=True,
+    envvar="FLOWMESH_MAX_HISTORY_EVENTS",
+    help="A run whose history reached this many events fails (use continue_as_new).",
+)
+@click.option(
     "--app-user-pattern",
     envvar="FLOWMESH_APP_USER_PATTERN",
     default=None,
@@ -161,10 +184,13 @@ def worker(
     module: str | None,
     concurrency: int,
     allow_unsafe_redis: bool,
+    allow_redis_everysec: bool,
+    redis_check_interval: float,
     drain_timeout: float,
     ack_deadline: float,
     activity_lease: float,
     hold_unknown_for: float,
+    max_history_events: int,
     app_user_pattern: str | None,
     tls_ca: str | None,
     tls_cert: str | None,
@@ -196,6 +222,7 @@ def worker(
         ack_deadline=ack_deadline,
         activity_lease=activity_lease,
         hold_unknown_for=hold_unknown_for,
+        max_history_events=max_history_events,
         crash_at=os.environ.get("FLOWMESH_CRASH_AT") or None,  # test-only fault injection
         app_user_pattern=app_user_pattern or None,
     )
@@ -207,6 +234,8 @@ def worker(
             key_prefix=key_prefix,
             options=options,
             allow_unsafe_redis=allow_unsafe_redis,
+            allow_redis_everysec=allow_redis_everysec,
+            redis_check_interval=redis_check_interval,
         )
     )
 
@@ -392,3 +421,4 @@ def apps(app_ids: tuple[str, ...], amqp_url: str) -> None:
 
 
 main.add_command(security)
+main.add_command(dead_letters)

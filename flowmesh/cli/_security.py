@@ -13,9 +13,9 @@ import os
 import secrets
 import shlex
 import subprocess
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 import structlog
@@ -285,7 +285,8 @@ def apply(
     tls_insecure: bool,
     **options: Any,
 ) -> None:
-    """Apply the plan: declarations, RabbitMQ users and permissions, Redis ACL users."""
+    """Apply the plan: declarations, RabbitMQ users and permissions, Redis function library
+    and ACL users."""
     from flowmesh.cli import _run
 
     security_plan = _build_plan(**options)
@@ -305,8 +306,34 @@ def apply(
         run_rabbitmqctl(security_plan, passwords, shlex.split(rabbitmqctl))
         click.echo(f"RabbitMQ users and permissions set in vhost {security_plan.vhost!r}")
     if redis_url:
+        from flowmesh.store._redis_functions import library
+
         _run(apply_redis_acls(security_plan, passwords, redis_url))
+        click.echo(f"Redis function library {library().name} loaded")
         click.echo("Redis ACL users set: " + ", ".join(u.name for u in security_plan.redis_users()))
+        # The apps' users may not read appendfsync (CONFIG GET): check it here, as admin.
+        for warning in _run(redis_warnings(redis_url)):
+            click.echo(f"WARNING: Redis may lose workflow histories: {warning}")
+
+
+async def redis_warnings(redis_url: str) -> list[str]:
+    """:meth:`RedisStore.check_safety` with the administrator's connection."""
+    from flowmesh.codec import Codec
+    from flowmesh.store.redis import RedisStore, RedisStoreConfig
+
+    async with RedisStore(RedisStoreConfig(url=redis_url, app_id="admin"), Codec()) as store:
+        return await store.check_safety()
+
+
+@security.command()
+def functions() -> None:
+    """Print flowmesh's Redis function library (what `apply` loads), for loading by hand:
+
+    flowmesh security functions | redis-cli -x FUNCTION LOAD REPLACE
+    """
+    from flowmesh.store._redis_functions import library
+
+    click.echo(library().code, nl=False)
 
 
 def _passwords(security_plan: SecurityPlan, *, generate: bool) -> dict[str, str]:
@@ -362,13 +389,23 @@ def _ctl(rabbitmqctl: list[str], arguments: list[str]) -> subprocess.CompletedPr
 async def apply_redis_acls(
     security_plan: SecurityPlan, passwords: dict[str, str], redis_url: str
 ) -> None:
-    """``ACL SETUSER`` for every hosting app's Redis user."""
+    """Load flowmesh's Redis function library, then ``ACL SETUSER`` every hosting app's user.
+
+    The library first: the users may only ``FCALL`` it (they cannot load it themselves).
+    """
     from redis.exceptions import RedisError
 
+    from flowmesh.store._redis_functions import library
     from flowmesh.store.redis import RedisStoreConfig, redis_client
 
     client = redis_client(RedisStoreConfig(url=redis_url, app_id="admin"))
     try:
+        try:
+            await cast("Awaitable[Any]", client.function_load(library().code, replace=True))
+        except RedisError as exc:
+            raise click.ClickException(
+                f"Redis refused to load flowmesh's function library: {exc}"
+            ) from None
         for command in security_plan.redis_acl_commands(passwords):
             await client.execute_command(*command)  # type: ignore[no-untyped-call]
     except RedisError as exc:

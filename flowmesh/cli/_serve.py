@@ -10,7 +10,7 @@ from typing import Any
 import structlog
 
 from flowmesh._app import App
-from flowmesh._errors import ConfigurationError
+from flowmesh._errors import ConfigurationError, StoreError
 from flowmesh.cli._config import build_codec
 from flowmesh.codec import Codec
 from flowmesh.runtime import Worker, WorkerOptions
@@ -25,12 +25,16 @@ async def serve(
     key_prefix: str = "fm",
     options: WorkerOptions,
     allow_unsafe_redis: bool,
+    allow_redis_everysec: bool = False,
+    redis_check_interval: float = 60.0,
     codec: Codec | None = None,
 ) -> None:
     """Serve ``app`` until SIGTERM/SIGINT, then drain and exit.
 
     ``codec`` defaults to :func:`build_codec`: payload encryption from
-    ``FLOWMESH_PAYLOAD_KEYS`` (checked before anything connects).
+    ``FLOWMESH_PAYLOAD_KEYS`` (checked before anything connects). A hosting app's Redis is
+    checked at start and every ``redis_check_interval`` seconds (0: only at start); if it
+    becomes unsafe the replica drains and exits with the reason, as it would refuse to start.
     """
     from flowmesh.store.redis import RedisStore, RedisStoreConfig
     from flowmesh.transport.rabbitmq import RabbitMQConfig, RabbitMQTransport
@@ -51,19 +55,39 @@ async def serve(
     await transport.connect()
     try:
         if app.hosts_workflows:
-            config = RedisStoreConfig(url=redis_url, app_id=app.app_id, key_prefix=key_prefix)
+            config = RedisStoreConfig(
+                url=redis_url,
+                app_id=app.app_id,
+                key_prefix=key_prefix,
+                allow_fsync_everysec=allow_redis_everysec,
+            )
             store = RedisStore(config, codec)
             await store.connect()
             await _check_redis(store, allow_unsafe_redis, log)
+            # Fails now, saying to run `flowmesh security apply`, rather than at the first step.
+            await store.ensure_functions()
         worker = Worker(app, transport=transport, store=store, codec=codec, options=options)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         await worker.start()
+        unsafe: list[str] = []
+        watch = None
+        if store is not None and redis_check_interval > 0 and not allow_unsafe_redis:
+            watch = asyncio.create_task(
+                _watch_redis(store, redis_check_interval, unsafe, stop, log),
+                name="flowmesh-redis-safety",
+            )
         await stop.wait()
+        if watch is not None:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
         log.info("shutting down: draining in-flight work", timeout=options.drain_timeout)
         await worker.stop()
+        if unsafe:
+            raise ConfigurationError(_refusal(unsafe, started=True))
     finally:
         if store is not None:
             with contextlib.suppress(Exception):
@@ -94,9 +118,38 @@ async def _check_redis(store: Any, allow_unsafe: bool, log: Any) -> None:
     for problem in problems:
         log.warning("unsafe redis configuration", problem=problem)
     if not allow_unsafe:
-        raise ConfigurationError(
-            "Redis may lose workflow histories: "
-            + "; ".join(problems)
-            + ". Fix the server (appendonly yes, maxmemory-policy noeviction) or pass "
-            "--allow-unsafe-redis for development."
-        )
+        raise ConfigurationError(_refusal(problems, started=False))
+
+
+def _refusal(problems: list[str], *, started: bool) -> str:
+    when = "Redis became unsafe while this replica ran: it" if started else "Redis"
+    return (
+        f"{when} may lose workflow histories: "
+        + "; ".join(problems)
+        + ". Fix the server (appendonly yes, appendfsync always, maxmemory-policy noeviction) "
+        "or pass --allow-unsafe-redis for development."
+    )
+
+
+async def _watch_redis(
+    store: Any, interval: float, unsafe: list[str], stop: asyncio.Event, log: Any
+) -> None:
+    """Re-check the Redis configuration every ``interval`` seconds: someone may turn AOF or
+    fsync down (``CONFIG SET``) or fail over to a differently configured server. On a problem,
+    fill ``unsafe`` and set ``stop``: the replica drains and exits rather than acknowledge
+    deliveries whose commits may not survive. A check that fails (Redis unreachable) is only
+    logged: the steps themselves fail and are redelivered meanwhile.
+    """
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            problems: list[str] = await store.check_safety()
+        except StoreError as exc:
+            log.warning("redis safety check failed", error=str(exc))
+            continue
+        if problems:
+            for problem in problems:
+                log.error("redis configuration became unsafe", problem=problem)
+            unsafe.extend(problems)
+            stop.set()
+            return

@@ -532,6 +532,14 @@ class WorkflowExecution:
             )
         )
 
+    def fail(self, failure: FailureDetails) -> None:
+        """End the run as FAILED with ``failure``, for a reason outside the workflow's code
+        (the runtime's history limit). The next :meth:`step` records it and returns the
+        completion command, as if the code had raised; a run that already ended is left as is.
+        """
+        if self._completion is None:
+            self._complete(CompleteWorkflow(WorkflowStatus.FAILED, None, failure))
+
     def _continue_as_new(self, signal: ContinueAsNew) -> None:
         carried: list[EventRaised] = []
         self._save_events = signal.save_events

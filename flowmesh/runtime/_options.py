@@ -24,7 +24,19 @@ class WorkerOptions:
     407-626 with 100; bench/README.md). ``def`` activities get a thread pool of this size,
     whose threads start only when needed."""
     reply_prefetch: int = 256
-    """Unsettled reply-queue deliveries; results for one instance are applied in batches."""
+    """Unsettled reply-queue deliveries; results for one instance are applied in batches.
+    Lowered to fit ``reply_buffer_bytes`` (RabbitMQ cannot limit a prefetch by bytes)."""
+    reply_buffer_bytes: int = 1024 * 1024 * 1024
+    """Bound on the bytes of unsettled reply deliveries a replica holds: the reply prefetch
+    is at most this divided by the codec's ``max_message_bytes`` (1 GiB / 4 MiB = 256 by
+    default). Set the broker's ``max_message_size`` to the codec's limit so that no delivery
+    is larger (deploy/rabbitmq/flowmesh.conf); the work queue holds at most ``concurrency``
+    deliveries of that size in addition."""
+    max_history_events: int = 100_000
+    """A run whose history has reached this many events fails at its next step (so by at
+    most one step's events more), with error type ``flowmesh.HistoryLimitExceeded`` and a
+    message that says to use ``continue_as_new``. Replaying a long history costs time and
+    memory on every cache miss, and Redis keeps it in one list."""
     max_deliveries: int = 5
     """An activity task delivered more often than this (its worker kept dying) fails."""
     conflict_retries: int = 20
@@ -68,5 +80,9 @@ class WorkerOptions:
             raise ValueError("hold_unknown_for must be > 0 seconds")
         if self.max_deliveries < 1:
             raise ValueError("max_deliveries must be >= 1")
+        if self.reply_prefetch < 1 or self.reply_buffer_bytes < 1:
+            raise ValueError("reply_prefetch and reply_buffer_bytes must be >= 1")
+        if self.max_history_events < 10:
+            raise ValueError("max_history_events must be >= 10")
         # Sent in every ActivityLease, so it must pass the message's own check.
         check_lease_seconds(self, "activity_lease", self.activity_lease)

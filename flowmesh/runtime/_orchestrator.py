@@ -78,6 +78,9 @@ from flowmesh.security._senders import SenderPolicy
 from flowmesh.store import HeldMessage, Waiter, WorkflowStore
 from flowmesh.transport import Delivery, Outgoing, QueueKind, Transport
 
+HISTORY_LIMIT_ERROR = "flowmesh.HistoryLimitExceeded"
+"""``FailureDetails.error_type`` of a run failed for reaching ``max_history_events``."""
+
 REFUSALS_KEPT = 10
 """Refused messages an instance's state lists (``WorkflowState.refusals``), latest last."""
 
@@ -361,6 +364,10 @@ class Orchestrator:
         if live is None:
             blank = _blank_state(instance_id, self._app.app_id, base_version)
             live = _Live(self._new_execution(), blank)
+        elif (full := self._history_full(live)) is not None:
+            # The batch is not applied (its deliveries are acked with the failure committed).
+            live.execution.fail(full)
+            events = [StepStarted(now)]
         outcome = live.execution.step(events)
         effects = apply_bookkeeping(
             book, live.execution, live.state.waiting_on, instance_id=instance_id, now=now
@@ -659,6 +666,32 @@ class Orchestrator:
         if waiters:
             await self._notify_waiters(instance_id, state, waiters)
         return state
+
+    def _history_full(self, live: _Live) -> FailureDetails | None:
+        """The failure that ends a run whose history reached ``max_history_events`` (checked
+        before a step, so a history exceeds the limit by at most one step's events), else None.
+
+        Failing, not stalling: a longer history is not fixed by deploying other code, and the
+        parent and waiting clients must learn the outcome. The message names the way out.
+        """
+        count, limit = live.state.history_length, self._options.max_history_events
+        if count < limit or live.state.status.is_terminal:
+            return None
+        self._log.error(
+            "workflow history limit reached",
+            instance_id=live.state.instance_id,
+            events=count,
+            limit=limit,
+        )
+        return FailureDetails(
+            HISTORY_LIMIT_ERROR,
+            f"the history of {live.state.instance_id!r} has {count} events, the limit is {limit} "
+            "(WorkerOptions.max_history_events): a workflow that runs indefinitely must call "
+            "ctx.continue_as_new(...) to start a fresh history, or split its work into child "
+            "workflows",
+            non_retryable=True,
+            app_id=self._app.app_id,
+        )
 
     def _log_transition(self, before: WorkflowState, after: WorkflowState) -> None:
         if before.run_id != after.run_id:

@@ -172,7 +172,7 @@ class Worker:
                     self.app.app_id,
                     QueueKind.REPLY,
                     self._on_reply,
-                    prefetch=self._options.reply_prefetch,
+                    prefetch=reply_prefetch(self._options, self._codec.limits.max_message_bytes),
                 )
             )
             self._background.append(asyncio.create_task(self._timers.run(), name="flowmesh-timers"))
@@ -338,3 +338,9 @@ class Worker:
             "hosts_workflows": self._orchestrator is not None,
             "activities": sorted(self.app.activities),
         }
+
+
+def reply_prefetch(options: WorkerOptions, max_message_bytes: int) -> int:
+    """The reply queue's prefetch: ``options.reply_prefetch``, lowered so that that many
+    deliveries of the largest decodable size fit in ``options.reply_buffer_bytes``."""
+    return max(1, min(options.reply_prefetch, options.reply_buffer_bytes // max_message_bytes))

@@ -36,6 +36,7 @@ plan declares every app's queues up front and work for an app not running yet wa
 from __future__ import annotations
 
 import ast
+import json
 import re
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
@@ -58,6 +59,17 @@ from flowmesh.transport._rabbitmq_topology import (
     QUEUE_ARGUMENTS,
     routing_key,
 )
+
+DEAD_LETTER_POLICY_NAME = "flowmesh-dead-letters"
+DEAD_QUEUE_PATTERN = r"^fm\..+\.dead$"
+DEAD_LETTER_POLICY: dict[str, object] = {
+    "max-length": 100_000,
+    "overflow": "drop-head",
+    "message-ttl": 14 * 24 * 3600 * 1000,
+}
+"""Bound on every app's dead queue: 100,000 messages, dropping the oldest, each kept 14 days
+(quorum queues support all three from RabbitMQ 3.10). Without a bound a flood of bad input
+fills the broker's disk."""
 
 if TYPE_CHECKING:
     from flowmesh.security._tls import TLSConfig
@@ -347,7 +359,25 @@ class SecurityPlan:
                 ["set_topic_permissions", "-p", self.vhost, user.name, exchange, write, read]
                 for exchange, write, read in user.topics
             )
+        commands.append(self.dead_letter_policy())
         return commands
+
+    def dead_letter_policy(self) -> list[str]:
+        """``rabbitmqctl set_policy`` bounding every app's dead queue (:data:`DEAD_LETTER_POLICY`).
+
+        A policy, not queue arguments: it applies to queues that already exist (RabbitMQ
+        refuses to redeclare a queue with other arguments) and can be changed in place.
+        """
+        return [
+            "set_policy",
+            "-p",
+            self.vhost,
+            "--apply-to",
+            "queues",
+            DEAD_LETTER_POLICY_NAME,
+            DEAD_QUEUE_PATTERN,
+            json.dumps(DEAD_LETTER_POLICY, separators=(",", ":")),
+        ]
 
     def redis_acl_commands(self, passwords: Mapping[str, str]) -> list[list[str]]:
         """``ACL SETUSER`` commands (argument lists) for the hosting apps' Redis users."""
@@ -416,6 +446,11 @@ class SecurityPlan:
                     f"{q(write)} {q(read)}"
                 )
         out += [
+            "# Dead-letter queues keep at most 100,000 messages (the oldest go first) for 14",
+            "# days; inspect, redrive and drop them with `flowmesh dead-letters --app-id X`.",
+            " ".join(["rabbitmqctl", *(q(arg) for arg in self.dead_letter_policy())]),
+        ]
+        out += [
             "",
             "# 2. Exchanges, queues and bindings, declared with an administrator's credentials by",
             "#      flowmesh security apply --amqp-url 'amqps://admin:...@host/vhost' <options>",
@@ -431,7 +466,10 @@ class SecurityPlan:
                 )
         out += [
             "",
-            "# 3. Redis ACL users: one per app that hosts workflows; activity-only apps get none.",
+            "# 3. Redis: flowmesh's function library (the only server-side code app users may",
+            "#    run: they get FCALL, not EVAL or SCRIPT), then one ACL user per app that hosts",
+            "#    workflows; activity-only apps get none.",
+            "flowmesh security functions | redis-cli -x FUNCTION LOAD REPLACE",
         ]
         for redis_user in self.redis_users():
             password = f'">${password_variable(redis_user.name)}"'

@@ -17,8 +17,7 @@ from flowmesh.transport._base import Outgoing, QueueKind
 REDIS_COMMANDS = (
     # sent by the store
     "ping",
-    "evalsha",
-    "script|load",
+    "fcall",
     "set",
     "get",
     "multi",
@@ -33,7 +32,7 @@ REDIS_COMMANDS = (
     "zrevrange",
     "info|persistence",
     "info|memory",
-    # run by its Lua scripts (ACLs apply to commands inside scripts too)
+    # run by its functions (ACLs apply to the commands inside functions too)
     "exists",
     "hdel",
     "hexists",
@@ -54,8 +53,10 @@ REDIS_COMMANDS = (
 )
 """Every command the store needs (besides ``AUTH``), for a least-privilege ACL user.
 
-``script|load`` reloads a script after a restart emptied the cache; the ``info`` sections
-stand in for ``config get`` (refused to such a user) in ``RedisStore.check_safety``. Not
+``fcall`` runs flowmesh's function library, which ``flowmesh security apply`` loads: no
+``eval``, ``evalsha``, ``script`` or ``function``, so an app's user runs no Lua of its own (a
+busy script would stall every app sharing the server). The ``info`` sections stand in for
+``config get`` (refused to such a user) in ``RedisStore.check_safety``. Not
 listed: ``client|setinfo`` (Redis 7.2+), whose refusal redis-py's handshake ignores.
 ``tests/security/test_permissions.py`` runs the store contract suite under a user limited to
 exactly these."""

@@ -1,4 +1,18 @@
-"""What in a Redis server's configuration can lose workflow histories (``check_safety``)."""
+"""What in a Redis server's configuration can lose workflow histories (``check_safety``).
+
+What each setting guarantees for a commit Redis acknowledged (and so for a delivery flowmesh
+acked and an outbox it published after that commit):
+
+* ``appendonly yes`` + ``appendfsync always``: the commit is on disk before Redis answers; a
+  Redis, process or machine crash loses nothing acknowledged. Required by default.
+* ``appendfsync everysec``: written to the AOF at once but fsynced about every second; a Redis
+  process crash loses nothing, a machine crash or power loss up to ~1-2 s of acknowledged
+  commits, whose messages may already be published. Refused unless explicitly allowed.
+* ``appendfsync no``: the operating system flushes when it likes (~30 s on Linux).
+* ``appendonly no``: at best the last RDB snapshot survives a restart.
+* Replication is asynchronous whatever the fsync policy: a failover to a replica loses what the
+  replica had not received.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +22,15 @@ SAFETY_SETTINGS = ("maxmemory-policy", "appendonly", "appendfsync", "save")
 """The settings :func:`safety_warnings` reads (``CONFIG GET`` each)."""
 
 
-def safety_warnings(settings: Mapping[str, str]) -> list[str]:
+EVERYSEC_ALLOWED_BY = "--allow-redis-everysec"
+"""How an operator accepts ``appendfsync everysec`` (named in the warning)."""
+
+
+def safety_warnings(settings: Mapping[str, str], *, allow_everysec: bool = False) -> list[str]:
     """Warnings for ``settings`` (name -> value as ``CONFIG GET`` reports it).
 
     A setting missing from ``settings`` (hidden by a managed Redis) is reported as unchecked
-    rather than assumed safe.
+    rather than assumed safe. ``appendfsync everysec`` is a warning unless ``allow_everysec``.
     """
     warnings: list[str] = []
     unknown = [name for name in SAFETY_SETTINGS if name not in settings]
@@ -45,7 +63,14 @@ def safety_warnings(settings: Mapping[str, str]) -> list[str]:
     elif appendonly == "yes" and settings.get("appendfsync") == "no":
         warnings.append(
             "appendfsync is 'no': the operating system decides when the AOF reaches disk, so "
-            "a machine crash can lose the last ~30 seconds of commits; use 'everysec' or 'always'"
+            "a machine crash can lose the last ~30 seconds of commits; set it to 'always'"
+        )
+    elif appendonly == "yes" and settings.get("appendfsync") == "everysec" and not allow_everysec:
+        warnings.append(
+            "appendfsync is 'everysec': Redis acknowledges a commit before it reaches disk, so "
+            "a machine crash or power loss can lose the last second of acknowledged steps "
+            "whose messages were already sent; set appendfsync to 'always', or accept that "
+            f"window with {EVERYSEC_ALLOWED_BY}"
         )
     return warnings
 
@@ -62,7 +87,8 @@ def info_safety_warnings(sections: Mapping[str, Mapping[str, object]]) -> list[s
     """Warnings from ``INFO persistence`` and ``INFO memory`` (section -> parsed fields).
 
     ``INFO`` shows whether AOF is on (``aof_enabled``) and the eviction policy, but neither
-    ``appendfsync`` nor the RDB ``save`` schedule: those stay unchecked (documented).
+    ``appendfsync`` nor the RDB ``save`` schedule: those stay unchecked here (``flowmesh
+    security apply`` checks them with the administrator's connection).
     """
     persistence = sections.get("persistence", {})
     memory = sections.get("memory", {})

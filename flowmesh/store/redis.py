@@ -1,4 +1,4 @@
-"""The Redis :class:`~flowmesh.store.WorkflowStore`: one atomic Lua script per commit.
+"""The Redis :class:`~flowmesh.store.WorkflowStore`: one atomic Redis function call per commit.
 
 Usage::
 
@@ -10,11 +10,12 @@ Usage::
 or ``async with RedisStore(...) as store:``. The key layout is documented in
 ``docs/redis-keys.md``.
 
-Round trips: ``commit`` is one ``EVALSHA`` (which also takes the result waiters when asked);
+Round trips: ``commit`` is one ``FCALL`` (which also takes the result waiters when asked);
 ``load`` is one ``MULTI``/``EXEC`` (state and history read together, so they always belong to
-the same version); ``remove_outbox_many`` is one pipeline of one ``EVALSHA`` per 200 instances.
-Scripts are sent as plain ``EVALSHA`` of the script's SHA1; after a Redis restart emptied the
-script cache, the first call of each script costs two more (``NOSCRIPT``, ``SCRIPT LOAD``).
+the same version); ``remove_outbox_many`` is one pipeline of one ``FCALL`` per 200 instances.
+The Lua code is a Redis Functions library (:mod:`flowmesh.store._redis_functions`) that
+``flowmesh security apply`` loads; an app's ACL user may ``FCALL`` it but run no Lua of its own.
+Where the library is missing and the user may load it (development), the first call loads it.
 
 TLS: a ``rediss://`` URL, with :class:`~flowmesh.security.TLSConfig` (CA, client certificate,
 verification on by default; turning it off is logged as a warning). Access control: the store
@@ -29,13 +30,10 @@ retried ``purge`` may answer False for an instance it did delete.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.resources
 from collections.abc import Awaitable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import cache
 from types import TracebackType
 from typing import Any, Protocol, Self, cast
 from urllib.parse import urlsplit
@@ -45,7 +43,7 @@ import structlog
 from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from flowmesh._errors import ConfigurationError, StoreError, VersionConflictError
 from flowmesh._masking import mask_secrets
@@ -67,6 +65,7 @@ from flowmesh.store._base import (
     Waiter,
 )
 from flowmesh.store._redis_batch import Call, TurnBatcher
+from flowmesh.store._redis_functions import is_missing_function, library
 from flowmesh.store._redis_keys import (
     REDIS_COMMANDS,
     RedisKeys,
@@ -112,7 +111,6 @@ def _parse_waiters(members: Iterable[bytes]) -> list[Waiter]:
 
 
 _URL_SCHEMES = ("redis", "rediss", "unix")
-_SCRIPTS = ("commit", "claim_timers", "add_waiter", "remove_outbox", "purge", "hold", "drop_held")
 _OUTBOX_CHUNK = 200
 """Instances per ``remove_outbox.lua`` call: bounds how long one call blocks the server."""
 
@@ -158,6 +156,9 @@ class RedisStoreConfig:
     """TLS settings for a ``rediss://`` URL. None: the URL's query parameters
     (``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs=none``) if any, else
     verify against the system's CAs."""
+    allow_fsync_everysec: bool = False
+    """Whether :meth:`RedisStore.check_safety` accepts ``appendfsync everysec`` (a machine
+    crash may then lose the last second of acknowledged commits); by default only ``always``."""
 
     def __post_init__(self) -> None:
         try:
@@ -234,25 +235,6 @@ def redis_client(config: RedisStoreConfig) -> redis.asyncio.Redis:
     return client
 
 
-@cache
-def _lua(name: str) -> str:
-    return importlib.resources.files(__package__).joinpath(f"{name}.lua").read_text("utf-8")
-
-
-@dataclass(slots=True)
-class _Script:
-    """A Lua script's text and the SHA1 that ``EVALSHA`` names it by."""
-
-    text: str
-    sha: str
-
-    @classmethod
-    def named(cls, name: str) -> _Script:
-        text = _lua(name)
-        # The digest Redis computes: SHA1 of the script's bytes (redis-py encodes as UTF-8).
-        return cls(text, hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest())
-
-
 class RedisStore:
     """Workflow store of one app on a standalone Redis (the key layout is Cluster-ready).
 
@@ -265,7 +247,7 @@ class RedisStore:
         self._codec = codec
         self._keys = RedisKeys(config.key_prefix, config.app_id)
         self._client: redis.asyncio.Redis | None = None
-        self._scripts = {name: _Script.named(name) for name in _SCRIPTS}
+        self._functions = library()
         self._commits = TurnBatcher(self._send_commits)
 
     def __repr__(self) -> str:
@@ -310,26 +292,26 @@ class RedisStore:
         return self._client
 
     async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """``EVALSHA`` the script; on ``NOSCRIPT`` (cache emptied) ``SCRIPT LOAD`` it and retry.
-
-        Plain ``evalsha`` rather than redis-py's ``Script`` objects, whose per-call overhead
-        shows in a busy worker; the wire traffic is the same.
+        """``FCALL`` flowmesh's function ``name``; if this version's library is not loaded
+        (a new deploy, a Redis without persistence that restarted), load it and retry once.
         """
-        client, script = self._redis, self._scripts[name]
+        client, function = self._redis, self._functions.function(name)
         try:
-            return await cast("Awaitable[Any]", client.evalsha(script.sha, len(keys), *keys, *args))
-        except NoScriptError:
-            script.sha = await client.script_load(script.text)
-            return await cast("Awaitable[Any]", client.evalsha(script.sha, len(keys), *keys, *args))
+            return await cast("Awaitable[Any]", client.fcall(function, len(keys), *keys, *args))
+        except ResponseError as exc:
+            if not is_missing_function(exc):
+                raise
+        await self._load_functions()
+        return await cast("Awaitable[Any]", client.fcall(function, len(keys), *keys, *args))
 
     async def _run_pipelined(self, name: str, calls: Sequence[Call]) -> list[Any]:
         """:meth:`_run` for several calls in one pipeline (no transaction: one round trip).
 
-        Returns one result per call; a call that failed on its own (a script ``error_reply``)
-        gets its exception object instead. On ``NOSCRIPT`` the script is loaded and only the
-        calls that got it are sent again: they did not run.
+        Returns one result per call; a call that failed on its own (a function's
+        ``error_reply``) gets its exception object instead. If the library was missing, it
+        is loaded and only the calls that failed for that are sent again: they did not run.
         """
-        client, script = self._redis, self._scripts[name]
+        client, function = self._redis, self._functions.function(name)
         results: list[Any] = [None] * len(calls)
         todo = list(range(len(calls)))
         for attempt in (1, 2):
@@ -337,15 +319,49 @@ class RedisStore:
             async with client.pipeline(transaction=False) as pipe:
                 for index in todo:
                     keys, args = calls[index]
-                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                    pipe.fcall(function, len(keys), *keys, *args)
                 replies = await pipe.execute(raise_on_error=False)
             for index, reply in zip(todo, replies, strict=True):
                 results[index] = reply
-            todo = [i for i in todo if isinstance(results[i], NoScriptError)]
+            todo = [
+                i
+                for i in todo
+                if isinstance(results[i], ResponseError) and is_missing_function(results[i])
+            ]
             if not todo or attempt == 2:
                 break
-            script.sha = await client.script_load(script.text)
+            await self._load_functions()
         return results
+
+    async def _load_functions(self) -> None:
+        """``FUNCTION LOAD`` this version's library (development: a user that may).
+
+        An app's least-privilege user may not: then the administrator has not run ``flowmesh
+        security apply`` with this flowmesh version, which is what the error says.
+        """
+        library = self._functions
+        try:
+            await cast("Awaitable[Any]", self._redis.function_load(library.code, replace=True))
+        except ResponseError as exc:
+            if "noperm" not in str(exc).lower() and "no permissions" not in str(exc).lower():
+                raise
+            raise StoreError(
+                f"Redis at {self.config.masked_url} has no function library {library.name!r} "
+                "(this flowmesh version's server-side code) and this Redis user may not load "
+                "it: run `flowmesh security apply` with this flowmesh version (it runs FUNCTION "
+                f"LOAD as an administrator): {exc}"
+            ) from exc
+        log.info("store.functions_loaded", app_id=self.config.app_id, library=library.name)
+
+    async def ensure_functions(self) -> None:
+        """Check (once, at start) that this version's library is callable, loading it where
+        this user may; raise :class:`~flowmesh.StoreError` saying what to run otherwise.
+
+        Calls ``claim_timers`` with a limit of 0 (reads nothing, writes nothing) rather than
+        ``FUNCTION LIST``, which an app's user may not run.
+        """
+        with self._translating("check the function library"):
+            await self._run("claim_timers", [self._keys.timers], [0, 0, 0])
 
     async def _send_commits(self, calls: list[Call]) -> list[Any]:
         """Commit scripts gathered by the :class:`TurnBatcher`, in one round trip; a script
@@ -404,7 +420,7 @@ class RedisStore:
         return None if blob is None else self._decode_state(blob, instance_id)
 
     async def commit(self, commit: Commit) -> list[Waiter]:
-        """Apply ``commit`` in one EVALSHA or raise :class:`~flowmesh.VersionConflictError`.
+        """Apply ``commit`` in one FCALL or raise :class:`~flowmesh.VersionConflictError`.
 
         Returns the waiters the same script removed (``commit.take_waiters``), sorted; else an
         empty list.
@@ -658,7 +674,8 @@ class RedisStore:
         ]
 
     async def check_safety(self) -> list[str]:
-        """Reasons the Redis server may lose data: eviction, no or weak persistence.
+        """Reasons the Redis server may lose data: eviction, no or weak persistence
+        (``appendfsync`` other than ``always``, unless ``allow_fsync_everysec``).
 
         If the server refuses ``CONFIG`` (an ACL user of ``flowmesh security plan``, a managed
         Redis), reads what ``INFO persistence`` and ``INFO memory`` show instead (AOF on or off,
@@ -688,7 +705,7 @@ class RedisStore:
                 )
                 return info_safety_warnings(sections)
         settings = {_text(name): _text(value) for reply in replies for name, value in reply.items()}
-        return safety_warnings(settings)
+        return safety_warnings(settings, allow_everysec=self.config.allow_fsync_everysec)
 
 
 def _held_message(entry: bytes) -> HeldMessage:

@@ -135,16 +135,19 @@ _FAILURES: tuple[type[Exception], ...] = (TimeoutError, *BROKER_ERRORS)
 _MAX_REASON_CHARS = 1000
 """Dead-letter reasons travel in a header; keep it well below the frame size."""
 
-_RABBITMQ_MAX_MESSAGE_SIZE = 128 * 1024 * 1024
-"""RabbitMQ's default ``max_message_size`` (since 3.8)."""
+_RABBITMQ_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
+"""The broker's ``max_message_size`` flowmesh asks for (deploy/rabbitmq/flowmesh.conf): the
+codec's default ``max_message_bytes``. RabbitMQ's own default is 128 MiB."""
 
 
 @dataclass(frozen=True, slots=True)
 class RabbitMQConfig:
     """How to reach RabbitMQ and how long to wait for it.
 
-    ``max_message_bytes`` should match the broker's ``max_message_size`` (``None`` turns the
-    client-side check off). Timeouts are in seconds.
+    ``max_message_bytes`` should match the broker's ``max_message_size`` (4 MiB in flowmesh's
+    broker config, the codec's limit; ``None`` turns the client-side check off): a larger
+    message would make the broker close the publishing channel, failing every publish in
+    flight on it. Timeouts are in seconds.
     """
 
     url: str = field(repr=False)  # may carry a password

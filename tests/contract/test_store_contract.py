@@ -37,6 +37,7 @@ from flowmesh.store import (
     Waiter,
     WorkflowStore,
 )
+from flowmesh.store._redis_functions import library
 from flowmesh.store.memory import MemoryStore
 from flowmesh.store.redis import RedisStore, RedisStoreConfig
 from flowmesh.transport._base import Outgoing, QueueKind
@@ -694,30 +695,33 @@ async def test_remove_outbox_many_over_several_chunks_removes_exactly_the_listed
     assert left == [(i, "e2") for i in ids[3::2]]
 
 
-async def _empty_script_cache(store: WorkflowStore) -> None:
-    """What a Redis restart does to scripts: ``SCRIPT FLUSH`` (nothing for other stores).
+async def _forget_functions(store: WorkflowStore) -> None:
+    """What a restart of a Redis without persistence does to the store's server-side code:
+    ``FUNCTION DELETE`` of its library (nothing for other stores).
 
-    A least-privilege user (tests/security runs this suite as one) may not flush; the store
-    is then made to name its scripts by digests the server never saw, which takes it down
-    the same path (``NOSCRIPT``, ``SCRIPT LOAD``, retry) with that user's permissions.
+    A least-privilege user (tests/security runs this suite as one) may not delete it, nor load
+    it again: such a user relies on the library ``flowmesh security apply`` loaded, which
+    Redis persists, so for it there is nothing to forget.
     """
     if not isinstance(store, RedisStore):
         return
     client = redis.asyncio.Redis.from_url(store.config.url)
     try:
-        await client.script_flush()
+        await client.function_delete(library().name)
     except redis.exceptions.NoPermissionError:
-        for script in store._scripts.values():
-            script.sha = "0" * 40
+        pass
+    except redis.exceptions.ResponseError as exc:
+        if "library not found" not in str(exc).lower():
+            raise
     finally:
         await client.aclose()
 
 
-async def test_commits_and_outbox_removal_survive_an_emptied_script_cache(
+async def test_commits_and_outbox_removal_survive_a_lost_function_library(
     store: WorkflowStore,
 ) -> None:
-    """The Redis store reloads its scripts; the memory store has none to lose, and must
-    give the same answers."""
+    """The Redis store loads its function library again where it may; the memory store has
+    none to lose, and must give the same answers."""
     ids = [f"fl-{n:03}" for n in range(250)]
     for instance_id in ids:
         outbox = (
@@ -727,11 +731,11 @@ async def test_commits_and_outbox_removal_survive_an_emptied_script_cache(
         await store.commit(step(instance_id, 0, outbox=outbox))
     await store.add_waiter(ids[0], waiter("a"))
 
-    await _empty_script_cache(store)
+    await _forget_functions(store)
     assert await store.commit(step(ids[0], 1, take_waiters=True)) == [waiter("a")]
-    await _empty_script_cache(store)
+    await _forget_functions(store)
     await store.remove_outbox_many([(instance_id, ["e0"]) for instance_id in ids])  # 2 chunks
-    await _empty_script_cache(store)
+    await _forget_functions(store)
     await store.remove_outbox_many([(ids[0], ["e1"])])  # 1 chunk
     left = [(e.instance_id, e.entry_id) for e in await store.list_outbox(limit=1000)]
     assert left == [(instance_id, "e1") for instance_id in ids[1:]]

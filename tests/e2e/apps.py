@@ -21,6 +21,15 @@ async def fan_out_pids(ctx: WorkflowContext, count: int) -> list[dict[str, Any]]
     return await ctx.when_all(tasks)
 
 
+@host.workflow
+async def endless(ctx: WorkflowContext, _: object) -> object:
+    """Call activities one after the other, forever, without continue_as_new."""
+    index = 0
+    while True:
+        await ctx.call_activity("whoami", index, app_id="e2e-crunch")
+        index += 1
+
+
 @crunch.activity
 def whoami(ctx: ActivityContext, index: int) -> dict[str, Any]:
     """Report the replica (process) that ran this task; slow enough for work to spread."""

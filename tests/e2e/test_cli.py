@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
 import time
+import uuid
 
 import pytest
 
+from flowmesh.transport import Delivery, Outgoing, QueueKind
+from flowmesh.transport.rabbitmq import RabbitMQConfig, RabbitMQTransport
 from tests.harness.processes import REPO, Services, WorkerProcesses
 
 pytestmark = [pytest.mark.real_services, pytest.mark.timeout(180)]
@@ -122,3 +126,100 @@ def test_cli_errors_are_one_clear_line(services: Services) -> None:
     assert "AppUnavailableError" in missing.stderr
     assert "not valid JSON" in bad_json.stderr
     assert "s3cr3t-pw" not in unreachable.stderr
+
+
+def test_a_history_past_its_limit_fails_the_run_and_names_continue_as_new(
+    services: Services, workers: WorkerProcesses
+) -> None:
+    """A workflow that never continues-as-new, on a host with --max-history-events 30 (env),
+    fails at the step after its history reached 30 events: status FAILED, error type
+    flowmesh.HistoryLimitExceeded, a message naming continue_as_new, and a history that ends
+    with the failure just past the limit. (On main it ran on and on.)"""
+    workers.start("e2e-host", module="tests.e2e.apps", env={"FLOWMESH_MAX_HISTORY_EVENTS": "30"})
+    workers.start("e2e-crunch", module="tests.e2e.apps")
+    started = flowmesh(
+        services, "start", "endless", "--app-id", "e2e-host", "--instance-id", "long-1"
+    )
+    assert started.returncode == 0, started.stderr
+    deadline = time.monotonic() + 30
+    status = flowmesh(services, "status", "long-1", "--app-id", "e2e-host")
+    while "FAILED" not in status.stdout and time.monotonic() < deadline:
+        time.sleep(0.5)
+        status = flowmesh(services, "status", "long-1", "--app-id", "e2e-host")
+    print(status.stdout)
+    assert "status:        FAILED" in status.stdout
+    assert "HistoryLimitExceeded" in status.stdout
+    assert "continue_as_new" in status.stdout
+    history = flowmesh(services, "history", "long-1", "--app-id", "e2e-host")
+    rows = [line for line in history.stdout.splitlines() if line[:1].isdigit()]
+    print(f"history: {len(rows)} events, last: {rows[-1]}")
+    assert 30 < len(rows) <= 30 + 4  # at most one step past the limit, then the failure
+    assert "WorkflowCompleted" in rows[-1] and "FAILED" in rows[-1]
+
+
+async def _dead_letter(services: Services, app_id: str, bodies: dict[str, bytes]) -> None:
+    """Put ``bodies`` (message ID -> body) through app_id's work queue into its dead queue,
+    the way a worker dead-letters (with a reason and the original queue)."""
+    async with RabbitMQTransport(RabbitMQConfig(url=services.amqp_url)) as transport:
+        await transport.declare_app(app_id)
+        for message_id, body in bodies.items():
+            await transport.publish([Outgoing(app_id, QueueKind.WORK, body, message_id)])
+        done = asyncio.Event()
+        seen: list[str] = []
+
+        async def refuse(delivery: Delivery) -> None:
+            await transport.dead_letter(delivery, app_id, f"test: refused {delivery.message_id}")
+            seen.append(delivery.message_id)
+            if len(seen) == len(bodies):
+                done.set()
+
+        subscription = await transport.consume(app_id, QueueKind.WORK, refuse, prefetch=10)
+        await asyncio.wait_for(done.wait(), 20)
+        await subscription.cancel()
+
+
+async def _queue_counts(services: Services, app_id: str) -> tuple[int, int]:
+    async with RabbitMQTransport(RabbitMQConfig(url=services.amqp_url)) as transport:
+        stats = await transport.queue_stats(app_id)
+    return stats.work_messages, stats.dead_messages
+
+
+async def test_dead_letters_are_listed_shown_redriven_and_dropped(services: Services) -> None:
+    """`flowmesh dead-letters` lists an app's dead letters (table and JSON: reason, original
+    queue, size), shows one decoded or says why it does not decode, redrives one to the
+    queue it came from (the dead copy goes), drops the rest with --all --yes, and refuses a
+    bulk command without IDs or --all. Listing changes nothing."""
+    app_id = f"dl-{uuid.uuid4().hex[:8]}"
+    await _dead_letter(services, app_id, {"dl-1": b"\xc1garbage", "dl-2": b"x" * 100, "dl-3": b""})
+    assert await _queue_counts(services, app_id) == (0, 3)
+
+    listed = flowmesh(services, "dead-letters", "list", "--app-id", app_id, "-o", "json")
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    print(listed.stdout)
+    assert [row["message_id"] for row in rows] == ["dl-1", "dl-2", "dl-3"]
+    assert rows[1]["reason"] == "test: refused dl-2" and rows[1]["bytes"] == 100
+    assert {row["original_queue"] for row in rows} == {f"fm.{app_id}.work"}
+    table = flowmesh(services, "dead-letters", "list", "--app-id", app_id)
+    assert table.returncode == 0 and "test: refused dl-3" in table.stdout
+    assert await _queue_counts(services, app_id) == (0, 3)  # listing took nothing
+
+    shown = flowmesh(services, "dead-letters", "show", "dl-1", "--app-id", app_id)
+    assert shown.returncode == 0, shown.stderr
+    assert "undecodable" in shown.stdout and "test: refused dl-1" in shown.stdout
+    missing = flowmesh(services, "dead-letters", "show", "nope", "--app-id", app_id)
+    assert missing.returncode != 0 and "no dead-lettered message 'nope'" in missing.stderr
+
+    redriven = flowmesh(services, "dead-letters", "redrive", "dl-2", "--app-id", app_id)
+    assert redriven.returncode == 0, redriven.stderr
+    assert f"dl-2: redriven to fm.{app_id}.work" in redriven.stdout
+    assert await _queue_counts(services, app_id) == (1, 2)
+
+    vague = flowmesh(services, "dead-letters", "drop", "--app-id", app_id)
+    assert vague.returncode != 0 and "--all" in vague.stderr
+    dropped = flowmesh(services, "dead-letters", "drop", "--all", "--yes", "--app-id", app_id)
+    assert dropped.returncode == 0, dropped.stderr
+    assert "[2/2] dl-3: dropped" in dropped.stdout
+    assert await _queue_counts(services, app_id) == (1, 0)
+    empty = flowmesh(services, "dead-letters", "list", "--app-id", app_id, "-o", "json")
+    assert json.loads(empty.stdout) == []

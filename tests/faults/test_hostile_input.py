@@ -147,7 +147,11 @@ async def test_hostile_messages_on_every_consumed_queue_are_dead_lettered(
     expected = Counter(app_id for app_id, *_ in plan)
 
     ledger = Ledger("fault-host", workers)
-    async with RabbitMQTransport(RabbitMQConfig(url=services.amqp_url)) as transport:
+    # No client-side size check: the shared broker keeps RabbitMQ's 128 MiB default, so the
+    # oversized body reaches the workers, which must dead-letter it (a broker configured as
+    # deploy/rabbitmq/flowmesh.conf refuses it: tests/faults/test_oversized_messages.py).
+    config = RabbitMQConfig(url=services.amqp_url, max_message_bytes=None)
+    async with RabbitMQTransport(config) as transport:
         before = {app: (await transport.queue_stats(app)).dead_messages for app in expected}
         for index, (app_id, kind, message_id, body) in enumerate(plan):
             await transport.publish([Outgoing(app_id, kind, body, message_id)])

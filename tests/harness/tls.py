@@ -266,6 +266,7 @@ class TLSRedis:
             "--tls-auth-clients", "yes",
             "--dir", str(self.directory),
             "--appendonly", "yes",
+            "--appendfsync", "always",
             "--save", "",
             "--maxmemory-policy", "noeviction",
             "--daemonize", "no",

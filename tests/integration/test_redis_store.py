@@ -1,4 +1,4 @@
-"""Redis-specific behaviour of RedisStore: script cache loss, safety checks, round trips, errors.
+"""Redis-specific behaviour of RedisStore: lost functions, safety checks, round trips, errors.
 
 The shared behaviour is proven by tests/contract/test_store_contract.py. Tests that need a
 server configured a particular way start a private, throwaway ``redis-server`` on a free port.
@@ -27,6 +27,7 @@ from flowmesh._masking import mask_secrets as mask_url
 from flowmesh.codec import Codec
 from flowmesh.model import EventRaised, WorkflowState, WorkflowStatus
 from flowmesh.store import Commit, OutboxEntry, TimerEntry, Waiter
+from flowmesh.store._redis_functions import library
 from flowmesh.store._redis_safety import safety_warnings
 from flowmesh.store.redis import RedisStore, RedisStoreConfig
 from flowmesh.transport._base import Outgoing, QueueKind
@@ -37,7 +38,7 @@ T0 = datetime(2030, 1, 1, tzinfo=UTC)
 SAFE = {
     "maxmemory-policy": "noeviction",
     "appendonly": "yes",
-    "appendfsync": "everysec",
+    "appendfsync": "always",
     "save": "",
 }
 
@@ -122,12 +123,14 @@ def private_redis(tmp_path: Path, *settings: str) -> Iterator[str]:
         process.stderr.close()
 
 
-async def test_commit_and_every_script_work_after_the_script_cache_is_flushed(
+async def test_commit_and_every_function_work_after_the_library_was_lost(
     store: RedisStore, redis_url: str
 ) -> None:
+    """A Redis without persistence loses its functions on restart; a user that may load
+    them (development) gets them loaded again by the store."""
     await store.commit(commit("wf-1", 0, add_timers=(TimerEntry("wf-1", 1, T0),)))
     client = redis.asyncio.Redis.from_url(redis_url)
-    await client.script_flush()  # what a Redis restart does to the script cache
+    await client.function_delete(library().name)
     await client.aclose()
 
     outgoing = Outgoing("payments", QueueKind.WORK, b"x")
@@ -161,10 +164,10 @@ async def test_big_commits_are_applied_in_chunks_below_luas_argument_limit(
     assert await store.next_timer_at() is None
 
 
-async def test_commit_is_a_single_evalsha_and_load_a_single_transaction(tmp_path: Path) -> None:
+async def test_commit_is_a_single_fcall_and_load_a_single_transaction(tmp_path: Path) -> None:
     with private_redis(tmp_path, "--save", "") as url:
         async with new_store(url) as store:
-            await store.commit(commit("wf-1", 0))  # loads the script (NOSCRIPT, SCRIPT LOAD)
+            await store.commit(commit("wf-1", 0))  # loads the library (FUNCTION LOAD)
             two_events = (EventRaised("a"), EventRaised("b"))
             committed = await _client_commands(
                 url, store.commit(commit("wf-1", 1, append=two_events))
@@ -178,16 +181,16 @@ async def test_commit_is_a_single_evalsha_and_load_a_single_transaction(tmp_path
                 taken.extend(await store.commit(finished))
 
             finishing = await _client_commands(url, finish())
-            await store.remove_outbox("wf-1", ["1:0"])  # loads the script
+            await store.remove_outbox("wf-1", ["1:0"])
             ids = [f"wf-{n}" for n in range(450)]
             removing = await _client_commands(
                 url, store.remove_outbox_many([(i, ["1:0", "1:1"]) for i in ids])
             )
-    assert committed == ["evalsha"]
+    assert committed == ["fcall"]
     assert loaded == ["multi", "hget", "lrange", "exec"]  # sent as one batch
     # The waiters are taken by the commit.
-    assert (finishing, taken) == (["evalsha"], [Waiter("fm.inbox.a", "c-a")])
-    assert removing == ["evalsha"] * 3  # 200 instances per call, pipelined
+    assert (finishing, taken) == (["fcall"], [Waiter("fm.inbox.a", "c-a")])
+    assert removing == ["fcall"] * 3  # 200 instances per call, pipelined
 
 
 async def _client_commands(url: str, action: Awaitable[object]) -> list[str]:
@@ -209,11 +212,15 @@ async def _client_commands(url: str, action: Awaitable[object]) -> list[str]:
     ("settings", "expected"),
     [
         (("--appendonly", "no", "--save", ""), ["no persistence"]),
-        (("--appendonly", "yes"), []),
-        (("--appendonly", "yes", "--save", ""), []),
+        (("--appendonly", "yes", "--appendfsync", "always"), []),
+        (("--appendonly", "yes", "--appendfsync", "always", "--save", ""), []),
+        (("--appendonly", "yes"), ["appendfsync is 'everysec'"]),  # Redis' default fsync
         (("--appendonly", "yes", "--appendfsync", "no"), ["appendfsync is 'no'"]),
         (("--appendonly", "no", "--save", "3600 1"), ["only RDB snapshots"]),
-        (("--appendonly", "yes", "--maxmemory-policy", "allkeys-lru"), ["evicts keys"]),
+        (
+            ("--appendonly", "yes", "--appendfsync", "always", "--maxmemory-policy", "allkeys-lru"),
+            ["evicts keys"],
+        ),
     ],
 )
 async def test_check_safety_reports_what_can_lose_data(
@@ -225,6 +232,17 @@ async def test_check_safety_reports_what_can_lose_data(
     assert len(warnings) == len(expected), warnings
     for warning, fragment in zip(warnings, expected, strict=True):
         assert fragment in warning
+
+
+async def test_check_safety_accepts_everysec_only_when_allowed(tmp_path: Path) -> None:
+    with private_redis(tmp_path, "--appendonly", "yes", "--appendfsync", "everysec") as url:
+        async with new_store(url) as store:
+            refused = await store.check_safety()
+        config = RedisStoreConfig(url=url, app_id="orders", allow_fsync_everysec=True)
+        async with RedisStore(config, Codec()) as store:
+            allowed = await store.check_safety()
+    assert len(refused) == 1 and "--allow-redis-everysec" in refused[0]
+    assert allowed == []
 
 
 async def test_check_safety_warns_about_the_dev_redis_without_persistence(
@@ -361,8 +379,8 @@ def test_settings_hidden_by_a_managed_redis_are_reported_as_unchecked() -> None:
     assert safety_warnings(SAFE) == []
 
 
-async def test_remove_outbox_many_works_after_the_script_cache_was_flushed(redis_url: str) -> None:
-    """Pipelined EVALSHA falls back to the reloading path after SCRIPT FLUSH (a restart)."""
+async def test_remove_outbox_many_works_after_the_library_was_lost(redis_url: str) -> None:
+    """Pipelined FCALLs fall back to the loading path when the library is gone."""
     app_id = f"flush-{uuid4().hex[:8]}"
     store = RedisStore(RedisStoreConfig(url=redis_url, app_id=app_id), Codec())
     await store.connect()
@@ -371,7 +389,7 @@ async def test_remove_outbox_many_works_after_the_script_cache_was_flushed(redis
         state = WorkflowState("i-1", app_id, "wf", WorkflowStatus.RUNNING, version=1)
         entry = OutboxEntry("i-1", "1:0", Outgoing("t", QueueKind.WORK, b"x"))
         await store.commit(Commit("i-1", 0, state, outbox=(entry,)))
-        await raw.script_flush()
+        await raw.function_delete(library().name)
         await store.remove_outbox_many([("i-1", ["1:0"])])
         assert await store.list_outbox() == []
     finally:

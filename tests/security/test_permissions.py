@@ -43,6 +43,8 @@ from flowmesh.model import (
     WorkflowState,
 )
 from flowmesh.security import SecurityPlan, declare_topology, topology_from_sources
+from flowmesh.store import Commit
+from flowmesh.store._redis_functions import FunctionLibrary
 from flowmesh.store.redis import RedisStore, RedisStoreConfig
 from flowmesh.transport import Delivery, Outgoing, QueueKind, queue_name
 from flowmesh.transport.rabbitmq import RabbitMQConfig, RabbitMQTransport
@@ -451,6 +453,45 @@ async def test_a_hosting_app_cannot_read_another_apps_keys(secured: Secured) -> 
     ) as own_store:
         warnings = await own_store.check_safety()
     assert not any("could not check" in w for w in warnings), warnings
+
+
+async def test_an_apps_redis_user_runs_only_flowmeshs_functions(secured: Secured) -> None:
+    """An app's user may not run Lua of its own (EVAL, SCRIPT LOAD, FUNCTION LOAD: a busy
+    script would stall every app on the server), yet its store works through FCALL of the
+    library ``security apply`` loaded; a library of another flowmesh version is not loaded
+    by such a user but refused with what to run."""
+    user = secured.user("app1")
+    client = redis.asyncio.Redis.from_url(secured.redis_url(user))
+    busy = "local n = 0 while true do n = n + 1 end"
+    try:
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            await client.eval(busy, 0)
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            await client.script_load(busy)
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            await client.evalsha("0" * 40, 0)
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            await client.function_load(
+                f"#!lua name=evil\nredis.register_function('evil', function() {busy} end)"
+            )
+    finally:
+        await client.aclose()
+
+    config = RedisStoreConfig(
+        url=secured.redis_url(user), app_id="app1", key_prefix=secured.key_prefix
+    )
+    async with RedisStore(config, CODEC) as store:
+        await store.ensure_functions()
+        state = WorkflowState("fcall-1", "app1", "wf", WorkflowStatus.RUNNING, version=1)
+        await store.commit(Commit("fcall-1", 0, state))
+        loaded = await store.load("fcall-1")
+        assert loaded is not None and loaded.state.version == 1
+        assert await store.purge("fcall-1") is True
+
+        # New code whose library the administrator has not loaded yet.
+        store._functions = FunctionLibrary("flowmesh_000000000000", "", "000000000000")
+        with pytest.raises(StoreError, match="flowmesh security apply"):
+            await store.ensure_functions()
 
 
 async def test_an_activity_only_app_has_no_redis_user(secured: Secured) -> None:
