@@ -15,7 +15,8 @@ import inspect
 import os
 import socket
 import time
-from collections.abc import Callable, Coroutine
+import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -23,13 +24,18 @@ from typing import Any
 import structlog
 
 from flowmesh._app import App
-from flowmesh._errors import FlowmeshError, NonRetryableError, SerializationError
+from flowmesh._errors import DecodeError, FlowmeshError, NonRetryableError, SerializationError
 from flowmesh.codec import Codec
 from flowmesh.model import ActivityLease, ActivityResult, ActivityTask, FailureDetails, TaskNote
 from flowmesh.runtime._activity_context import ActivityContext
 from flowmesh.runtime._clock import Clock
 from flowmesh.runtime._options import WorkerOptions
-from flowmesh.transport import Delivery, Outgoing, QueueKind, Transport
+from flowmesh.runtime._redelivery import republish, retry_delay
+from flowmesh.security._senders import AppUsers
+from flowmesh.transport import Delivery, Inbox, Outgoing, QueueKind, Transport
+
+_RESULT_RETRY_MAX_BACKOFF = 5.0
+"""Longest wait between attempts to publish a result (seconds)."""
 
 
 @dataclass(slots=True)
@@ -40,6 +46,8 @@ class _Lease:
     acked: bool = False
     stopping: bool = False
     sleeping: bool = False
+    renewed_at: float = 0.0
+    """``time.monotonic()`` of the last confirmed lease (0.0: none yet)."""
 
 
 class ActivityRunner:
@@ -68,6 +76,9 @@ class ActivityRunner:
         self._log = log
         self._running = 0
         self.completed = 0
+        self._inbox: Inbox | None = None
+        self._no_inbox = False
+        self._inbox_lock = asyncio.Lock()
 
     @property
     def busy(self) -> bool:
@@ -106,33 +117,75 @@ class ActivityRunner:
                 await delivery.ack()
                 return
             self._running += 1
-            started = time.perf_counter()
             try:
-                (output, failure), acked = await self._run_within_deadline(
-                    delivery, task, self._execute(function, task)
-                )
+                published, acked = await self._run_within_deadline(delivery, task, function)
             finally:
                 self._running -= 1
-            duration_ms = round((time.perf_counter() - started) * 1000, 1)
-            if failure:
-                self._log.info("activity failed", duration_ms=duration_ms)
-            else:
-                # Debug, not info: one line per task is most of a busy worker's log volume
-                # (and 7% of its CPU in W1); failures, leases and stalls stay at info.
-                self._log.debug("activity completed", duration_ms=duration_ms)
-            self._crash("after_activity")
-            await self._reply(task, output, failure)
-            self._crash("after_publish")
+            if not published:
+                return  # on a lease that is lost: the host dispatches the task again
             if not acked:
                 await delivery.ack()
             self.completed += 1
+
+    async def _run_and_reply(self, function: Any, task: ActivityTask, lease: _Lease) -> bool:
+        """Run the activity and publish its result; False if the result could not be
+        published before the lease was lost."""
+        started = time.perf_counter()
+        output, failure = await self._execute(function, task)
+        duration_ms = round((time.perf_counter() - started) * 1000, 1)
+        if failure:
+            self._log.info("activity failed", duration_ms=duration_ms)
+        else:
+            # Debug, not info: one line per task is most of a busy worker's log volume
+            # (and 7% of its CPU in W1); failures, leases and stalls stay at info.
+            self._log.debug("activity completed", duration_ms=duration_ms)
+        self._crash("after_activity")
+        published = await self._reply_until_confirmed(task, output, failure, lease)
+        self._crash("after_publish")
+        return published
+
+    async def _reply_until_confirmed(
+        self, task: ActivityTask, output: object, failure: FailureDetails | None, lease: _Lease
+    ) -> bool:
+        """Publish the result, retrying with backoff while the broker fails (the lease is
+        renewed meanwhile), until it is confirmed or the task would run again anyway.
+
+        A result lost to a short outage would otherwise cost a full re-run of a long
+        activity once its lease expired. Gives up once no lease was confirmed for a whole
+        lease period (the host has dispatched the task again: returns False), or, while the
+        delivery is still held, after as long (raises: the delivery is requeued).
+        """
+        began = time.monotonic()
+        delay = 0.5
+        while True:
+            try:
+                await self._reply(task, output, failure)
+            except FlowmeshError as exc:
+                since = max(lease.renewed_at, began)
+                if time.monotonic() - since >= self._options.activity_lease:
+                    if not lease.acked:
+                        raise
+                    self._log.error(
+                        "result not published and the lease is lost; the host runs the task again",
+                        error=str(exc),
+                    )
+                    return False
+                self._log.warning("result not published yet", error=str(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RESULT_RETRY_MAX_BACKOFF)
+                continue
+            return True
 
     async def _quarantine(self, delivery: Delivery) -> None:
         try:
             await self._transport.publish(
                 [
                     Outgoing(
-                        self._app.app_id, QueueKind.QUARANTINE, delivery.body, delivery.message_id
+                        self._app.app_id,
+                        QueueKind.QUARANTINE,
+                        delivery.body,
+                        delivery.message_id,
+                        attempt=delivery.attempt,
                     )
                 ]
             )
@@ -143,21 +196,20 @@ class ActivityRunner:
         self._log.info("redelivered task moved to quarantine", deliveries=delivery.delivery_count)
 
     async def _run_within_deadline(
-        self,
-        delivery: Delivery,
-        task: ActivityTask,
-        execution: Coroutine[Any, Any, tuple[object, FailureDetails | None]],
-    ) -> tuple[tuple[object, FailureDetails | None], bool]:
-        """Run the activity; past the ack deadline, switch it to a lease.
+        self, delivery: Delivery, task: ActivityTask, function: Any
+    ) -> tuple[bool, bool]:
+        """Run the activity and publish its result; past the ack deadline, switch to a lease.
 
-        Returns the outcome and whether the delivery was already acked (lease mode). The
-        activity runs in this task (no task of its own: most activities are short); a timer
-        starts the lease holder only if the deadline passes.
+        Returns whether the result was published and whether the delivery was already acked
+        (lease mode). The activity runs in this task (no task of its own: most activities
+        are short); a timer starts the lease holder only if the deadline passes, and the
+        holder keeps renewing until the result is published, not just until the activity
+        returns.
         """
+        lease = _Lease()
         deadline = self._options.ack_deadline
         if deadline is None:
-            return await execution, False
-        lease = _Lease()
+            return await self._run_and_reply(function, task, lease), False
 
         def hold_on_lease() -> None:
             lease.holder = asyncio.create_task(
@@ -167,7 +219,7 @@ class ActivityRunner:
 
         timer = asyncio.get_running_loop().call_later(deadline, hold_on_lease)
         try:
-            outcome = await execution
+            published = await self._run_and_reply(function, task, lease)
         finally:
             timer.cancel()
             if lease.holder is not None:
@@ -177,7 +229,7 @@ class ActivityRunner:
                 if lease.sleeping:
                     lease.holder.cancel()
                 await asyncio.wait([lease.holder])
-        return outcome, lease.acked
+        return published, lease.acked
 
     async def _hold_on_lease(self, delivery: Delivery, task: ActivityTask, lease: _Lease) -> None:
         """Take a long activity off RabbitMQ's consumer_timeout clock, then renew its lease.
@@ -194,6 +246,7 @@ class ActivityRunner:
             except FlowmeshError as exc:
                 self._log.warning("activity lease not sent", error=str(exc))
             else:
+                lease.renewed_at = time.monotonic()
                 if not lease.acked:
                     await delivery.ack()
                     lease.acked = True
@@ -293,30 +346,104 @@ class ActivityRunner:
     async def _wait_for_deployment(self, delivery: Delivery, task: ActivityTask) -> None:
         """An activity this app does not register: keep the task, retry with backoff.
 
-        The task is republished (not requeued) so waiting does not count as a failed
-        delivery in the poison-message limit.
+        Each attempt sends the host a ``TaskNote`` (the same text every time, so the host
+        records it once) and waits a delay doubling with the attempt counted in the message,
+        then republishes the task (not a requeue, which would count toward the broker's
+        delivery limit). The note asks for an answer: a host answers one for a task that is
+        no longer wanted (its workflow ended, the task timed out, ...), and the task is
+        dropped instead of bouncing forever.
         """
-        delay = min(2.0 ** min(delivery.delivery_count, 10), self._options.unknown_name_max_backoff)
+        attempt = delivery.attempt
+        delay = retry_delay(attempt, first=1.0, cap=self._options.unknown_name_max_backoff)
         note = (
-            f"activity {task.name!r} is not registered on app {self._app.app_id!r} "
-            f"(replica {self._worker_name}); the task waits and is retried every {delay:.0f}s"
+            f"activity {task.name!r} is not registered on app {self._app.app_id!r}; the task "
+            "waits for a deployment that has it (retried with a growing delay, at most "
+            f"{self._options.unknown_name_max_backoff:.0f}s)"
         )
         self._log.warning(
             "activity not registered here; task kept for a deployment that has it",
             activity=task.name,
+            waiting_attempt=attempt,  # ``attempt`` is bound: the retry policy's attempt
             retry_in=delay,
         )
-        with contextlib.suppress(FlowmeshError):  # the note is informative only
-            body = self._codec.encode_message(
-                TaskNote(task.instance_id, task.seq, task.attempt, note, task.run_id)
+        stop = await self._note_and_wait(task, note, delay)
+        if stop is not None:
+            self._log.info(
+                "task dropped: its workflow no longer waits for it", activity=task.name, why=stop
             )
-            await self._transport.publish([Outgoing(task.host_app_id, QueueKind.REPLY, body)])
-        await self._clock.sleep(delay)
-        try:
-            await self._transport.publish(
-                [Outgoing(self._app.app_id, QueueKind.WORK, delivery.body, delivery.message_id)]
-            )
-        except FlowmeshError:
-            await delivery.requeue()
+            await delivery.ack()
             return
-        await delivery.ack()
+        await republish(self._transport, delivery, self._app.app_id, QueueKind.WORK)
+
+    async def _note_and_wait(self, task: ActivityTask, note: str, delay: float) -> str | None:
+        """Send the host ``note`` and wait ``delay`` seconds for an answer saying the task is
+        not wanted any more; returns that answer's reason, or None."""
+        inbox = await self._answers()
+        correlation_id = uuid.uuid4().hex
+        message = TaskNote(task.instance_id, task.seq, task.attempt, note, task.run_id)
+        with inbox.expecting(correlation_id) if inbox else contextlib.nullcontext():
+            with contextlib.suppress(FlowmeshError):  # the note is informative only
+                body = self._codec.encode_message(message)
+                await self._transport.publish(
+                    [
+                        Outgoing(
+                            task.host_app_id,
+                            QueueKind.REPLY,
+                            body,
+                            reply_to=inbox.address if inbox else "",
+                            correlation_id=correlation_id if inbox else "",
+                        )
+                    ]
+                )
+            if inbox is None:
+                await self._clock.sleep(delay)
+                return None
+            return await self._stop_within(inbox, task, correlation_id, delay)
+
+    async def _stop_within(
+        self, inbox: Inbox, task: ActivityTask, correlation_id: str, delay: float
+    ) -> str | None:
+        """The reason of a stop answer arriving within ``delay`` (on this runner's clock, or
+        in real time, whichever ends first), or None."""
+        sender = (
+            AppUsers(self._options.app_user_pattern).user(task.host_app_id)
+            if (self._options.app_user_pattern)
+            else ""
+        )
+        answer = asyncio.ensure_future(inbox.receive(correlation_id, delay, sender=sender))
+        sleep = asyncio.ensure_future(self._clock.sleep(delay))
+        try:
+            await asyncio.wait([answer, sleep], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in (answer, sleep):
+                waiting.cancel()
+        body = answer.result() if answer.done() and not answer.cancelled() else None
+        if body is None:
+            return None
+        try:
+            stop = self._codec.decode_message(body, app_id=task.host_app_id)
+        except DecodeError:
+            return None
+        if not isinstance(stop, TaskNote) or (stop.instance_id, stop.seq, stop.attempt) != (
+            task.instance_id,
+            task.seq,
+            task.attempt,
+        ):
+            return None
+        return stop.note
+
+    async def _answers(self) -> Inbox | None:
+        """This runner's inbox for answers to notes, opened on first use; None if this user
+        may not open one (a plan from before stop answers): tasks then keep waiting."""
+        async with self._inbox_lock:
+            if self._inbox is None and not self._no_inbox:
+                try:
+                    self._inbox = await self._transport.open_inbox()
+                except FlowmeshError as exc:
+                    self._no_inbox = True
+                    self._log.warning(
+                        "no inbox for answers to task notes; tasks for unregistered "
+                        "activities are not dropped when their workflow ends",
+                        error=str(exc),
+                    )
+            return self._inbox
