@@ -22,7 +22,6 @@ policy of :func:`redelivery_policy` gives them the same limit and target.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Final
 
@@ -119,7 +118,7 @@ def redelivery_policy(app_id: str) -> RedeliveryPolicy:
     definition = queue_arguments(app_id, QueueKind.WORK)
     return RedeliveryPolicy(
         name=f"flowmesh-redelivery-{app_id}",
-        pattern=f"^fm\\.{re.escape(app_id)}\\.({kinds})$",
+        pattern=f"^fm\\.{app_id}\\.({kinds})$",  # app IDs are [a-z0-9-]: nothing to escape
         definition={
             key.removeprefix("x-"): value
             for key, value in definition.items()
