@@ -127,7 +127,9 @@ class DeploymentWait:
         finally:
             for waiting in (answer, sleep):
                 waiting.cancel()
-        body = answer.result() if answer.done() and not answer.cancelled() else None
+        if not answer.done() or answer.cancelled() or answer.exception() is not None:
+            return None  # no answer in time (or the inbox failed): keep the task
+        body = answer.result()
         if body is None:
             return None
         try:

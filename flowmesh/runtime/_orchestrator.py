@@ -260,7 +260,9 @@ class Orchestrator:
             attempt=attempt,
             retry_in=delay,
         )
-        await self._clock.sleep(delay)
+        # Real time, not the runner's clock: an outage is real, and a virtual clock only moves
+        # while no delivery is in flight.
+        await asyncio.sleep(delay)
         await asyncio.gather(
             *(
                 republish(self._transport, item.delivery, self._app.app_id, _queue_of(item.message))
