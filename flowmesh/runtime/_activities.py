@@ -8,14 +8,13 @@ once. Sync activities run in a bounded thread pool so long steps never block the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import functools
 import inspect
 import os
 import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -25,11 +24,15 @@ import structlog
 from flowmesh._app import App
 from flowmesh._errors import FlowmeshError, NonRetryableError, SerializationError
 from flowmesh.codec import Codec
-from flowmesh.model import ActivityLease, ActivityResult, ActivityTask, FailureDetails, TaskNote
+from flowmesh.model import ActivityLease, ActivityResult, ActivityTask, FailureDetails
 from flowmesh.runtime._activity_context import ActivityContext
 from flowmesh.runtime._clock import Clock
+from flowmesh.runtime._deployment_wait import DeploymentWait
 from flowmesh.runtime._options import WorkerOptions
 from flowmesh.transport import Delivery, Outgoing, QueueKind, Transport
+
+_RESULT_RETRY_MAX_BACKOFF = 5.0
+"""Longest wait between attempts to publish a result (seconds)."""
 
 
 @dataclass(slots=True)
@@ -40,6 +43,8 @@ class _Lease:
     acked: bool = False
     stopping: bool = False
     sleeping: bool = False
+    renewed_at: float = 0.0
+    """``time.monotonic()`` of the last confirmed lease (0.0: none yet)."""
 
 
 class ActivityRunner:
@@ -68,6 +73,9 @@ class ActivityRunner:
         self._log = log
         self._running = 0
         self.completed = 0
+        self._waiting = DeploymentWait(
+            app, transport=transport, codec=codec, clock=clock, options=options, log=log
+        )
 
     @property
     def busy(self) -> bool:
@@ -89,7 +97,7 @@ class ActivityRunner:
         ):
             function = self._app.activities.get(task.name)
             if function is None:
-                await self._wait_for_deployment(delivery, task)
+                await self._waiting.handle(delivery, task)
                 return
             if not quarantined and delivery.delivery_count > 1:
                 await self._quarantine(delivery)
@@ -106,33 +114,75 @@ class ActivityRunner:
                 await delivery.ack()
                 return
             self._running += 1
-            started = time.perf_counter()
             try:
-                (output, failure), acked = await self._run_within_deadline(
-                    delivery, task, self._execute(function, task)
-                )
+                published, acked = await self._run_within_deadline(delivery, task, function)
             finally:
                 self._running -= 1
-            duration_ms = round((time.perf_counter() - started) * 1000, 1)
-            if failure:
-                self._log.info("activity failed", duration_ms=duration_ms)
-            else:
-                # Debug, not info: one line per task is most of a busy worker's log volume
-                # (and 7% of its CPU in W1); failures, leases and stalls stay at info.
-                self._log.debug("activity completed", duration_ms=duration_ms)
-            self._crash("after_activity")
-            await self._reply(task, output, failure)
-            self._crash("after_publish")
+            if not published:
+                return  # on a lease that is lost: the host dispatches the task again
             if not acked:
                 await delivery.ack()
             self.completed += 1
+
+    async def _run_and_reply(self, function: Any, task: ActivityTask, lease: _Lease) -> bool:
+        """Run the activity and publish its result; False if the result could not be
+        published before the lease was lost."""
+        started = time.perf_counter()
+        output, failure = await self._execute(function, task)
+        duration_ms = round((time.perf_counter() - started) * 1000, 1)
+        if failure:
+            self._log.info("activity failed", duration_ms=duration_ms)
+        else:
+            # Debug, not info: one line per task is most of a busy worker's log volume
+            # (and 7% of its CPU in W1); failures, leases and stalls stay at info.
+            self._log.debug("activity completed", duration_ms=duration_ms)
+        self._crash("after_activity")
+        published = await self._reply_until_confirmed(task, output, failure, lease)
+        self._crash("after_publish")
+        return published
+
+    async def _reply_until_confirmed(
+        self, task: ActivityTask, output: object, failure: FailureDetails | None, lease: _Lease
+    ) -> bool:
+        """Publish the result, retrying with backoff while the broker fails (the lease is
+        renewed meanwhile), until it is confirmed or the task would run again anyway.
+
+        A result lost to a short outage would otherwise cost a full re-run of a long
+        activity once its lease expired. Gives up once no lease was confirmed for a whole
+        lease period (the host has dispatched the task again: returns False), or, while the
+        delivery is still held, after as long (raises: the delivery is requeued).
+        """
+        began = time.monotonic()
+        delay = 0.5
+        while True:
+            try:
+                await self._reply(task, output, failure)
+            except FlowmeshError as exc:
+                since = max(lease.renewed_at, began)
+                if time.monotonic() - since >= self._options.activity_lease:
+                    if not lease.acked:
+                        raise
+                    self._log.error(
+                        "result not published and the lease is lost; the host runs the task again",
+                        error=str(exc),
+                    )
+                    return False
+                self._log.warning("result not published yet", error=str(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RESULT_RETRY_MAX_BACKOFF)
+                continue
+            return True
 
     async def _quarantine(self, delivery: Delivery) -> None:
         try:
             await self._transport.publish(
                 [
                     Outgoing(
-                        self._app.app_id, QueueKind.QUARANTINE, delivery.body, delivery.message_id
+                        self._app.app_id,
+                        QueueKind.QUARANTINE,
+                        delivery.body,
+                        delivery.message_id,
+                        attempt=delivery.attempt,
                     )
                 ]
             )
@@ -143,21 +193,20 @@ class ActivityRunner:
         self._log.info("redelivered task moved to quarantine", deliveries=delivery.delivery_count)
 
     async def _run_within_deadline(
-        self,
-        delivery: Delivery,
-        task: ActivityTask,
-        execution: Coroutine[Any, Any, tuple[object, FailureDetails | None]],
-    ) -> tuple[tuple[object, FailureDetails | None], bool]:
-        """Run the activity; past the ack deadline, switch it to a lease.
+        self, delivery: Delivery, task: ActivityTask, function: Any
+    ) -> tuple[bool, bool]:
+        """Run the activity and publish its result; past the ack deadline, switch to a lease.
 
-        Returns the outcome and whether the delivery was already acked (lease mode). The
-        activity runs in this task (no task of its own: most activities are short); a timer
-        starts the lease holder only if the deadline passes.
+        Returns whether the result was published and whether the delivery was already acked
+        (lease mode). The activity runs in this task (no task of its own: most activities
+        are short); a timer starts the lease holder only if the deadline passes, and the
+        holder keeps renewing until the result is published, not just until the activity
+        returns.
         """
+        lease = _Lease()
         deadline = self._options.ack_deadline
         if deadline is None:
-            return await execution, False
-        lease = _Lease()
+            return await self._run_and_reply(function, task, lease), False
 
         def hold_on_lease() -> None:
             lease.holder = asyncio.create_task(
@@ -167,7 +216,7 @@ class ActivityRunner:
 
         timer = asyncio.get_running_loop().call_later(deadline, hold_on_lease)
         try:
-            outcome = await execution
+            published = await self._run_and_reply(function, task, lease)
         finally:
             timer.cancel()
             if lease.holder is not None:
@@ -177,7 +226,7 @@ class ActivityRunner:
                 if lease.sleeping:
                     lease.holder.cancel()
                 await asyncio.wait([lease.holder])
-        return outcome, lease.acked
+        return published, lease.acked
 
     async def _hold_on_lease(self, delivery: Delivery, task: ActivityTask, lease: _Lease) -> None:
         """Take a long activity off RabbitMQ's consumer_timeout clock, then renew its lease.
@@ -194,6 +243,7 @@ class ActivityRunner:
             except FlowmeshError as exc:
                 self._log.warning("activity lease not sent", error=str(exc))
             else:
+                lease.renewed_at = time.monotonic()
                 if not lease.acked:
                     await delivery.ack()
                     lease.acked = True
@@ -289,34 +339,3 @@ class ActivityRunner:
         shown = "<not logged: payload encryption is on>" if self._codec.payload_codec else details
         log = self._log.bind(instance_id=task.instance_id, task=f"{task.name}#{task.seq}")
         loop.call_soon_threadsafe(functools.partial(log.info, "heartbeat", details=shown))
-
-    async def _wait_for_deployment(self, delivery: Delivery, task: ActivityTask) -> None:
-        """An activity this app does not register: keep the task, retry with backoff.
-
-        The task is republished (not requeued) so waiting does not count as a failed
-        delivery in the poison-message limit.
-        """
-        delay = min(2.0 ** min(delivery.delivery_count, 10), self._options.unknown_name_max_backoff)
-        note = (
-            f"activity {task.name!r} is not registered on app {self._app.app_id!r} "
-            f"(replica {self._worker_name}); the task waits and is retried every {delay:.0f}s"
-        )
-        self._log.warning(
-            "activity not registered here; task kept for a deployment that has it",
-            activity=task.name,
-            retry_in=delay,
-        )
-        with contextlib.suppress(FlowmeshError):  # the note is informative only
-            body = self._codec.encode_message(
-                TaskNote(task.instance_id, task.seq, task.attempt, note, task.run_id)
-            )
-            await self._transport.publish([Outgoing(task.host_app_id, QueueKind.REPLY, body)])
-        await self._clock.sleep(delay)
-        try:
-            await self._transport.publish(
-                [Outgoing(self._app.app_id, QueueKind.WORK, delivery.body, delivery.message_id)]
-            )
-        except FlowmeshError:
-            await delivery.requeue()
-            return
-        await delivery.ack()

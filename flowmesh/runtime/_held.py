@@ -126,6 +126,10 @@ class _HeldDelivery:
         return 1
 
     @property
+    def attempt(self) -> int:
+        return 1
+
+    @property
     def user_id(self) -> str:
         return self._held.user_id
 

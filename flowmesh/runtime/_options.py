@@ -48,7 +48,11 @@ class WorkerOptions:
     outbox_sweep_interval: float = 5.0
     """How often committed-but-unpublished messages are looked for (after a crash)."""
     unknown_name_max_backoff: float = 30.0
-    """Longest wait before retrying a task whose activity/workflow is not registered here."""
+    """Longest wait before retrying a task whose activity/workflow is not registered here
+    (the wait doubles per attempt from 1 s; attempts are counted in the message)."""
+    transient_retry_max_backoff: float = 10.0
+    """Longest wait before retrying a step the store or broker failed (the wait doubles per
+    attempt from 0.25 s): how late after an outage's end its messages are processed."""
     hold_unknown_for: float = 600.0
     """Seconds an event or control message for an instance that does not exist yet is held
     (it may have overtaken the start) before it is dead-lettered."""

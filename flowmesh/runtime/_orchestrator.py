@@ -49,6 +49,7 @@ from flowmesh.model import (
     StartWorkflow,
     StateReply,
     StepStarted,
+    TaskNote,
     TimerFired,
     WorkflowStarted,
     WorkflowState,
@@ -66,6 +67,7 @@ from flowmesh.runtime._leases import (
 from flowmesh.runtime._log import get_logger
 from flowmesh.runtime._options import WorkerOptions
 from flowmesh.runtime._outbox import OutboxClearer, publish_outbox
+from flowmesh.runtime._redelivery import republish, republish_later, retry_delay
 from flowmesh.runtime._translate import (
     build_commit,
     build_state,
@@ -161,8 +163,6 @@ class Orchestrator:
         self._draining: set[str] = set()
         """Instances whose mailbox a task is draining (one step at a time per instance)."""
         self._cache: OrderedDict[str, _Live] = OrderedDict()
-        # message ID -> how often this replica handed it on for lack of its workflow.
-        self._waiting_attempts: dict[str, int] = {}
         self._log = get_logger(app_id=app.app_id)
 
     @property
@@ -218,20 +218,20 @@ class Orchestrator:
                 *(self._retry_later(i.delivery, i.message, str(not_here)) for i in batch),
                 return_exceptions=True,
             )
+        except (StoreError, TransportError, OSError) as exc:
+            # Store or broker trouble: nothing was acked. Retried later by republishing with
+            # a growing delay (never a requeue loop, which the broker's delivery limit ends).
+            self._cache.pop(instance_id, None)
+            await self._retry_transient(instance_id, batch, exc)
         except Exception as exc:
-            # Store or broker trouble: nothing was acked, so the broker redelivers later. A
-            # delivery that keeps failing its step (e.g. a state grown past the size limit)
-            # would loop forever, so after max_deliveries it goes to the dead-letter queue.
+            # A delivery that keeps failing its step (e.g. a state grown past the size
+            # limit) would loop forever, so after max_deliveries it goes to the dead-letter
+            # queue.
             self._cache.pop(instance_id, None)
             self._log.warning(
                 "step failed; deliveries requeued", instance_id=instance_id, error=str(exc)
             )
-            transient = isinstance(exc, StoreError | TransportError | OSError)
-            limit = self._options.max_deliveries if not transient else float("inf")
-            if transient:
-                # Back off a little so an outage does not turn into a hot redelivery loop.
-                attempts = max(item.delivery.delivery_count for item in batch)
-                await asyncio.sleep(min(0.05 * 2**attempts, 2.0))
+            limit = self._options.max_deliveries
             await asyncio.gather(
                 *(
                     self._transport.dead_letter(
@@ -248,6 +248,31 @@ class Orchestrator:
         for item in batch:
             if not item.done.done():
                 item.done.set_result(None)
+
+    async def _retry_transient(
+        self, instance_id: str, batch: list[_Inbound], exc: Exception
+    ) -> None:
+        """The store or broker failed the step: republish the batch after a delay growing
+        with its messages' attempts (capped at ``transient_retry_max_backoff``)."""
+        attempt = max(item.delivery.attempt for item in batch)
+        delay = retry_delay(attempt, first=0.25, cap=self._options.transient_retry_max_backoff)
+        self._log.warning(
+            "step retried later",
+            instance_id=instance_id,
+            error=str(exc),
+            attempt=attempt,
+            retry_in=delay,
+        )
+        # Real time, not the runner's clock: an outage is real, and a virtual clock only moves
+        # while no delivery is in flight.
+        await asyncio.sleep(delay)
+        await asyncio.gather(
+            *(
+                republish(self._transport, item.delivery, self._app.app_id, _queue_of(item.message))
+                for item in batch
+            ),
+            return_exceptions=True,
+        )
 
     # -- one step --------------------------------------------------------------------------------
 
@@ -432,6 +457,14 @@ class Orchestrator:
             if isinstance(message, Control) and message.action is ControlAction.PURGE:
                 step.purge = message
                 continue
+            if isinstance(message, TaskNote) and item.delivery.reply_to:
+                stop = _stop_answer(live, started, message, run_id)
+                if stop is not None:
+                    if from_cache:
+                        raise _StaleCache  # only the store can say a task has ended
+                    # The worker asks: it stops retrying a task nobody waits for any more.
+                    step.replies.append((item.delivery, stop))
+                    continue
             message_run = getattr(message, "run_id", "")
             if message_run and message_run != run_id:
                 if from_cache:
@@ -822,16 +855,13 @@ class Orchestrator:
     async def _retry_later(self, delivery: Delivery, message: Message, reason: str) -> None:
         """Hold a delivery we cannot serve yet, then hand it to another replica: it is
         republished to the tail of its queue (a requeued message tends to come back to the
-        same consumer) and acked, after a delay growing with each attempt this replica made.
+        same consumer, and counts toward the delivery limit) and acked, after a delay growing
+        with the message's attempt count (a header, so it grows whichever replica retries).
 
         For a ``start``, the reason is noted in the store for ``describe()`` and a waiting
         client is told (on the first attempt) that its start waits."""
-        key = delivery.message_id or str(id(delivery))
-        attempt = self._waiting_attempts.pop(key, 0) + 1
-        self._waiting_attempts[key] = attempt
-        while len(self._waiting_attempts) > self._options.execution_cache_size:
-            del self._waiting_attempts[next(iter(self._waiting_attempts))]
-        delay = min(2.0 ** (attempt - 1), self._options.unknown_name_max_backoff)
+        attempt = delivery.attempt
+        delay = retry_delay(attempt, first=1.0, cap=self._options.unknown_name_max_backoff)
         self._log.warning(
             "message waits for a deployment that registers its workflow",
             reason=reason,
@@ -847,21 +877,42 @@ class Orchestrator:
             if delivery.reply_to and attempt == 1:
                 answer = StartAck(start.instance_id, False, note, "waiting_for_deployment")
                 await self._send_replies([(delivery, answer)])
-        await self._clock.sleep(delay)
-        again = Outgoing(
+        await republish_later(
+            self._transport,
+            self._clock,
+            delivery,
             self._app.app_id,
-            QueueKind.WORK if isinstance(message, StartWorkflow) else QueueKind.REPLY,
-            delivery.body,
-            delivery.message_id,
-            delivery.reply_to,
-            delivery.correlation_id,
+            _queue_of(message),
+            delay=delay,
         )
-        try:
-            await self._transport.publish([again])
-        except FlowmeshError:
-            await delivery.requeue()
-            return
-        await delivery.ack()
+
+
+def _queue_of(message: Message) -> QueueKind:
+    """The queue a hosted instance's message arrives on (and is republished to)."""
+    return QueueKind.WORK if isinstance(message, StartWorkflow) else QueueKind.REPLY
+
+
+def _stop_answer(
+    live: _Live | None, started: WorkflowStarted | None, note: TaskNote, run_id: str
+) -> TaskNote | None:
+    """The answer to a worker's ``TaskNote`` about a task that is no longer wanted (the note
+    back, saying why), or None if it still is (or this step cannot tell: the instance is
+    being created by the same batch)."""
+    if live is None:
+        if started is not None:
+            return None
+        why = f"instance {note.instance_id!r} does not exist (never started, or purged)"
+    elif note.run_id and note.run_id != run_id:
+        why = "the task belongs to an earlier run of the instance"
+    elif live.state.status.is_terminal:
+        why = f"the workflow has ended ({live.state.status.value})"
+    elif (action := live.execution.open_activity(note.seq)) is None or (
+        action.attempt != note.attempt
+    ):
+        why = "the task is no longer open (answered, timed out, retried or cancelled)"
+    else:
+        return None
+    return TaskNote(note.instance_id, note.seq, note.attempt, why, note.run_id)
 
 
 def _wrong_attempt(live: _Live | None, result: ActivityResult) -> bool:

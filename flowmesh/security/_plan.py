@@ -56,7 +56,8 @@ from flowmesh.transport._rabbitmq_topology import (
     EXCHANGES,
     INBOX_EXCHANGE,
     INBOX_PATTERN,
-    QUEUE_ARGUMENTS,
+    queue_arguments,
+    redelivery_policy,
     routing_key,
 )
 
@@ -101,9 +102,10 @@ def _escape(text: str) -> str:
     return re.escape(text).replace("\\-", "-")
 
 
-def _alternatives(items: Iterable[str]) -> str:
-    """An anchored regular expression matching exactly ``items`` (``^$`` for none)."""
-    escaped = sorted({_escape(item) for item in items})
+def _alternatives(items: Iterable[str], patterns: Iterable[str] = ()) -> str:
+    """An anchored regular expression matching exactly ``items``, and names matching the
+    regular expressions ``patterns`` (``^$`` for none)."""
+    escaped = sorted({_escape(item) for item in items}) + list(patterns)
     if not escaped:
         return _NOTHING
     return f"^{escaped[0]}$" if len(escaped) == 1 else f"^({'|'.join(escaped)})$"
@@ -280,14 +282,17 @@ class SecurityPlan:
             if self.hosts(app_id):
                 consumes.append(queue_name(app_id, QueueKind.REPLY))
                 exchanges.append(INBOX_EXCHANGE)  # answers to clients' inboxes
-                topics.append((INBOX_EXCHANGE, inbox_key, _NOTHING))
+            # Every app opens an inbox of its own for the hosts' answers to its task notes
+            # (a task whose workflow ended is dropped): declare, bind to and read it.
+            answers = inbox_key if self.hosts(app_id) else _NOTHING
+            topics.append((INBOX_EXCHANGE, answers, inbox_key))
             users.append(
                 RabbitUser(
                     name=self.users.user(app_id),
                     role="app",
-                    configure=_alternatives(own),
-                    write=_alternatives(exchanges),
-                    read=_alternatives(consumes),
+                    configure=_alternatives(own, [INBOX_PATTERN]),
+                    write=_alternatives(exchanges, [INBOX_PATTERN]),
+                    read=_alternatives([*consumes, INBOX_EXCHANGE], [INBOX_PATTERN]),
                     topics=tuple(topics),
                     publishes=tuple(self.publishes(app_id)),
                     consumes=tuple(sorted(consumes)),
@@ -360,6 +365,8 @@ class SecurityPlan:
                 for exchange, write, read in user.topics
             )
         commands.append(self.dead_letter_policy())
+        # Queues declared before topology version 2 get their delivery limit from a policy.
+        commands.extend(redelivery_policy(app_id).rabbitmqctl(self.vhost) for app_id in self.apps)
         return commands
 
     def dead_letter_policy(self) -> list[str]:
@@ -449,7 +456,12 @@ class SecurityPlan:
             "# Dead-letter queues keep at most 100,000 messages (the oldest go first) for 14",
             "# days; inspect, redrive and drop them with `flowmesh dead-letters --app-id X`.",
             " ".join(["rabbitmqctl", *(q(arg) for arg in self.dead_letter_policy())]),
+            "# Delivery limit and dead-letter target of queues an older flowmesh declared",
+            "# (newer queues declare them as arguments, which win over the policy):",
         ]
+        for app_id in self.apps:
+            policy = redelivery_policy(app_id)
+            out.append(f"rabbitmqctl {' '.join(map(q, policy.rabbitmqctl(self.vhost)))}")
         out += [
             "",
             "# 2. Exchanges, queues and bindings, declared with an administrator's credentials by",
@@ -461,7 +473,8 @@ class SecurityPlan:
         for app_id in self.apps:
             for kind in QueueKind:
                 out.append(
-                    f"#   queue {queue_name(app_id, kind)} (durable, {QUEUE_ARGUMENTS}) "
+                    f"#   queue {queue_name(app_id, kind)} (durable, "
+                    f"{queue_arguments(app_id, kind)}) "
                     f"bound to {APPS_EXCHANGE} with key {routing_key(app_id, kind)}"
                 )
         out += [

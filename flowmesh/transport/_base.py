@@ -45,8 +45,10 @@ class Outgoing:
 
     ``reply_to``/``correlation_id`` ask the receiver to answer on an :class:`Inbox`;
     ``answer_within`` says how many seconds the sender waits for that answer, so a receiver
-    that gets to the message later does not send an answer nobody reads. The transport adds
-    the sender's identity (``user_id``) itself.
+    that gets to the message later does not send an answer nobody reads. ``attempt`` counts
+    how often flowmesh has tried to process this message (a receiver republishing a message
+    it could not process yet sends it on with ``delivery.attempt + 1``; see
+    :attr:`Delivery.attempt`). The transport adds the sender's identity (``user_id``) itself.
     """
 
     app_id: str
@@ -56,6 +58,7 @@ class Outgoing:
     reply_to: str = ""
     correlation_id: str = ""
     answer_within: float | None = None
+    attempt: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +101,16 @@ class Delivery(Protocol):
     @property
     def delivery_count(self) -> int:
         """1 on first delivery, incremented on each redelivery (poison-message detection)."""
+
+    @property
+    def attempt(self) -> int:
+        """1 + how often flowmesh republished this message because it could not process it
+        yet (the ``x-flowmesh-attempt`` header; 1 without it).
+
+        Unlike :attr:`delivery_count`, which the broker keeps and which starts again at 1 for
+        a republished message, this survives the republishing that replaces requeue loops,
+        so retry delays can grow with it.
+        """
 
     @property
     def user_id(self) -> str:

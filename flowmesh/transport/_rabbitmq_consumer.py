@@ -35,6 +35,11 @@ ANSWER_BY_HEADER = "x-flowmesh-answer-by"
 """Header of a request: when its sender stops waiting for the answer (epoch milliseconds)."""
 
 
+ATTEMPT_HEADER = "x-flowmesh-attempt"
+"""Header of a message flowmesh republished because it could not process it yet: the attempt
+the copy is (2 for the first republish). Absent means 1."""
+
+
 def describe(exc: BaseException) -> str:
     """A one-line description of ``exc`` (some aiormq errors have an empty ``str``)."""
     return str(exc) or type(exc).__name__
@@ -98,6 +103,15 @@ class RabbitDelivery:
         previous = (self._message.headers or {}).get("x-delivery-count")
         if isinstance(previous, int) and not isinstance(previous, bool) and previous >= 0:
             return previous + 1
+        return 1
+
+    @property
+    def attempt(self) -> int:
+        """The ``x-flowmesh-attempt`` header (1 if absent or not a positive integer)."""
+        headers = self._message.headers
+        raw = headers.get(ATTEMPT_HEADER) if headers else None
+        if isinstance(raw, int) and not isinstance(raw, bool) and raw > 1:
+            return raw
         return 1
 
     @property
@@ -251,4 +265,11 @@ class RabbitSubscription:
         task.add_done_callback(self._tasks.discard)
 
 
-__all__ = ["BROKER_ERRORS", "RabbitDelivery", "RabbitSubscription", "describe"]
+__all__ = [
+    "ANSWER_BY_HEADER",
+    "ATTEMPT_HEADER",
+    "BROKER_ERRORS",
+    "RabbitDelivery",
+    "RabbitSubscription",
+    "describe",
+]

@@ -69,6 +69,9 @@ class _Message:
     user_id: str = ""
     """The publishing transport's ``user_id`` (like RabbitMQ's validated property)."""
     answer_by: float = 0.0
+    attempt: int = 1
+    """Like RabbitMQ's ``x-flowmesh-attempt`` header: set by the publisher, never by the
+    broker (a requeue counts in ``delivery_count`` only)."""
 
 
 class _Queue:
@@ -197,6 +200,11 @@ class _MemoryDelivery:
     def delivery_count(self) -> int:
         """1 on first delivery, incremented on each redelivery."""
         return self._delivery_count
+
+    @property
+    def attempt(self) -> int:
+        """The attempt its publisher gave the message (1 if it gave none)."""
+        return self._message.attempt
 
     @property
     def user_id(self) -> str:
@@ -401,6 +409,7 @@ class MemoryTransport:
                     message.correlation_id,
                     user_id=self._user_id,
                     answer_by=answer_deadline(message.answer_within, now),
+                    attempt=max(1, message.attempt),
                 )
             )
             touched[id(queue)] = queue

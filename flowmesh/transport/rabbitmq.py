@@ -98,6 +98,7 @@ from flowmesh.transport._rabbitmq_answers import (
 )
 from flowmesh.transport._rabbitmq_consumer import (
     ANSWER_BY_HEADER,
+    ATTEMPT_HEADER,
     BROKER_ERRORS,
     RabbitDelivery,
     RabbitSubscription,
@@ -108,7 +109,9 @@ from flowmesh.transport._rabbitmq_topology import (
     APPS_EXCHANGE,
     EXCHANGES,
     INBOX_EXCHANGE,
-    QUEUE_ARGUMENTS,
+    LEGACY_QUEUE_ARGUMENTS,
+    queue_arguments,
+    redelivery_policy,
     routing_key,
 )
 from flowmesh.transport._rabbitmq_writes import connect_buffered
@@ -119,8 +122,6 @@ __all__ = ["RabbitMQConfig", "RabbitMQTransport"]
 log = structlog.get_logger("flowmesh.transport")
 
 CONTENT_TYPE = "application/x-msgpack"
-
-_QUEUE_ARGUMENTS: dict[str, FieldValue] = dict(QUEUE_ARGUMENTS)
 
 _PERSISTENT = 2
 _NOT_PERSISTENT = 1
@@ -237,6 +238,8 @@ class RabbitMQTransport:
         self._link: _Link | None = None
         self._closed = False
         self._declared: set[str] = set()
+        self._arguments: dict[str, dict[str, FieldValue]] = {}
+        """Queue name -> the arguments it was found declared with (version 2 or legacy)."""
         self._predeclared: set[str] = set()
         """Apps whose queues this user may not declare: consumed with passive declarations."""
         self._declare_lock = asyncio.Lock()
@@ -301,8 +304,12 @@ class RabbitMQTransport:
         log.info("transport.connected", url=self._config.masked_url)
 
     async def declare_app(self, app_id: str, *, required: bool = False) -> None:
-        """Declare ``app_id``'s work, reply and dead queues and bind them to ``fm.apps``
-        (once per transport).
+        """Declare ``app_id``'s queues and bind them to ``fm.apps`` (once per transport).
+
+        New queues get the version-2 arguments (a delivery limit and a dead-letter target,
+        :func:`~flowmesh.transport._rabbitmq_topology.queue_arguments`). A queue an older
+        flowmesh declared keeps its arguments (RabbitMQ refuses to change them): it is used as
+        it is, and a warning names the policy that gives it the same limit.
 
         A restricted user may not declare another app's queues, nor bind its own: where
         RabbitMQ refuses (ACCESS_REFUSED) the transport relies on the queues and bindings the
@@ -318,27 +325,16 @@ class RabbitMQTransport:
             name = ""
             binding = False
             try:
-                async with (
-                    asyncio.timeout(self._config.operation_timeout),
-                    self._plain_channel(link.publish) as channel,
-                ):
-                    queues = []
+                async with asyncio.timeout(self._config.operation_timeout):
                     for kind in QueueKind:
                         name = queue_name(app_id, kind)
-                        queues.append(
-                            await channel.declare_queue(
-                                name, durable=True, arguments=_QUEUE_ARGUMENTS
-                            )
-                        )
+                        await self._declare_queue(link, app_id, kind)
                     binding = True
-                    for kind, queue in zip(QueueKind, queues, strict=True):
-                        name = queue.name
-                        await queue.bind(APPS_EXCHANGE, routing_key(app_id, kind))
-            except aio_pika.exceptions.ChannelPreconditionFailed as exc:
-                raise ConfigurationError(
-                    f"queue {name!r} exists with other settings than flowmesh's (durable "
-                    f"quorum queue); delete or migrate it: {describe(exc)}"
-                ) from exc
+                    async with self._plain_channel(link.publish) as channel:
+                        for kind in QueueKind:
+                            name = queue_name(app_id, kind)
+                            queue = await channel.get_queue(name, ensure=False)
+                            await queue.bind(APPS_EXCHANGE, routing_key(app_id, kind))
             except aiormq.exceptions.ChannelAccessRefused as exc:
                 if required:
                     raise ConfigurationError(
@@ -359,6 +355,38 @@ class RabbitMQTransport:
             except _FAILURES as exc:
                 raise TransportError(f"declaring queue {name!r} failed: {describe(exc)}") from exc
             self._declared.add(app_id)
+
+    async def _declare_queue(self, link: _Link, app_id: str, kind: QueueKind) -> None:
+        """Declare one queue with the version-2 arguments, or find it declared with the
+        version-1 ones (on a fresh channel: the refusal closed the first)."""
+        name = queue_name(app_id, kind)
+        wanted: dict[str, FieldValue] = dict(queue_arguments(app_id, kind))
+        legacy: dict[str, FieldValue] = dict(LEGACY_QUEUE_ARGUMENTS)
+        refusal: Exception | None = None
+        for arguments in (wanted, legacy) if wanted != legacy else (wanted,):
+            try:
+                async with self._plain_channel(link.publish) as channel:
+                    await channel.declare_queue(name, durable=True, arguments=arguments)
+            except aio_pika.exceptions.ChannelPreconditionFailed as exc:
+                refusal = exc
+                continue
+            self._arguments[name] = arguments
+            if arguments is legacy and wanted != legacy:
+                policy = redelivery_policy(app_id)
+                log.warning(
+                    "transport.queue_without_delivery_limit",
+                    queue=name,
+                    detail="declared by an older flowmesh without a delivery limit and "
+                    "dead-letter target; it is used as it is. Give it the same limit with "
+                    "the policy (flowmesh security apply sets it):",
+                    policy=f"rabbitmqctl {' '.join(policy.rabbitmqctl('<vhost>'))}",
+                )
+            return
+        raise ConfigurationError(
+            f"queue {name!r} exists with other settings than flowmesh's (durable quorum "
+            f"queue, arguments {wanted} or {legacy}); delete or migrate it: "
+            f"{describe(refusal or Exception())}"
+        )
 
     async def publish(self, messages: Sequence[Outgoing]) -> None:
         """Publish persistently; returns once RabbitMQ confirmed every message.
@@ -466,7 +494,9 @@ class RabbitMQTransport:
                     queue = await channel.declare_queue(name, passive=True)
                 else:
                     queue = await channel.declare_queue(
-                        name, durable=True, arguments=_QUEUE_ARGUMENTS
+                        name,
+                        durable=True,
+                        arguments=self._arguments.get(name) or dict(queue_arguments(app_id, kind)),
                     )
                 subscription = RabbitSubscription(
                     name,
@@ -659,6 +689,8 @@ class RabbitMQTransport:
             # Integer milliseconds: every AMQP client reads a long; not every one a double.
             deadline = answer_deadline(outgoing.answer_within, time.time())
             headers = {ANSWER_BY_HEADER: round(deadline * 1000)}
+        if outgoing.attempt > 1:
+            headers = {**(headers or {}), ATTEMPT_HEADER: outgoing.attempt}
         properties = spec.Basic.Properties(
             headers=headers,
             delivery_mode=_PERSISTENT,

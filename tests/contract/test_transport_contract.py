@@ -300,6 +300,31 @@ async def test_requeue_redelivers_with_incremented_delivery_count(
     await stats_become(transport, QueueStats(app_id, 0, 1, 0, 0, 0))
 
 
+async def test_a_republished_message_carries_its_attempt_and_a_requeue_does_not_count(
+    transport: Transport, app_id: str
+) -> None:
+    """The attempt is the publisher's (header), independent of the broker's delivery count:
+    what lets a retry delay grow across republishing, which resets the delivery count."""
+    seen: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
+
+    async def republish_then_requeue(delivery: Delivery) -> None:
+        await seen.put((delivery.attempt, delivery.delivery_count))
+        if delivery.attempt < 3:
+            again = Outgoing(app_id, WORK, delivery.body, attempt=delivery.attempt + 1)
+            await transport.publish([again])
+            await delivery.ack()
+        elif delivery.delivery_count == 1:
+            await delivery.requeue()
+        else:
+            await delivery.ack()
+
+    await transport.consume(app_id, WORK, republish_then_requeue, prefetch=1)
+    await transport.publish([work(app_id, b"later")])
+
+    got = [await asyncio.wait_for(seen.get(), WAIT) for _ in range(4)]
+    assert got == [(1, 1), (2, 1), (3, 1), (3, 2)]
+
+
 async def test_consumers_of_one_queue_share_its_messages(broker: Broker, app_id: str) -> None:
     replica_a, replica_b = await broker.open(), await broker.open()
     first, second = Recorder(hold=True), Recorder(hold=True)

@@ -89,3 +89,25 @@ async def test_task_for_an_unregistered_activity_waits_and_says_why() -> None:
         assert state.status is WorkflowStatus.RUNNING
         stats = await env.transport.queue_stats("runner")
         assert stats.dead_messages == 0
+
+
+async def test_task_for_an_unregistered_activity_stops_once_its_workflow_is_terminated() -> None:
+    """The runner asks the host at each attempt; once the workflow has ended the host says so
+    and the task is dropped instead of bouncing forever (the broker goes quiet)."""
+    options = WorkerOptions(unknown_name_max_backoff=0.2)
+    async with TestEnvironment([host, runner], time_skipping=False, options=options) as env:
+        handle = await env.client.start_workflow(needs_missing, None, app_id="host")
+        for _ in range(50):
+            state = await handle.describe()
+            if state.waiting_on and state.waiting_on[0].detail:
+                break
+            await asyncio.sleep(0.05)
+        version = state.version
+        await asyncio.sleep(1.0)  # several attempts, one unchanging note
+        assert (await handle.describe()).version == version
+
+        await handle.terminate(reason="never deployed")
+
+        await asyncio.wait_for(env.transport.wait_idle(), 3.0)
+        stats = await env.transport.queue_stats("runner")
+        assert (stats.work_messages, stats.dead_messages) == (0, 0)

@@ -97,3 +97,9 @@ async def double_then_sleep(ctx: WorkflowContext, seconds: float) -> list[object
     slept = await ctx.call_activity("sleep_for", seconds, app_id="fault-act")
     last = await ctx.call_activity("double", 50, app_id="fault-act")
     return [first, slept, last]
+
+
+@host.workflow
+async def needs_missing(ctx: WorkflowContext, _: object) -> object:
+    """Call an activity no fault-act deployment registers: the task waits for one."""
+    return await ctx.call_activity("not_deployed_anywhere", None, app_id="fault-act")

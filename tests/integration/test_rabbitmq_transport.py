@@ -29,7 +29,13 @@ from flowmesh._errors import (
 from flowmesh._masking import mask_secrets as _mask_url
 from flowmesh.transport import Delivery, Outgoing, QueueKind, queue_name
 from flowmesh.transport._rabbitmq_answers import ANSWERS_TYPE, unpack_answers
-from flowmesh.transport._rabbitmq_topology import INBOX_EXCHANGE
+from flowmesh.transport._rabbitmq_topology import (
+    APPS_EXCHANGE,
+    DELIVERY_LIMIT,
+    INBOX_EXCHANGE,
+    LEGACY_QUEUE_ARGUMENTS,
+    redelivery_policy,
+)
 from flowmesh.transport._rabbitmq_writes import TurnBufferedWriter
 from flowmesh.transport.rabbitmq import RabbitMQConfig, RabbitMQTransport
 
@@ -344,6 +350,94 @@ async def test_queue_declared_with_other_arguments_is_a_configuration_error(
         async with connection:
             for kind in QueueKind:
                 await channel.queue_delete(queue_name(other, kind))
+
+
+async def requeue_until_gone(
+    transport: RabbitMQTransport, app_id: str, body: bytes, *, limit: int
+) -> list[int]:
+    """Publish ``body`` and requeue every delivery of it; the delivery counts seen once the
+    broker stops delivering it (at the queue's delivery limit)."""
+    counts: list[int] = []
+    reached = asyncio.Event()
+
+    async def requeue(delivery: Delivery) -> None:
+        counts.append(delivery.delivery_count)
+        if len(counts) >= limit:
+            reached.set()
+        await delivery.requeue()
+
+    subscription = await transport.consume(app_id, WORK, requeue, prefetch=1)
+    await transport.publish([Outgoing(app_id, WORK, body)])
+    await asyncio.wait_for(reached.wait(), 3 * WAIT)
+    await asyncio.sleep(0.5)  # no delivery past the limit
+    await subscription.cancel()
+    return counts
+
+
+async def test_new_queues_dead_letter_a_message_after_the_delivery_limit(
+    open_transport: OpenTransport, app_id: str
+) -> None:
+    """Version-2 queues: after 20 redeliveries the broker moves the message to the app's dead
+    queue (RabbitMQ 4 would drop it without the declared target)."""
+    transport = await open_transport()
+
+    counts = await requeue_until_gone(transport, app_id, b"doomed", limit=DELIVERY_LIMIT + 1)
+
+    assert counts == list(range(1, DELIVERY_LIMIT + 2))
+    deadline = time.monotonic() + WAIT
+    while (await transport.queue_stats(app_id)).dead_messages != 1:
+        assert time.monotonic() < deadline, "the message did not reach the dead queue"
+        await asyncio.sleep(0.05)
+
+
+async def test_queues_of_an_older_flowmesh_keep_working_and_take_the_policy(
+    open_transport: OpenTransport, amqp_url: str, app_id: str
+) -> None:
+    """An existing deployment: queues declared with the version-1 arguments, a message
+    waiting. The new transport uses them as they are (a warning names the policy), and the
+    policy gives them the same delivery limit and dead-letter target."""
+    connection, channel = await raw_channel(amqp_url)
+    async with connection:
+        for kind in QueueKind:
+            queue = await channel.declare_queue(
+                queue_name(app_id, kind), durable=True, arguments=dict(LEGACY_QUEUE_ARGUMENTS)
+            )
+            await channel.declare_exchange(APPS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
+            await queue.bind(APPS_EXCHANGE, f"{app_id}.{kind.value}")
+        await channel.default_exchange.publish(
+            aio_pika.Message(b"waiting", delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+            routing_key=queue_name(app_id, WORK),
+        )
+    transport = await open_transport()
+    with structlog.testing.capture_logs() as logs:
+        await transport.declare_app(app_id)
+    warnings = [e for e in logs if e["event"] == "transport.queue_without_delivery_limit"]
+    assert {e["queue"] for e in warnings} == {
+        queue_name(app_id, kind) for kind in (WORK, QueueKind.REPLY, QueueKind.QUARANTINE)
+    }
+    assert "set_policy" in warnings[0]["policy"]
+    received: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def take(delivery: Delivery) -> None:
+        await received.put(delivery.body)
+        await delivery.ack()
+
+    subscription = await transport.consume(app_id, WORK, take, prefetch=1)
+    await transport.publish([Outgoing(app_id, WORK, b"new")])
+    assert [await asyncio.wait_for(received.get(), WAIT) for _ in range(2)] == [b"waiting", b"new"]
+    await subscription.cancel()
+
+    policy = redelivery_policy(app_id)
+    rabbitmqctl(*policy.rabbitmqctl("/"))
+    try:
+        counts = await requeue_until_gone(transport, app_id, b"doomed", limit=DELIVERY_LIMIT + 1)
+        assert counts == list(range(1, DELIVERY_LIMIT + 2))
+        deadline = time.monotonic() + WAIT
+        while (await transport.queue_stats(app_id)).dead_messages != 1:
+            assert time.monotonic() < deadline, "the policy did not dead-letter the message"
+            await asyncio.sleep(0.05)
+    finally:
+        rabbitmqctl("clear_policy", "-p", "/", policy.name)
 
 
 async def test_dead_letter_records_the_reason_and_origin_in_headers(

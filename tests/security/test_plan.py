@@ -72,11 +72,23 @@ def test_plan_from_flags_renders_rabbitmqctl_and_redis_lines() -> None:
         "rabbitmqctl set_topic_permissions -p prod fm-payments fm.apps "
         r"'^(orders\.reply|payments\.dead|payments\.quarantine|payments\.work)$' '^$'"
     ) in lines
+    # An activity-only app opens an inbox for the hosts' answers to its task notes.
+    inbox = r"fm\.inbox\.[0-9a-f]{32}"
     assert (
         "rabbitmqctl set_permissions -p prod fm-payments '^(fm\\.payments\\.dead|"
-        "fm\\.payments\\.quarantine|fm\\.payments\\.reply|fm\\.payments\\.work)$' "
-        "'^fm\\.apps$' '^(fm\\.payments\\.quarantine|fm\\.payments\\.work)$'"
+        "fm\\.payments\\.quarantine|fm\\.payments\\.reply|fm\\.payments\\.work|"
+        f"{inbox})$' '^(fm\\.apps|{inbox})$' "
+        f"'^(fm\\.inbox|fm\\.payments\\.quarantine|fm\\.payments\\.work|{inbox})$'"
     ) in lines
+    assert (
+        f"rabbitmqctl set_topic_permissions -p prod fm-payments fm.inbox '^$' '^{inbox}$'"
+    ) in lines
+    assert any(
+        line.startswith("rabbitmqctl set_policy -p prod --apply-to queues")
+        and "flowmesh-redelivery-payments" in line
+        and '"delivery-limit": 20' in line
+        for line in lines
+    )
     redis_lines = [line for line in lines if line.startswith("redis-cli ACL SETUSER")]
     assert [line.split()[3] for line in redis_lines] == ["fm-gpu", "fm-orders"]
     assert "'~wf:{orders}:*'" in redis_lines[1]
