@@ -72,6 +72,7 @@ from aiormq import spec
 
 from flowmesh._errors import (
     ConfigurationError,
+    FlowmeshError,
     PublishTimeoutError,
     TransportError,
     UnroutableError,
@@ -237,6 +238,9 @@ class RabbitMQTransport:
         self._predeclared: set[str] = set()
         """Apps whose queues this user may not declare: consumed with passive declarations."""
         self._declare_lock = asyncio.Lock()
+        self._refused_targets: set[tuple[str, QueueKind]] = set()
+        """Queues RabbitMQ refused this user lately: published alone, so that the channel
+        the refusal closes carries no sibling."""
         self._ids_in_flight: dict[str, asyncio.Future[None]] = {}
         self._message_id_prefix = f"{uuid.uuid4().hex[:16]}-"
         self._message_user_id = config.message_user_id or None  # parsed once, not per message
@@ -360,28 +364,98 @@ class RabbitMQTransport:
     async def publish(self, messages: Sequence[Outgoing]) -> None:
         """Publish persistently; returns once RabbitMQ confirmed every message.
 
-        All messages are in flight at once. If any fails, the first failure is raised after
-        all have settled (the others may have been delivered; callers retry the batch).
+        Sizes are checked first (nothing is sent if one is too large). If any message fails,
+        the first failure is raised after all have settled (the others may have been
+        delivered; callers retry and receivers deduplicate). :meth:`publish_each` says
+        which.
         """
-        link = self._require_link()
         for message in messages:
             self._check_size(message.body)
-        for app_id in {m.app_id for m in messages} - self._declared:
-            await self.declare_app(app_id)
-        if len(messages) == 1:  # the common case: no gather, no task per message
-            await self._publish_outgoing(link, messages[0])
-            return
-        results = await asyncio.gather(
-            *(self._publish_outgoing(link, m) for m in messages), return_exceptions=True
-        )
-        failures = [r for r in results if isinstance(r, BaseException)]
-        for failure in failures:
-            if not isinstance(failure, Exception):
-                raise failure  # cancellation and the like win over broker errors
+        failures = [outcome for outcome in await self.publish_each(messages) if outcome]
         if failures:
             if len(failures) > 1:
                 failures[0].add_note(f"{len(failures)} of {len(messages)} messages failed")
             raise failures[0]
+
+    async def publish_each(self, messages: Sequence[Outgoing]) -> list[FlowmeshError | None]:
+        """Publish persistently; one outcome per message (None: confirmed).
+
+        All messages are in flight at once, but a refusal (ACCESS_REFUSED: a target outside
+        this user's permissions) closes the channel and fails every publish in flight on it.
+        So publishes that failed with their channel are retried one by one, each getting its
+        own outcome, and targets refused recently go alone after the others from then on.
+        A message returned unroutable for an app whose queues this transport declared (a
+        queue deleted since) makes it declare them again and retry once.
+        """
+        link = self._require_link()
+        outcomes: list[FlowmeshError | None] = [None] * len(messages)
+        todo = []
+        for index, message in enumerate(messages):
+            try:
+                self._check_size(message.body)
+            except TransportError as exc:
+                outcomes[index] = exc
+            else:
+                todo.append(index)
+        for app_id in {messages[i].app_id for i in todo} - self._declared:
+            try:
+                await self.declare_app(app_id)
+            except FlowmeshError as exc:
+                for index in todo:
+                    if messages[index].app_id == app_id:
+                        outcomes[index] = exc
+        todo = [i for i in todo if outcomes[i] is None]
+        if len(todo) == 1:  # the common case: no gather, no task per message
+            outcomes[todo[0]] = await self._publish_one(link, messages[todo[0]])
+        else:
+            alone = [i for i in todo if _target(messages[i]) in self._refused_targets]
+            together = [i for i in todo if i not in alone]
+            results = await asyncio.gather(
+                *(self._publish_one(link, messages[i]) for i in together)
+            )
+            for index, result in zip(together, results, strict=True):
+                outcomes[index] = result
+            if len(together) > 1:
+                alone = [i for i in together if _failed_with_channel(outcomes[i])] + alone
+            for index in alone:
+                outcomes[index] = await self._publish_one(link, messages[index])
+        await self._redeclare_deleted(link, messages, outcomes)
+        return outcomes
+
+    async def _publish_one(self, link: _Link, outgoing: Outgoing) -> FlowmeshError | None:
+        """Publish one message; its error instead of raising it."""
+        try:
+            await self._publish_outgoing(link, outgoing)
+        except FlowmeshError as exc:
+            if isinstance(exc.__cause__, aiormq.exceptions.ChannelAccessRefused):
+                self._refused_targets.add(_target(outgoing))
+            return exc
+        self._refused_targets.discard(_target(outgoing))
+        return None
+
+    async def _redeclare_deleted(
+        self, link: _Link, messages: Sequence[Outgoing], outcomes: list[FlowmeshError | None]
+    ) -> None:
+        """Declare again the queues of apps whose messages came back unroutable although this
+        transport declared them (deleted since), and retry those messages once. Apps whose
+        queues this user may not declare are left to the security plan."""
+        returned = [
+            i
+            for i, outcome in enumerate(outcomes)
+            if isinstance(outcome, UnroutableError)
+            and messages[i].app_id in self._declared
+            and messages[i].app_id not in self._predeclared
+        ]
+        for app_id in {messages[i].app_id for i in returned}:
+            log.warning("transport.queue_redeclared", app_id=app_id, reason="unroutable")
+            self._declared.discard(app_id)
+            try:
+                await self.declare_app(app_id)
+            except FlowmeshError:
+                continue  # the message keeps its own failure
+        for index in returned:
+            if messages[index].app_id in self._declared:
+                outcomes[index] = await self._publish_one(link, messages[index])
 
     async def send_reply(
         self, address: str, correlation_id: str, body: bytes, *, answer_by: float = 0.0
@@ -794,6 +868,19 @@ async def _open_channel(channel: AbstractRobustChannel) -> aiormq.Channel:
         await asyncio.sleep(0.05)
         await channel.ready()
     return cast("aiormq.Channel", await channel.get_underlay_channel())
+
+
+def _target(outgoing: Outgoing) -> tuple[str, QueueKind]:
+    return outgoing.app_id, outgoing.kind
+
+
+def _failed_with_channel(outcome: FlowmeshError | None) -> bool:
+    """True for a publish failed by its channel closing (a refusal of any message in flight
+    on it), rather than by something of its own."""
+    cause = outcome.__cause__ if outcome is not None else None
+    return isinstance(
+        cause, aiormq.exceptions.ChannelClosed | aiormq.exceptions.ChannelInvalidStateError
+    )
 
 
 def _truncate(reason: str) -> str:
