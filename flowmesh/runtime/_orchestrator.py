@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -725,6 +726,9 @@ class Orchestrator:
                 state = await self._store.load_state(message.instance_id)
             if state is None:
                 state = await self._waiting_start_state(message.instance_id)
+            else:
+                problem = await self._store.publish_problem(message.instance_id)
+                state = dataclasses.replace(state, publish_problem=problem) if problem else state
             if delivery.reply_to:
                 reply = StateReply(message.instance_id, state)
                 await self._transport.send_reply(
