@@ -147,8 +147,13 @@ async def test_one_permanently_refused_instance_does_not_starve_500_healthy_ones
     await client.start_workflow("one_call", "pf-nowhere", app_id=HOST, instance_id="blocked")
     await _describe_until(client, "blocked", lambda s: s is not None, timeout=10)
     ledger = Ledger(HOST, workers)
-    for i in range(500):
-        await ledger.start(client, "one_call", "pf-slow", 42, instance_id=f"healthy-{i}")
+    for chunk in range(0, 500, 50):
+        await asyncio.gather(
+            *(
+                ledger.start(client, "one_call", "pf-slow", 42, instance_id=f"healthy-{i}")
+                for i in range(chunk, chunk + 50)
+            )
+        )
 
     await admin.declare_app("pf-slow")
     workers.wait_ready(workers.start("pf-slow", module=APPS))
