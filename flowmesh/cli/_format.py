@@ -48,9 +48,14 @@ def state_text(state: WorkflowState) -> str:
         lines.append(f"failure:       {state.failure.error_type}: {state.failure.message}")
     if state.stall_reason:
         lines.append(f"stalled:       {state.stall_reason}")
+    if state.publish_problem:
+        lines.append(f"publishing:    {state.publish_problem}")
     if state.waiting_on:
         lines.append("waiting on:")
         lines += [f"  - {task.describe()}" for task in state.waiting_on]
+    if state.refusals:
+        lines.append("refused:")
+        lines += [f"  - {reason}" for reason in state.refusals]
     return "\n".join(lines)
 
 

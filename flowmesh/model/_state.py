@@ -62,6 +62,11 @@ class WorkflowState:
     """The latest messages refused for this instance and why (most recent last, bounded),
     e.g. a result for a task that was never dispatched. Each also went to the dead-letter
     queue."""
+    publish_problem: str = ""
+    """Why some messages the instance sent are not published yet, e.g. "cannot publish to
+    app 'billing': ... ACCESS_REFUSED ...; retrying in 40s (attempt 4)" ('' when none). Not
+    stored with the state: ``describe()`` adds the latest note a replica made (it expires
+    once the messages went out)."""
 
     def __post_init__(self) -> None:
         check_time(self, "created_at", self.created_at)

@@ -47,6 +47,9 @@ class WorkerOptions:
     """How long a claimed timer is hidden from other replicas before it can fire again."""
     outbox_sweep_interval: float = 5.0
     """How often committed-but-unpublished messages are looked for (after a crash)."""
+    outbox_max_backoff: float = 300.0
+    """Longest wait between retries of an outbox message that failed to publish (a target
+    the broker refuses or cannot route); the wait doubles from ``outbox_sweep_interval``."""
     unknown_name_max_backoff: float = 30.0
     """Longest wait before retrying a task whose activity/workflow is not registered here
     (the wait doubles per attempt from 1 s; attempts are counted in the message)."""

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import random
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -77,7 +79,7 @@ from flowmesh.runtime._translate import (
     open_timer_seqs,
 )
 from flowmesh.security._senders import SenderPolicy
-from flowmesh.store import HeldMessage, Waiter, WorkflowStore
+from flowmesh.store import Commit, HeldMessage, Waiter, WorkflowStore
 from flowmesh.transport import Delivery, Outgoing, QueueKind, Transport
 
 HISTORY_LIMIT_ERROR = "flowmesh.HistoryLimitExceeded"
@@ -210,41 +212,8 @@ class Orchestrator:
     async def _run_batch(self, instance_id: str, batch: list[_Inbound]) -> None:
         try:
             await self._advance(instance_id, batch)
-        except _NotHere as not_here:
-            # This replica lacks the instance's workflow (an older deployment during a
-            # rolling update): leave every message of the instance to a replica that has it.
-            self._cache.pop(instance_id, None)
-            await asyncio.gather(
-                *(self._retry_later(i.delivery, i.message, str(not_here)) for i in batch),
-                return_exceptions=True,
-            )
-        except (StoreError, TransportError, OSError) as exc:
-            # Store or broker trouble: nothing was acked. Retried later by republishing with
-            # a growing delay (never a requeue loop, which the broker's delivery limit ends).
-            self._cache.pop(instance_id, None)
-            await self._retry_transient(instance_id, batch, exc)
         except Exception as exc:
-            # A delivery that keeps failing its step (e.g. a state grown past the size
-            # limit) would loop forever, so after max_deliveries it goes to the dead-letter
-            # queue.
-            self._cache.pop(instance_id, None)
-            self._log.warning(
-                "step failed; deliveries requeued", instance_id=instance_id, error=str(exc)
-            )
-            limit = self._options.max_deliveries
-            await asyncio.gather(
-                *(
-                    self._transport.dead_letter(
-                        item.delivery,
-                        self._app.app_id,
-                        f"step of {instance_id} failed {item.delivery.delivery_count} times: {exc}",
-                    )
-                    if item.delivery.delivery_count >= limit
-                    else item.delivery.requeue()
-                    for item in batch
-                ),
-                return_exceptions=True,
-            )
+            await self._step_failed(instance_id, batch, exc)
         for item in batch:
             if not item.done.done():
                 item.done.set_result(None)
@@ -274,13 +243,97 @@ class Orchestrator:
             return_exceptions=True,
         )
 
+    async def _step_failed(self, instance_id: str, batch: list[_Inbound], exc: Exception) -> None:
+        """Settle the deliveries of a step that failed with ``exc`` (nothing was acked)."""
+        self._cache.pop(instance_id, None)
+        if isinstance(exc, _NotHere):
+            # This replica lacks the instance's workflow (an older deployment during a
+            # rolling update): leave every message of the instance to a replica that has it.
+            await asyncio.gather(
+                *(self._retry_later(i.delivery, i.message, str(exc)) for i in batch),
+                return_exceptions=True,
+            )
+            return
+        if not isinstance(exc, StoreError | TransportError | OSError):
+            # The step itself fails (a state grown past the size limit, ...): one message
+            # may be to blame, and it must not take its siblings down with it.
+            await self._isolate(instance_id, batch, exc)
+            return
+        # Store or broker trouble, or other replicas that kept committing first
+        # (VersionConflictError is a StoreError): not the messages' fault, so they never
+        # count as poison. Retried later by republishing with a growing delay (never a
+        # requeue loop, which the broker's delivery limit would end).
+        await self._retry_transient(instance_id, batch, exc)
+
+    async def _isolate(self, instance_id: str, batch: list[_Inbound], exc: Exception) -> None:
+        """Bisect a batch whose step failed for a reason of its own: each half is stepped
+        alone (and acked if it commits), so in the end only a message whose step fails by
+        itself is requeued, and past ``max_deliveries`` dead-lettered with the reason."""
+        if len(batch) == 1:
+            await self._poisoned(instance_id, batch[0], exc)
+            return
+        self._log.warning(
+            "step failed; stepping its messages apart",
+            instance_id=instance_id,
+            messages=len(batch),
+            error=str(exc),
+        )
+        middle = len(batch) // 2
+        for part in (batch[:middle], batch[middle:]):
+            try:
+                await self._advance(instance_id, part)
+            except Exception as part_exc:
+                await self._step_failed(instance_id, part, part_exc)
+
+    async def _poisoned(self, instance_id: str, item: _Inbound, exc: Exception) -> None:
+        """One message whose step fails by itself: requeued (the failure may pass) until it
+        was delivered ``max_deliveries`` times, then dead-lettered and recorded in the
+        instance's refusals."""
+        count = item.delivery.delivery_count
+        kind = type(item.message).__name__
+        if count < self._options.max_deliveries:
+            self._log.warning(
+                "step of one message failed; requeued", kind=kind, deliveries=count, error=str(exc)
+            )
+            await item.delivery.requeue()
+            return
+        reason = f"{kind} failed the step of {instance_id} {count} times by itself: {exc}"
+        self._log.error("message refused", instance_id=instance_id, reason=reason)
+        await self._transport.dead_letter(item.delivery, self._app.app_id, reason)
+        await self._record_refusal(instance_id, reason)
+
+    async def _record_refusal(self, instance_id: str, reason: str) -> None:
+        """Add ``reason`` to the instance's ``refusals`` (``describe()``) in a state-only
+        commit; best effort, the dead-lettered copy carries the reason too."""
+        for _ in range(self._options.conflict_retries):
+            try:
+                state = await self._store.load_state(instance_id)
+                if state is None:
+                    return
+                refusals = (*state.refusals, reason)[-REFUSALS_KEPT:]
+                new = dataclasses.replace(state, version=state.version + 1, refusals=refusals)
+                await self._store.commit(
+                    Commit(instance_id, state.version, new, expected_run_id=state.run_id)
+                )
+            except VersionConflictError:
+                continue
+            except FlowmeshError as exc:
+                self._log.warning("recording a refusal failed", error=str(exc))
+                return
+            self._cache.pop(instance_id, None)  # its version is behind now
+            return
+
     # -- one step --------------------------------------------------------------------------------
 
     async def _advance(self, instance_id: str, batch: list[_Inbound]) -> None:
         use_cache = True
         base_version = 0
         refusals: list[tuple[Delivery, str]] = []
-        for _ in range(self._options.conflict_retries):
+        for conflicts in range(self._options.conflict_retries):
+            if conflicts > 1:
+                # Replicas stepping one instance at once take turns: a random pause, growing
+                # with each loss, lets the one that loaded last get its commit in.
+                await asyncio.sleep(random.uniform(0, min(0.001 * 2**conflicts, 0.1)))
             try:
                 settled = await self._try_step(
                     instance_id,
@@ -311,8 +364,11 @@ class Orchestrator:
                 ),
             )
             return
-        raise FlowmeshError(
-            f"gave up on {instance_id} after {self._options.conflict_retries} conflicts"
+        # A StoreError: the deliveries are retried later and never count as poison.
+        raise VersionConflictError(
+            f"gave up on {instance_id} for now after {self._options.conflict_retries} "
+            "conflicts with other replicas",
+            stored_version=base_version,
         )
 
     async def _try_step(
@@ -791,6 +847,9 @@ class Orchestrator:
                 state = await self._store.load_state(message.instance_id)
             if state is None:
                 state = await self._waiting_start_state(message.instance_id)
+            else:
+                problem = await self._store.publish_problem(message.instance_id)
+                state = dataclasses.replace(state, publish_problem=problem) if problem else state
             if delivery.reply_to:
                 reply = StateReply(message.instance_id, state)
                 await self._transport.send_reply(

@@ -166,6 +166,7 @@ class Worker:
                 self._clock,
                 interval=self._options.outbox_sweep_interval,
                 log=self._log,
+                max_backoff=self._options.outbox_max_backoff,
             )
             self._subscriptions.append(
                 await self._transport.consume(

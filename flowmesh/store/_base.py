@@ -129,8 +129,10 @@ class WorkflowStore(Protocol):
         :meth:`add_waiter` if ``commit.take_waiters`` is set, else none (an empty list).
         """
 
-    async def list_outbox(self, limit: int = 100) -> list[OutboxEntry]:
-        """Outbox entries of all instances, oldest commit first."""
+    async def list_outbox(self, limit: int = 100, *, skip: int = 0) -> list[OutboxEntry]:
+        """Outbox entries of all instances, oldest commit first: those of the instances from
+        the ``skip``-th on (so a sweeper can move on past instances it cannot publish for),
+        at most ``limit``."""
 
     async def remove_outbox(self, instance_id: str, entry_ids: Sequence[str]) -> None:
         """Forget outbox entries that were published (idempotent)."""
@@ -196,6 +198,14 @@ class WorkflowStore(Protocol):
 
     async def waiting_start(self, instance_id: str) -> tuple[str, str] | None:
         """``(name, note)`` of a start of ``instance_id`` that waits, if noted recently."""
+
+    async def note_publish_problems(self, notes: Sequence[tuple[str, str]], ttl: timedelta) -> None:
+        """For each ``(instance_id, note)``, remember for ``ttl`` why some of the instance's
+        outbox messages are not published yet (an empty note forgets it), for
+        ``describe()``. One round trip for all of them."""
+
+    async def publish_problem(self, instance_id: str) -> str:
+        """The last publish problem noted for ``instance_id`` ('' if none or expired)."""
 
     async def list_instances(
         self, status: WorkflowStatus | None = None, limit: int = 100

@@ -107,6 +107,10 @@ class RedisKeys:
         """String ``<workflow name>\n<note>``: why a start of the instance waits (expires)."""
         return f"{self.base}n:{instance_id}"
 
+    def publish_problem(self, instance_id: str) -> str:
+        """String: why some outbox messages of the instance are not published yet (expires)."""
+        return f"{self.base}pp:{instance_id}"
+
     def status_index(self, status: WorkflowStatus) -> str:
         """Zset of the instances currently in ``status``."""
         return f"{self.index}:{status.value}"

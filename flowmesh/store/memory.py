@@ -18,6 +18,7 @@ The small helpers at the top (millisecond conversion and commit validation) are 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -125,6 +126,8 @@ class MemoryStore:
         # Starts waiting for a replica that registers their workflow: id -> (name, note).
         # Kept until the instance is created (the TTL only matters for a long-lived Redis).
         self._waiting_starts: dict[str, tuple[str, str]] = {}
+        self._publish_problems: dict[str, tuple[str, float]] = {}
+        """instance -> (note, monotonic expiry)."""
 
     def __repr__(self) -> str:
         return f"MemoryStore(app_id={self.app_id!r}, instances={len(self._instances)})"
@@ -206,12 +209,14 @@ class MemoryStore:
         waiters, found.waiters = sorted(found.waiters), set()
         return waiters
 
-    async def list_outbox(self, limit: int = 100) -> list[OutboxEntry]:
-        """Pending outbox entries: instances by oldest pending commit, each in commit order."""
+    async def list_outbox(self, limit: int = 100, *, skip: int = 0) -> list[OutboxEntry]:
+        """Pending outbox entries: instances by oldest pending commit (from the ``skip``-th
+        on), each in commit order."""
         entries: list[OutboxEntry] = []
         if limit <= 0:
             return entries
-        for instance_id in sorted(self._outbox_index, key=self._outbox_index.__getitem__):
+        ordered = sorted(self._outbox_index, key=self._outbox_index.__getitem__)
+        for instance_id in ordered[max(skip, 0) :]:
             if len(entries) >= limit:
                 break
             pending = self._instances[instance_id].outbox
@@ -336,6 +341,21 @@ class MemoryStore:
     async def waiting_start(self, instance_id: str) -> tuple[str, str] | None:
         """``(name, note)`` of a waiting start of ``instance_id``, if any."""
         return self._waiting_starts.get(instance_id)
+
+    async def note_publish_problems(self, notes: Sequence[tuple[str, str]], ttl: timedelta) -> None:
+        """Remember (or, with an empty note, forget) why outbox messages wait; expires after
+        ``ttl`` of wall-clock time, like the Redis store's key."""
+        expires = time.monotonic() + ttl.total_seconds()
+        for instance_id, note in notes:
+            if note:
+                self._publish_problems[instance_id] = (note, expires)
+            else:
+                self._publish_problems.pop(instance_id, None)
+
+    async def publish_problem(self, instance_id: str) -> str:
+        """The last publish problem noted for ``instance_id`` ('' if none or expired)."""
+        note, expires = self._publish_problems.get(instance_id, ("", 0.0))
+        return note if expires > time.monotonic() else ""
 
     async def list_instances(
         self, status: WorkflowStatus | None = None, limit: int = 100

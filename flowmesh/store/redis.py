@@ -474,14 +474,16 @@ class RedisStore:
             )
         return _parse_waiters(reply[1:])
 
-    async def list_outbox(self, limit: int = 100) -> list[OutboxEntry]:
-        """Pending outbox entries: instances by oldest pending commit, each in commit order."""
+    async def list_outbox(self, limit: int = 100, *, skip: int = 0) -> list[OutboxEntry]:
+        """Pending outbox entries: instances by oldest pending commit (from the ``skip``-th
+        on), each in commit order."""
         if limit <= 0:
             return []
+        skip = max(skip, 0)
         pipe: Pipeline
         with self._translating("list outbox"):
             # Every indexed instance has at least one entry, so `limit` instances suffice.
-            raw_ids = await self._redis.zrange(self._keys.outbox_index, 0, limit - 1)
+            raw_ids = await self._redis.zrange(self._keys.outbox_index, skip, skip + limit - 1)
             instance_ids = [raw.decode() for raw in raw_ids]
             async with self._redis.pipeline(transaction=False) as pipe:
                 for instance_id in instance_ids:
@@ -651,6 +653,31 @@ class RedisStore:
             return None
         name, _, note = raw.decode().partition("\n")
         return name, note
+
+    async def note_publish_problems(self, notes: Sequence[tuple[str, str]], ttl: timedelta) -> None:
+        """Remember (``SET`` with an expiry) or forget (``DEL``) why outbox messages wait,
+        in one pipeline."""
+        if not notes:
+            return
+        seconds = max(1, int(ttl.total_seconds()))
+        pipe: Pipeline
+        with self._translating(f"note publish problems of {len(notes)} instances"):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for instance_id, note in notes:
+                    key = self._keys.publish_problem(instance_id)
+                    if note:
+                        pipe.set(key, note, ex=seconds)
+                    else:
+                        pipe.delete(key)
+                await pipe.execute()
+
+    async def publish_problem(self, instance_id: str) -> str:
+        """The last publish problem noted for ``instance_id`` ('' if none or expired)."""
+        with self._translating(f"read the publish problem of {instance_id!r}"):
+            raw = await cast(
+                "Awaitable[bytes | None]", self._redis.get(self._keys.publish_problem(instance_id))
+            )
+        return "" if raw is None else raw.decode(errors="replace")
 
     async def list_instances(
         self, status: WorkflowStatus | None = None, limit: int = 100

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
+from flowmesh._errors import FlowmeshError
+
 
 class QueueKind(StrEnum):
     """The queues every app ID owns."""
@@ -179,6 +181,16 @@ class Transport(Protocol):
         its queue. Raises :class:`~flowmesh.PublishTimeoutError` or
         :class:`~flowmesh.UnroutableError`; a message may then have been delivered or not,
         so callers retry and receivers deduplicate.
+        """
+
+    async def publish_each(self, messages: Sequence[Outgoing]) -> list[FlowmeshError | None]:
+        """Publish like :meth:`publish`, but give every message its own outcome.
+
+        Returns one entry per message, in order: None once the broker confirmed it, else why
+        it failed (too large, a target the broker refuses or cannot route, no confirm in
+        time). One failing message never fails its siblings, so a caller can forget what
+        was confirmed and retry only the rest. Raises only for cancellation or a transport
+        that is not connected.
         """
 
     async def send_reply(

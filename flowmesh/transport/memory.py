@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from flowmesh._errors import TransportError
+from flowmesh._errors import FlowmeshError, TransportError
 from flowmesh.transport._base import (
     Delivery,
     Handler,
@@ -110,11 +110,21 @@ class MemoryBroker:
         self._inboxes: dict[str, _MemoryInbox] = {}
         self._subscriptions: set[_MemorySubscription] = set()
         self._idle_waiters: list[asyncio.Future[None]] = []
+        self._refused: dict[str, str] = {}
 
     def dead_letters(self, app_id: str) -> list[tuple[bytes, str]]:
         """``(body, reason)`` of each message waiting in ``app_id``'s dead queue, oldest first."""
         queue = self._queues.get(queue_name(app_id, QueueKind.DEAD))
         return [] if queue is None else [(m.body, m.reason) for m in queue.ready]
+
+    def refuse(self, app_id: str, reason: str | None = "access refused") -> None:
+        """Refuse messages for ``app_id`` from now on with ``reason`` (None: accept them
+        again), as RabbitMQ refuses a target outside a user's permissions: for testing how
+        publishers cope with a target that fails while its siblings do not."""
+        if reason is None:
+            self._refused.pop(app_id, None)
+        else:
+            self._refused[app_id] = reason
 
     def is_idle(self) -> bool:
         """True when no handler runs, no delivery is unsettled and no consumer has work waiting.
@@ -139,6 +149,13 @@ class MemoryBroker:
     def _queue(self, app_id: str, kind: QueueKind) -> _Queue:
         self._declare(app_id)
         return self._queues[queue_name(app_id, kind)]
+
+    def _check_refused(self, app_id: str, user_id: str) -> None:
+        reason = self._refused.get(app_id)
+        if reason is not None:
+            raise TransportError(
+                f"user {user_id or '?'!r} may not publish to app {app_id!r}: {reason}"
+            )
 
     def _declare(self, app_id: str) -> None:
         for kind in QueueKind:
@@ -397,9 +414,26 @@ class MemoryTransport:
         self._check_open()
         for message in messages:
             self._check_size(message.body)
+        outcomes = await self.publish_each(messages)
+        failures = [outcome for outcome in outcomes if outcome is not None]
+        if failures:
+            raise failures[0]
+
+    async def publish_each(self, messages: Sequence[Outgoing]) -> list[FlowmeshError | None]:
+        """Enqueue every message that fits and whose app the broker does not refuse
+        (:meth:`MemoryBroker.refuse`); the others get their error, the rest are delivered."""
+        self._check_open()
+        outcomes: list[FlowmeshError | None] = []
         touched: dict[int, _Queue] = {}
         now = time.time()
         for message in messages:
+            try:
+                self._check_size(message.body)
+                self.broker._check_refused(message.app_id, self._user_id)
+            except TransportError as exc:
+                outcomes.append(exc)
+                continue
+            outcomes.append(None)
             queue = self.broker._queue(message.app_id, message.kind)
             queue.ready.append(
                 _Message(
@@ -415,6 +449,7 @@ class MemoryTransport:
             touched[id(queue)] = queue
         for queue in touched.values():
             queue.dispatch()
+        return outcomes
 
     async def send_reply(
         self, address: str, correlation_id: str, body: bytes, *, answer_by: float = 0.0

@@ -72,6 +72,7 @@ from aiormq import spec
 
 from flowmesh._errors import (
     ConfigurationError,
+    FlowmeshError,
     PublishTimeoutError,
     TransportError,
     UnroutableError,
@@ -135,6 +136,9 @@ _FAILURES: tuple[type[Exception], ...] = (TimeoutError, *BROKER_ERRORS)
 
 _MAX_REASON_CHARS = 1000
 """Dead-letter reasons travel in a header; keep it well below the frame size."""
+
+_REFUSAL_REMEMBERED = 1.0
+"""Seconds a refused target fails without being sent (each probe closes a channel)."""
 
 _RABBITMQ_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
 """The broker's ``max_message_size`` flowmesh asks for (deploy/rabbitmq/flowmesh.conf): the
@@ -224,6 +228,9 @@ class _Link:
     """Publisher confirms on, returned messages raise."""
     replies: AbstractRobustChannel
     """No confirms: answers to inboxes are best effort."""
+    probe: AbstractRobustChannel
+    """Like ``confirms``, for the first message to a target not proven yet: a refusal
+    (ACCESS_REFUSED) closes the channel it came on, failing every publish in flight there."""
 
 
 class RabbitMQTransport:
@@ -243,6 +250,13 @@ class RabbitMQTransport:
         self._predeclared: set[str] = set()
         """Apps whose queues this user may not declare: consumed with passive declarations."""
         self._declare_lock = asyncio.Lock()
+        self._proven: set[tuple[str, QueueKind]] = set()
+        """Targets this user published to with success: they share the confirming channel.
+        Others are probed first, one message at a time on a channel of their own."""
+        self._refused: dict[tuple[str, QueueKind], tuple[float, FlowmeshError]] = {}
+        """Targets whose probe RabbitMQ refused, when, and how."""
+        self._probe_lock = asyncio.Lock()
+        self._probing: dict[tuple[str, QueueKind], asyncio.Future[None]] = {}
         self._ids_in_flight: dict[str, asyncio.Future[None]] = {}
         self._message_id_prefix = f"{uuid.uuid4().hex[:16]}-"
         self._message_user_id = config.message_user_id or None  # parsed once, not per message
@@ -288,7 +302,8 @@ class RabbitMQTransport:
             async with asyncio.timeout(self._config.operation_timeout):
                 confirms = await publish.channel(publisher_confirms=True, on_return_raises=True)
                 replies = await publish.channel(publisher_confirms=False)
-            link = _Link(publish, consume, confirms, replies)
+                probe = await publish.channel(publisher_confirms=True, on_return_raises=True)
+            link = _Link(publish, consume, confirms, replies, probe)
             await self._declare_exchanges(link)
         except ConfigurationError:
             for connection in connections:
@@ -391,28 +406,145 @@ class RabbitMQTransport:
     async def publish(self, messages: Sequence[Outgoing]) -> None:
         """Publish persistently; returns once RabbitMQ confirmed every message.
 
-        All messages are in flight at once. If any fails, the first failure is raised after
-        all have settled (the others may have been delivered; callers retry the batch).
+        Sizes are checked first (nothing is sent if one is too large). If any message fails,
+        the first failure is raised after all have settled (the others may have been
+        delivered; callers retry and receivers deduplicate). :meth:`publish_each` says
+        which.
         """
-        link = self._require_link()
         for message in messages:
             self._check_size(message.body)
-        for app_id in {m.app_id for m in messages} - self._declared:
-            await self.declare_app(app_id)
-        if len(messages) == 1:  # the common case: no gather, no task per message
-            await self._publish_outgoing(link, messages[0])
-            return
-        results = await asyncio.gather(
-            *(self._publish_outgoing(link, m) for m in messages), return_exceptions=True
-        )
-        failures = [r for r in results if isinstance(r, BaseException)]
-        for failure in failures:
-            if not isinstance(failure, Exception):
-                raise failure  # cancellation and the like win over broker errors
+        failures = [outcome for outcome in await self.publish_each(messages) if outcome]
         if failures:
             if len(failures) > 1:
                 failures[0].add_note(f"{len(failures)} of {len(messages)} messages failed")
             raise failures[0]
+
+    async def publish_each(self, messages: Sequence[Outgoing]) -> list[FlowmeshError | None]:
+        """Publish persistently; one outcome per message (None: confirmed).
+
+        A refusal (ACCESS_REFUSED: a target outside this user's permissions) closes the
+        channel it came on and fails every publish in flight there, delivered or not. So the
+        first message to a target this transport has not published to yet goes alone on a
+        probe channel; once confirmed, the target's messages share the confirming channel,
+        all in flight at once. A target refused less than a second ago fails again without
+        being sent. If a proven target is refused later (permissions revoked), the
+        publishes its refusal took down are probed again, each target on its own. A message
+        returned unroutable for an app whose queues this transport declared (a queue
+        deleted since) makes it declare them again and retry once.
+        """
+        link = self._require_link()
+        outcomes: list[FlowmeshError | None] = [None] * len(messages)
+        todo = []
+        for index, message in enumerate(messages):
+            try:
+                self._check_size(message.body)
+            except TransportError as exc:
+                outcomes[index] = exc
+            else:
+                todo.append(index)
+        for app_id in {messages[i].app_id for i in todo} - self._declared:
+            try:
+                await self.declare_app(app_id)
+            except FlowmeshError as exc:
+                for index in todo:
+                    if messages[index].app_id == app_id:
+                        outcomes[index] = exc
+        todo = [i for i in todo if outcomes[i] is None]
+        if any(_target(messages[i]) not in self._proven for i in todo):
+            todo = await self._probe(link, messages, todo, outcomes)
+        if len(todo) == 1:  # the common case: no gather, no task per message
+            outcomes[todo[0]] = await self._publish_one(link, messages[todo[0]])
+        elif todo:
+            results = await asyncio.gather(*(self._publish_one(link, messages[i]) for i in todo))
+            for index, result in zip(todo, results, strict=True):
+                outcomes[index] = result
+            taken_down = [i for i in todo if _failed_with_channel(outcomes[i])]
+            if taken_down:
+                self._proven.difference_update(_target(messages[i]) for i in taken_down)
+                again = await self._probe(link, messages, taken_down, outcomes)
+                for index in again:
+                    outcomes[index] = await self._publish_one(link, messages[index])
+        await self._redeclare_deleted(link, messages, outcomes)
+        return outcomes
+
+    async def _probe(
+        self,
+        link: _Link,
+        messages: Sequence[Outgoing],
+        todo: list[int],
+        outcomes: list[FlowmeshError | None],
+    ) -> list[int]:
+        """Publish the first message of each unproven target alone on the probe channel;
+        returns the messages left to publish on the confirming channel (those of proven
+        targets). A refused target's other messages get its refusal without being sent."""
+        by_target: dict[tuple[str, QueueKind], list[int]] = {}
+        for index in todo:
+            by_target.setdefault(_target(messages[index]), []).append(index)
+        left = []
+        for target, indexes in by_target.items():
+            while (probing := self._probing.get(target)) is not None:
+                await asyncio.shield(probing)  # all waiters wake in one turn, publish together
+            if target in self._proven:
+                left += indexes
+                continue
+            refused = self._refused.get(target)
+            if refused is not None and time.monotonic() - refused[0] < _REFUSAL_REMEMBERED:
+                for index in indexes:
+                    outcomes[index] = _not_sent(refused[1])
+                continue
+            self._probing[target] = done = asyncio.get_running_loop().create_future()
+            try:
+                async with self._probe_lock:  # one probe in flight: a refusal takes no sibling
+                    outcome = await self._publish_one(link, messages[indexes[0]], link.probe)
+            finally:
+                del self._probing[target]
+                done.set_result(None)
+            outcomes[indexes[0]] = outcome
+            if outcome is None:
+                self._proven.add(target)
+                self._refused.pop(target, None)
+                left += indexes[1:]
+            elif isinstance(outcome.__cause__, aiormq.exceptions.ChannelAccessRefused):
+                self._refused[target] = (time.monotonic(), outcome)
+                for index in indexes[1:]:
+                    outcomes[index] = _not_sent(outcome)
+            else:
+                left += indexes[1:]  # not refused (unroutable, no confirm): each tries itself
+        return left
+
+    async def _publish_one(
+        self, link: _Link, outgoing: Outgoing, channel: AbstractRobustChannel | None = None
+    ) -> FlowmeshError | None:
+        """Publish one message; its error instead of raising it."""
+        try:
+            await self._publish_outgoing(outgoing, channel or link.confirms)
+        except FlowmeshError as exc:
+            return exc
+        return None
+
+    async def _redeclare_deleted(
+        self, link: _Link, messages: Sequence[Outgoing], outcomes: list[FlowmeshError | None]
+    ) -> None:
+        """Declare again the queues of apps whose messages came back unroutable although this
+        transport declared them (deleted since), and retry those messages once. Apps whose
+        queues this user may not declare are left to the security plan."""
+        returned = [
+            i
+            for i, outcome in enumerate(outcomes)
+            if isinstance(outcome, UnroutableError)
+            and messages[i].app_id in self._declared
+            and messages[i].app_id not in self._predeclared
+        ]
+        for app_id in {messages[i].app_id for i in returned}:
+            log.warning("transport.queue_redeclared", app_id=app_id, reason="unroutable")
+            self._declared.discard(app_id)
+            try:
+                await self.declare_app(app_id)
+            except FlowmeshError:
+                continue  # the message keeps its own failure
+        for index in returned:
+            if messages[index].app_id in self._declared:
+                outcomes[index] = await self._publish_one(link, messages[index])
 
     async def send_reply(
         self, address: str, correlation_id: str, body: bytes, *, answer_by: float = 0.0
@@ -561,7 +693,9 @@ class RabbitMQTransport:
             reply_to=delivery.reply_to or None,
             user_id=self._user_id,
         )
-        await self._publish_confirmed(link, app_id, QueueKind.DEAD, delivery.body, properties)
+        await self._publish_confirmed(
+            link.confirms, app_id, QueueKind.DEAD, delivery.body, properties
+        )
         await delivery.ack()
 
     async def open_inbox(self) -> Inbox:
@@ -683,7 +817,7 @@ class RabbitMQTransport:
         if limit is not None and len(body) > limit:
             raise TransportError(f"message of {len(body)} bytes exceeds the maximum of {limit}")
 
-    async def _publish_outgoing(self, link: _Link, outgoing: Outgoing) -> None:
+    async def _publish_outgoing(self, outgoing: Outgoing, channel: AbstractRobustChannel) -> None:
         headers: HeadersType | None = None
         if outgoing.answer_within is not None:
             # Integer milliseconds: every AMQP client reads a long; not every one a double.
@@ -702,7 +836,7 @@ class RabbitMQTransport:
             user_id=self._user_id,
         )
         await self._publish_confirmed(
-            link, outgoing.app_id, outgoing.kind, outgoing.body, properties
+            channel, outgoing.app_id, outgoing.kind, outgoing.body, properties
         )
 
     def _new_message_id(self) -> str:
@@ -713,7 +847,7 @@ class RabbitMQTransport:
 
     async def _publish_confirmed(
         self,
-        link: _Link,
+        confirms: AbstractRobustChannel,
         app_id: str,
         kind: QueueKind,
         body: bytes,
@@ -735,7 +869,7 @@ class RabbitMQTransport:
         self._ids_in_flight[message_id] = done
         try:
             async with asyncio.timeout(timeout):
-                channel = await _open_channel(link.confirms)
+                channel = await _open_channel(confirms)
                 await channel.basic_publish(
                     body,
                     exchange=APPS_EXCHANGE,
@@ -829,6 +963,25 @@ async def _open_channel(channel: AbstractRobustChannel) -> aiormq.Channel:
         await asyncio.sleep(0.05)
         await channel.ready()
     return cast("aiormq.Channel", await channel.get_underlay_channel())
+
+
+def _target(outgoing: Outgoing) -> tuple[str, QueueKind]:
+    return outgoing.app_id, outgoing.kind
+
+
+def _not_sent(refusal: FlowmeshError) -> TransportError:
+    error = TransportError(f"not sent: {refusal}")
+    error.__cause__ = refusal.__cause__
+    return error
+
+
+def _failed_with_channel(outcome: FlowmeshError | None) -> bool:
+    """True for a publish failed by its channel closing (a refusal of any message in flight
+    on it), rather than by something of its own."""
+    cause = outcome.__cause__ if outcome is not None else None
+    return isinstance(
+        cause, aiormq.exceptions.ChannelClosed | aiormq.exceptions.ChannelInvalidStateError
+    )
 
 
 def _truncate(reason: str) -> str:

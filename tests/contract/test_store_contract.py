@@ -268,6 +268,43 @@ async def test_outbox_lists_instances_by_oldest_pending_commit_each_in_commit_or
     assert await store.list_outbox() == [entry("a", "x1"), entry("b", "b4")]
 
 
+async def test_outbox_listing_skips_the_first_instances_so_a_sweeper_can_move_on(
+    store: WorkflowStore,
+) -> None:
+    """``skip`` counts instances, not entries: a relay's cursor moves past instances it
+    cannot publish for, and past the end the listing is empty."""
+    for instance_id in ("p", "q", "r"):
+        entries = tuple(
+            OutboxEntry(instance_id, f"{instance_id}{n}", message(b"%d" % n)) for n in range(2)
+        )
+        await store.commit(step(instance_id, 0, outbox=entries))
+
+    assert [e.entry_id for e in await store.list_outbox(skip=1)] == ["q0", "q1", "r0", "r1"]
+    assert [e.entry_id for e in await store.list_outbox(limit=1, skip=2)] == ["r0"]
+    assert await store.list_outbox(skip=3) == []
+
+
+async def test_publish_problems_are_noted_read_forgotten_and_expire(
+    store: WorkflowStore,
+) -> None:
+    assert await store.publish_problem("wf-1") == ""
+    await store.note_publish_problems(
+        [("wf-1", "cannot publish to app 'x': access refused"), ("wf-2", "other")],
+        timedelta(seconds=60),
+    )
+    assert await store.publish_problem("wf-1") == "cannot publish to app 'x': access refused"
+    assert await store.publish_problem("wf-2") == "other"
+
+    await store.note_publish_problems([("wf-1", "")], timedelta(seconds=60))
+    await store.note_publish_problems([], timedelta(seconds=60))
+    assert await store.publish_problem("wf-1") == ""
+    assert await store.publish_problem("wf-2") == "other"
+
+    await store.note_publish_problems([("wf-3", "brief")], timedelta(seconds=1))
+    await asyncio.sleep(1.1)
+    assert await store.publish_problem("wf-3") == ""
+
+
 async def test_due_timers_are_claimed_and_not_due_ones_are_not(store: WorkflowStore) -> None:
     timers = (timer("wf-1", 1, T0), timer("wf-1", 2, T0 + timedelta(minutes=5)))
     await store.commit(step("wf-1", 0, add_timers=timers))

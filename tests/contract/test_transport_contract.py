@@ -7,6 +7,7 @@ broker, and fresh app IDs. The RabbitMQ variant deletes the test's queues afterw
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import ExitStack
@@ -614,6 +615,62 @@ async def test_oversized_message_is_refused_before_anything_is_published(
     await transport.consume(app_id, WORK, recorder, prefetch=1)
     assert (await recorder.next()).body == b"marker"
     await recorder.nothing_more()
+
+
+async def test_publish_each_reports_a_failed_message_alone_and_delivers_its_siblings(
+    transport: Transport, broker: Broker
+) -> None:
+    """Invariant 11: an oversized message in the middle of a batch gets its own error; the
+    messages before and after it are confirmed (None) and delivered, in order."""
+    app_id, other = broker.new_app(), broker.new_app()
+    outcomes = await transport.publish_each(
+        [
+            work(app_id, b"first"),
+            work(app_id, b"x" * (SIZE_LIMIT + 1)),
+            work(other, b"to another app"),
+            work(app_id, b"last"),
+        ]
+    )
+
+    assert [type(o).__name__ for o in outcomes] == [
+        "NoneType",
+        "TransportError",
+        "NoneType",
+        "NoneType",
+    ]
+    assert "exceeds" in str(outcomes[1])
+    recorder, other_recorder = Recorder(), Recorder()
+    await transport.consume(app_id, WORK, recorder, prefetch=10)
+    await transport.consume(other, WORK, other_recorder, prefetch=10)
+    assert [(await recorder.next()).body for _ in range(2)] == [b"first", b"last"]
+    assert (await other_recorder.next()).body == b"to another app"
+    await recorder.nothing_more()
+
+
+async def test_publish_each_of_an_empty_batch_is_empty(transport: Transport) -> None:
+    assert await transport.publish_each([]) == []
+
+
+async def test_memory_broker_refusing_an_app_fails_only_its_messages() -> None:
+    """The memory broker's stand-in for a target outside a user's permissions."""
+    broker = MemoryBroker()
+    broker.refuse("billing")
+    async with contextlib.AsyncExitStack() as stack:
+        transport = MemoryTransport(broker, user_id="fm-orders")
+        stack.push_async_callback(transport.close)
+        outcomes = await transport.publish_each(
+            [work("payments", b"1"), work("billing", b"2"), work("payments", b"3")]
+        )
+        assert outcomes[0] is None and outcomes[2] is None
+        assert isinstance(outcomes[1], TransportError)
+        refused = "user 'fm-orders' may not publish to app 'billing': access refused"
+        assert str(outcomes[1]) == refused
+        with pytest.raises(TransportError, match="billing"):
+            await transport.publish([work("billing", b"4")])
+        broker.refuse("billing", None)
+        assert await transport.publish_each([work("billing", b"5")]) == [None]
+        assert (await transport.queue_stats("billing")).work_messages == 1
+        assert (await transport.queue_stats("payments")).work_messages == 2
 
 
 async def test_closed_transport_refuses_work(transport: Transport, app_id: str) -> None:

@@ -12,7 +12,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 from uuid import uuid4
 
@@ -285,12 +285,16 @@ async def test_publish_during_an_outage_times_out_and_resumes_after_it(
     await asyncio.wait_for(transport.close(), 2 * WAIT)  # bounded, even while reconnecting
 
 
-async def test_publish_to_a_queue_deleted_behind_the_transports_back_is_unroutable(
-    open_transport: OpenTransport, amqp_url: str, app_id: str
+async def test_publish_to_a_deleted_queue_this_user_may_not_declare_is_unroutable(
+    open_transport: OpenTransport, restricted_url: _Restricted, app_id: str
 ) -> None:
-    transport = await open_transport()
-    await transport.declare_app(app_id)  # cached from here on
-    connection, channel = await raw_channel(amqp_url)
+    """Where the user may not declare an app's queues (least privilege), a queue deleted
+    behind the transport's back stays unroutable: the message fails, not silently lost."""
+    admin = await open_transport(url=restricted_url.admin)
+    await admin.declare_app(app_id)
+    transport = await open_transport(url=restricted_url(configure=f"^(?!fm\\.{app_id}\\.).*"))
+    await transport.declare_app(app_id)  # refused: relies on the admin's queues
+    connection, channel = await raw_channel(restricted_url.admin)
     async with connection:
         await channel.queue_delete(queue_name(app_id, WORK))
 
@@ -301,24 +305,92 @@ async def test_publish_to_a_queue_deleted_behind_the_transports_back_is_unroutab
     assert (await transport.queue_stats(app_id)).reply_messages == 1
 
 
-async def test_unroutable_message_fails_only_its_own_publish_in_a_batch(
+async def test_a_deleted_queue_is_declared_again_and_the_message_delivered(
     open_transport: OpenTransport, amqp_url: str, app_id: str
 ) -> None:
+    """A queue deleted after this transport declared it (an operator, a broker reset) used
+    to make every publish to it unroutable until the process restarted: the transport now
+    declares the app's queues again and retries the returned message once."""
     transport = await open_transport()
     await transport.declare_app(app_id)
     connection, channel = await raw_channel(amqp_url)
     async with connection:
         await channel.queue_delete(queue_name(app_id, WORK))
 
-    # Same message ID on both: the return must still fail the right publish.
-    with pytest.raises(UnroutableError, match=re.escape(queue_name(app_id, WORK))):
-        await transport.publish(
-            [
-                Outgoing(app_id, WORK, b"lost", message_id="same"),
-                Outgoing(app_id, QueueKind.REPLY, b"kept", message_id="same"),
-            ]
-        )
-    assert (await transport.queue_stats(app_id)).reply_messages == 1
+    # Same message ID on both: the return must still fail (and retry) the right publish.
+    outcomes = await transport.publish_each(
+        [
+            Outgoing(app_id, WORK, b"returned", message_id="same"),
+            Outgoing(app_id, QueueKind.REPLY, b"kept", message_id="same"),
+        ]
+    )
+
+    assert outcomes == [None, None]
+    stats = await transport.queue_stats(app_id)
+    assert (stats.work_messages, stats.reply_messages) == (1, 1)
+
+
+class _Restricted:
+    """``url(...)`` of a user with limited rights in a private vhost; ``admin`` may do all."""
+
+    def __init__(self, amqp_url: str) -> None:
+        suffix = uuid4().hex[:8]
+        self.vhost, self.user, self._password = f"fmit-{suffix}", f"fmit-{suffix}", uuid4().hex
+        parts = urlsplit(amqp_url)
+        self._host = parts.netloc.rpartition("@")[2]
+        self._admin = parts.username or "guest"
+        self.admin = urlunsplit((parts.scheme, parts.netloc, "/" + self.vhost, "", ""))
+
+    def __call__(self, *, forbidden_topics: str = "(?!)", configure: str = ".*") -> str:
+        """The user may configure queues matching ``configure`` and publish to every topic
+        on ``fm.apps`` but those matching ``forbidden_topics``."""
+        rabbitmqctl("set_permissions", "-p", self.vhost, self.user, configure, ".*", ".*")
+        topics = f"^(?!{forbidden_topics}).*"
+        rabbitmqctl("set_topic_permissions", "-p", self.vhost, self.user, "fm.apps", topics, ".*")
+        return f"amqp://{self.user}:{self._password}@{self._host}/{self.vhost}"
+
+
+@pytest.fixture
+def restricted_url(amqp_url: str) -> Iterator[_Restricted]:
+    """A private vhost with a restricted user (see :class:`_Restricted`)."""
+    restricted = _Restricted(amqp_url)
+    rabbitmqctl("add_vhost", restricted.vhost)
+    rabbitmqctl("set_permissions", "-p", restricted.vhost, restricted._admin, ".*", ".*", ".*")
+    rabbitmqctl("add_user", restricted.user, restricted._password)
+    try:
+        yield restricted
+    finally:
+        rabbitmqctl("delete_user", restricted.user)
+        rabbitmqctl("delete_vhost", restricted.vhost)
+
+
+async def test_a_refused_target_fails_only_its_own_messages_in_a_batch(
+    open_transport: OpenTransport, restricted_url: _Restricted
+) -> None:
+    """ACCESS_REFUSED closes the publishing channel and fails every publish in flight on it.
+    publish_each retries those one by one, so of 60 messages around two refused ones only
+    the refused ones fail, each with the broker's reason; the refused target then goes
+    alone, and the channel keeps working."""
+    transport = await open_transport(url=restricted_url(forbidden_topics=r"forbidden\."))
+    for app in ("allowed", "forbidden"):
+        await transport.declare_app(app)
+    batch = [
+        Outgoing("forbidden", WORK, b"no"),
+        *(Outgoing("allowed", WORK, b"%d" % i) for i in range(30)),
+        Outgoing("forbidden", WORK, b"no"),
+        *(Outgoing("allowed", QueueKind.REPLY, b"%d" % i) for i in range(30)),
+    ]
+
+    outcomes = await transport.publish_each(batch)
+    again = await transport.publish_each(batch)
+
+    for results in (outcomes, again):
+        failed = [i for i, outcome in enumerate(results) if outcome is not None]
+        assert failed == [0, 31], results
+        assert "ACCESS_REFUSED" in str(results[0]) and "fm.forbidden.work" in str(results[0])
+    stats = await transport.queue_stats("allowed")
+    assert stats.work_messages >= 60 and stats.reply_messages >= 60  # at least once
+    assert await transport.publish_each([Outgoing("allowed", WORK, b"after")]) == [None]
 
 
 async def test_publish_without_a_timely_confirm_raises_publish_timeout(

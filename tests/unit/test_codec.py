@@ -362,6 +362,7 @@ def test_wire_format_of_datetimes_enums_optionals_and_nested_dataclasses() -> No
             "version": 0,
             "run_id": "",
             "refusals": [],
+            "publish_problem": "",
         },
     ]
 
