@@ -15,6 +15,7 @@ Headers written by :meth:`RabbitMQTransport.dead_letter` (``docs/protocol.md``):
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
@@ -162,17 +163,36 @@ def _letter(position: int, message: AbstractIncomingMessage) -> DeadLetter:
         return value.decode(errors="replace") if isinstance(value, bytes) else str(value or "")
 
     count = headers.get("x-flowmesh-delivery-count")
+    reason, original_queue = text("x-flowmesh-reason"), text("x-flowmesh-original-queue")
+    if not reason:
+        # Dead-lettered by the broker itself (the queue's delivery limit), not by flowmesh:
+        # RabbitMQ records why and where from in the first x-death entry.
+        reason, original_queue = _broker_death(headers)
     return DeadLetter(
         position=position,
         message_id=message.message_id or "",
-        reason=text("x-flowmesh-reason"),
-        original_queue=text("x-flowmesh-original-queue"),
+        reason=reason,
+        original_queue=original_queue,
         original_user_id=text("x-flowmesh-original-user-id"),
         delivery_count=count if isinstance(count, int) else 0,
         body=message.body,
         correlation_id=message.correlation_id or "",
         reply_to=message.reply_to or "",
     )
+
+
+def _broker_death(headers: Mapping[str, object]) -> tuple[str, str]:
+    """``(reason, original queue)`` from RabbitMQ's ``x-death`` header ('' if absent)."""
+    deaths = headers.get("x-death")
+    if not isinstance(deaths, list) or not deaths or not isinstance(deaths[0], Mapping):
+        return "", ""
+    first = deaths[0]
+
+    def text(value: object) -> str:
+        return value.decode(errors="replace") if isinstance(value, bytes) else str(value or "")
+
+    cause = text(first.get("reason"))
+    return f"dead-lettered by the broker: {cause}", text(first.get("queue"))
 
 
 def _original(queue: str, app_id: str) -> tuple[str, QueueKind] | None:
