@@ -154,6 +154,14 @@ def main(log_level: str, log_format: str) -> None:
     help="Lease of a long activity; the host re-dispatches it if renewals stop.",
 )
 @click.option(
+    "--outbox-sweep-interval",
+    default=5.0,
+    show_default=True,
+    envvar="FLOWMESH_OUTBOX_SWEEP_INTERVAL",
+    help="Seconds between looks for committed messages left unpublished (a crash, a broker "
+    "refusal); a failed message's retry waits double this, then double again.",
+)
+@click.option(
     "--hold-unknown-for",
     default=600.0,
     show_default=True,
@@ -190,6 +198,7 @@ def worker(
     ack_deadline: float,
     activity_lease: float,
     hold_unknown_for: float,
+    outbox_sweep_interval: float,
     max_history_events: int,
     app_user_pattern: str | None,
     tls_ca: str | None,
@@ -222,6 +231,7 @@ def worker(
         ack_deadline=ack_deadline,
         activity_lease=activity_lease,
         hold_unknown_for=hold_unknown_for,
+        outbox_sweep_interval=outbox_sweep_interval,
         max_history_events=max_history_events,
         crash_at=os.environ.get("FLOWMESH_CRASH_AT") or None,  # test-only fault injection
         app_user_pattern=app_user_pattern or None,

@@ -14,6 +14,7 @@ import secrets
 import shlex
 import subprocess
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -357,8 +358,41 @@ def _passwords(security_plan: SecurityPlan, *, generate: bool) -> dict[str, str]
 def run_rabbitmqctl(
     security_plan: SecurityPlan, passwords: dict[str, str], rabbitmqctl: list[str]
 ) -> None:
-    """Create or update the plan's RabbitMQ users and set their permissions."""
+    """Create or update the plan's RabbitMQ users and set their permissions and policies.
+
+    Each ``rabbitmqctl`` call starts an Erlang VM (one to three seconds), and a plan has a
+    few per app; the commands about one user (or one policy) run in order, those of
+    different subjects side by side, which makes ``apply`` several times faster.
+    """
+    chains: dict[str, list[list[str]]] = {}
     for command in security_plan.rabbitmqctl_commands(passwords):
+        chains.setdefault(_subject(command), []).append(command)
+    with ThreadPoolExecutor(max_workers=_RABBITMQCTL_PARALLEL) as pool:
+        failures = [
+            failure
+            for failure in pool.map(lambda chain: _run_chain(rabbitmqctl, chain), chains.values())
+            if failure
+        ]
+    if failures:
+        raise click.ClickException(failures[0])
+
+
+_RABBITMQCTL_PARALLEL = 8
+"""``rabbitmqctl`` processes at once: the broker answers them in parallel easily."""
+
+
+def _subject(command: list[str]) -> str:
+    """The user or policy a ``rabbitmqctl`` command is about: its first positional argument
+    after the verb (``-p <vhost>`` and ``--apply-to <kind>`` skipped)."""
+    rest = command[1:]
+    while rest and rest[0].startswith("-"):
+        rest = rest[2:] if rest[0] in ("-p", "--apply-to", "--priority") else rest[1:]
+    return rest[0] if rest else ""
+
+
+def _run_chain(rabbitmqctl: list[str], chain: list[list[str]]) -> str:
+    """Run one subject's commands in order; the first failure's message, or ''."""
+    for command in chain:
         if command[0] == "add_user":
             # "--": a password starting with "-" is not an option (1 in 32 generated ones).
             done = _ctl(rabbitmqctl, ["add_user", "--", *command[1:]])
@@ -372,9 +406,8 @@ def run_rabbitmqctl(
             done = _ctl(rabbitmqctl, ["change_password", "--", command[1], command[2]])
         if done.returncode != 0:
             shown = command[:2] if command[0] == "add_user" else command  # no password
-            raise click.ClickException(
-                f"rabbitmqctl {' '.join(shown)} failed: {(done.stderr or done.stdout).strip()}"
-            )
+            return f"rabbitmqctl {' '.join(shown)} failed: {(done.stderr or done.stdout).strip()}"
+    return ""
 
 
 def _ctl(rabbitmqctl: list[str], arguments: list[str]) -> subprocess.CompletedProcess[str]:

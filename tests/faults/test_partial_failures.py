@@ -38,6 +38,8 @@ pytestmark = [pytest.mark.real_services, pytest.mark.timeout(240)]
 APPS = "tests.faults.partial_apps"
 HOST = "pf-host"
 TICKS = 80
+FAST_RELAY = {"FLOWMESH_OUTBOX_SWEEP_INTERVAL": "1"}
+"""The host's relay looks every second (5 s by default): the tests wait for sweeps."""
 
 
 def _ctl(*args: str) -> None:
@@ -98,18 +100,20 @@ async def test_a_refused_message_is_retried_alone_and_its_siblings_are_published
 ) -> None:
     """One step of ``split(20)`` publishes 21 tasks; the host's broker user may not publish
     to pf-late, so one of them is refused (ACCESS_REFUSED, which also closes the channel
-    under the 20 others). For 12 s - longer than two relay sweeps - the refusal stays: the
+    under the 20 others). For 4 s - longer than three relay sweeps of 1 s - the refusal stays: the
     20 pf-act tasks must run exactly once (they are forgotten once confirmed, never
     republished), and ``describe()`` says why the 21st waits. Then the permission is fixed
     and the refused task goes out on its own backoff; the workflow completes."""
     host_url = restricted(forbidden_topics=r"pf-late\.")
-    workers.wait_ready(workers.start(HOST, module=APPS, env={"FLOWMESH_AMQP_URL": host_url}))
+    workers.wait_ready(
+        workers.start(HOST, module=APPS, env={**FAST_RELAY, "FLOWMESH_AMQP_URL": host_url})
+    )
     for app_id in ("pf-act", "pf-late"):
         workers.wait_ready(workers.start(app_id, module=APPS))
     ledger = Ledger(HOST, workers)
     await ledger.start(client, "split", 20, split_result(20), instance_id="split-1")
 
-    await asyncio.sleep(12)
+    await asyncio.sleep(4)
     runs_while_refused = len(read_runs(workers.effects_path)[0])
     state = await client.get_workflow("split-1", app_id=HOST).describe()
     problem = getattr(state, "publish_problem", "")
@@ -142,7 +146,9 @@ async def test_one_permanently_refused_instance_does_not_starve_500_healthy_ones
     must get all 500 out (the blocked instance is skipped while it backs off), each task
     running once."""
     host_url = restricted(forbidden_topics=r"pf-nowhere\.", configure=r"^(?!fm\.pf-slow\.).*")
-    workers.wait_ready(workers.start(HOST, module=APPS, env={"FLOWMESH_AMQP_URL": host_url}))
+    workers.wait_ready(
+        workers.start(HOST, module=APPS, env={**FAST_RELAY, "FLOWMESH_AMQP_URL": host_url})
+    )
     blocked = client.get_workflow("blocked", app_id=HOST)
     await client.start_workflow("one_call", "pf-nowhere", app_id=HOST, instance_id="blocked")
     await _describe_until(client, "blocked", lambda s: s is not None, timeout=10)
