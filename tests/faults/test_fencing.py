@@ -34,6 +34,9 @@ pytestmark = [pytest.mark.real_services, pytest.mark.timeout(180)]
 APPS = "tests.faults.fencing_apps"
 OLD_APPS = "tests.faults.fencing_apps_old"
 HOST = "fence-host"
+HEARTBEAT = 2
+"""AMQP heartbeat (s) of the replica frozen in the purge test: the broker drops it after
+about two missed beats, so the test need not wait long."""
 
 
 async def wait_for(predicate: object, timeout: float, what: str) -> None:
@@ -69,7 +72,7 @@ async def test_a_cached_view_of_a_purged_run_never_commits_into_the_next_run(
     version check (the purge had restarted the version at 1) and ship run 1's amount 10 in
     run 2. Now the run and the version (which a purge keeps) fence it: run 2 ships 99."""
     b = workers.start(
-        HOST, module=APPS, env={"FLOWMESH_AMQP_URL": with_heartbeat(services.amqp_url, 5)}
+        HOST, module=APPS, env={"FLOWMESH_AMQP_URL": with_heartbeat(services.amqp_url, HEARTBEAT)}
     )
     act = workers.start("fence-act", module=APPS)
     for process in (b, act):
@@ -116,7 +119,7 @@ async def test_a_cached_view_of_a_purged_run_never_commits_into_the_next_run(
 
 
 async def _connections(services: Services, count: int) -> bool:
-    return await asyncio.to_thread(connections_with_heartbeat, services.vhost, 5) == count
+    return await asyncio.to_thread(connections_with_heartbeat, services.vhost, HEARTBEAT) == count
 
 
 async def test_a_result_for_a_task_that_was_never_dispatched_is_refused(
