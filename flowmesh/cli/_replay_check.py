@@ -228,7 +228,8 @@ def _show(reports: Sequence[ReplayReport], output: str) -> None:
         )
         for report in reports
     ]
-    click.echo(table(["result", "history", "workflow", "replayed to", "events", "detail"], rows))
+    headers = ["result", "history", "workflow", "replayed to", "events", "detail"]
+    click.echo("\n".join(line.rstrip() for line in table(headers, rows).splitlines()))
     bad = sum(not report.ok for report in reports)
     summary = f"{len(reports) - bad} of {len(reports)} histories replay cleanly"
     click.echo(summary if not bad else f"{summary}; {bad} do not", err=bool(bad))
