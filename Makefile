@@ -30,3 +30,8 @@ lint: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
+
+# Re-record tests/golden/histories after an intended change to workflow code (see README).
+.PHONY: golden
+golden: $(VENV)/.installed
+	$(PY) -m tests.golden.record

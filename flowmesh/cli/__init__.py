@@ -25,6 +25,7 @@ from flowmesh.cli._config import (
 from flowmesh.cli._dead_letters import dead_letters
 from flowmesh.cli._format import history_table, state_text, stats_table
 from flowmesh.cli._loader import discover_app_ids, load_app
+from flowmesh.cli._replay_check import replay_check
 from flowmesh.cli._security import security, tls_options, tls_urls
 from flowmesh.runtime import WorkerOptions
 
@@ -432,3 +433,4 @@ def apps(app_ids: tuple[str, ...], amqp_url: str) -> None:
 
 main.add_command(security)
 main.add_command(dead_letters)
+main.add_command(replay_check)
