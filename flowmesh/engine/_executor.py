@@ -540,6 +540,36 @@ class WorkflowExecution:
         if self._completion is None:
             self._complete(CompleteWorkflow(WorkflowStatus.FAILED, None, failure))
 
+    def continue_as_new_restart(
+        self, continued: CompleteWorkflow, *, now: datetime, run_id: str
+    ) -> tuple[WorkflowExecution, StepOutcome]:
+        """Start the run that ``continued`` (this run's ``CONTINUED_AS_NEW`` completion) asks
+        for: a fresh execution of the same workflow, stepped with its ``WorkflowStarted``
+        (``run_id`` from the caller: the engine has no randomness) and the carried events.
+
+        Sequence numbers and recent event IDs carry over, so a late result or a redelivered
+        event for the old run never applies to the new one. Returns the new execution and
+        its first outcome, to be committed in place of this run's history.
+        """
+        restart: list[HistoryEvent] = [
+            StepStarted(now),
+            WorkflowStarted(
+                self.name,
+                self.instance_id,
+                self.app_id,
+                continued.output,
+                self.parent,
+                first_seq=self._next_seq,
+                run_id=run_id,
+                seen_event_ids=self.recent_event_ids,
+            ),
+            *continued.carried_events,
+        ]
+        execution = WorkflowExecution(
+            self._resolve, logger=self._logger, check_value=self.check_value
+        )
+        return execution, execution.step(restart)
+
     def _continue_as_new(self, signal: ContinueAsNew) -> None:
         carried: list[EventRaised] = []
         self._save_events = signal.save_events
