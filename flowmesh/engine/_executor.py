@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import heapq
 import logging
-from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, assert_never
 
@@ -28,8 +27,20 @@ from flowmesh._errors import (
     NonDeterminismError,
     WorkflowAlreadyExistsError,
 )
+from flowmesh.engine._actions import (
+    OpenTask,
+    TaskKind,
+    describe_action,
+    describe_awaited,
+    matches,
+    pending_task,
+    scheduled_event,
+)
 from flowmesh.engine._context import ContinueAsNew, Logger, WorkflowContext
+from flowmesh.engine._mailbox import EventMailbox
 from flowmesh.engine._outcome import StepOutcome
+from flowmesh.engine._patches import PatchState
+from flowmesh.engine._suspension import SuspensionBuffer
 from flowmesh.engine._tasks import Task
 from flowmesh.model import (
     ActivityCompleted,
@@ -92,89 +103,6 @@ class _Stall(Exception):  # noqa: N818 - internal control flow, never escapes th
     """Stops the execution: history and code disagree, or the workflow cannot run."""
 
 
-@dataclass(slots=True)
-class _OpenTask:
-    """A scheduled task waiting for its result event."""
-
-    kind: str  # "activity" | "child_workflow" | "timer"
-    action: ScheduleActivity | ScheduleChildWorkflow | StartTimer
-    task: Task[Any]
-    scheduled_at: datetime
-    dispatched: bool = False
-    """True once the task's scheduling is recorded in history (a previous step's outcome, or
-    replayed): only then may a result resolve it. A result batched into the very step that
-    allocates the task would otherwise complete a task nobody was sent."""
-
-
-def _describe_action(action: Command | HistoryEvent) -> str:
-    match action:
-        case ScheduleActivity(name=name, app_id=app) | ActivityScheduled(name=name, app_id=app):
-            return f"activity {name!r} on app {app!r}"
-        case (
-            ScheduleChildWorkflow(name=name, app_id=app)
-            | ChildWorkflowScheduled(name=name, app_id=app)
-        ):
-            return f"child workflow {name!r} on app {app!r}"
-        case StartTimer() | TimerCreated():
-            return "a durable timer"
-        case _:
-            return type(action).__name__
-
-
-def _describe_awaited(coroutine: Coroutine[Any, Any, Any], yielded: object) -> str:
-    """Name what the workflow awaited, e.g. ``mod.helper() -> asyncio.tasks.sleep()``.
-
-    The yielded value alone (often ``None``) does not say what the code awaited; the chain of
-    coroutines/generators the workflow coroutine is suspended in does.
-    """
-    names: list[str] = []
-    awaited: Any = getattr(coroutine, "cr_await", None)
-    while awaited is not None and len(names) < 8:
-        qualname = getattr(awaited, "__qualname__", None)
-        if not isinstance(qualname, str):
-            names.append(type(awaited).__qualname__)
-            break
-        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
-        module = frame.f_globals.get("__name__", "") if frame is not None else ""
-        names.append(f"{module}.{qualname}()" if module else f"{qualname}()")
-        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
-    if not names:
-        return repr(yielded)
-    return f"{' -> '.join(names)} (which yielded {yielded!r})"
-
-
-def _matches(action: Command, event: HistoryEvent) -> bool:
-    match action, event:
-        case ScheduleActivity(), ActivityScheduled():
-            return (action.name, action.app_id) == (event.name, event.app_id)
-        case ScheduleChildWorkflow(), ChildWorkflowScheduled():
-            return (action.name, action.app_id, action.instance_id) == (
-                event.name,
-                event.app_id,
-                event.instance_id,
-            )
-        case StartTimer(), TimerCreated():
-            return True
-        case _:
-            return False
-
-
-def _scheduled_event(action: Command) -> HistoryEvent:
-    match action:
-        case ScheduleActivity():
-            return ActivityScheduled(
-                action.seq, action.name, action.app_id, action.input, action.attempt
-            )
-        case ScheduleChildWorkflow():
-            return ChildWorkflowScheduled(
-                action.seq, action.name, action.app_id, action.instance_id, action.input
-            )
-        case StartTimer():
-            return TimerCreated(action.seq, action.fire_at)
-        case _:
-            raise AssertionError(f"{action!r} is not a schedulable action")
-
-
 class WorkflowExecution:
     """The replayed state of one workflow execution; feed it events, collect outcomes.
 
@@ -208,18 +136,12 @@ class WorkflowExecution:
         self._awaiting: Task[Any] | None = None
         self._next_seq = 0
         self._actions: dict[int, Command] = {}  # scheduled by code, not yet confirmed by history
-        self._open: dict[int, _OpenTask] = {}
-        self._event_waiters: dict[str, deque[Task[Any]]] = {}
-        self._event_buffer: dict[str, deque[EventRaised]] = {}
-        self._suspended_buffer: list[HistoryEvent] = []
-        # Insertion-ordered (a dict), so a continued run inherits the most recent IDs.
-        self._seen_event_ids: dict[str, None] = {}
+        self._open: dict[int, OpenTask] = {}
+        self._mailbox = EventMailbox()
+        self._suspension = SuspensionBuffer()
         self._refused: list[tuple[HistoryEvent | None, str]] = []
-        self._held_buffer_replay = False  # True while applying events held during suspension
         self._suspended = False
-        self._patches_recorded: set[str] = set()
-        self._patch_decisions: dict[str, bool] = {}
-        self._new_patches: list[PatchRecorded] = []
+        self._patches = PatchState()
         self._cancelled_timers: list[int] = []
         self._completion: CompleteWorkflow | None = None
         self._completion_recorded = False
@@ -245,7 +167,7 @@ class WorkflowExecution:
     def replay(self, history: Iterable[HistoryEvent]) -> None:
         """Rebuild state from events already committed to history."""
         events = list(history)
-        self._patches_recorded.update(e.name for e in events if isinstance(e, PatchRecorded))
+        self._patches.read(events)
         self.is_replaying = True
         for event in events:
             if self._stall_reason:
@@ -292,11 +214,14 @@ class WorkflowExecution:
 
     def _process(self, event: HistoryEvent) -> bool:
         """Apply one event; False if it is a duplicate or stray and must not be recorded."""
-        if isinstance(event, EventRaised) and event.event_id and not self._held_buffer_replay:
+        if (
+            isinstance(event, EventRaised)
+            and event.event_id
+            and not self._suspension.replaying
             # A redelivered RaiseEvent (the step committed, the ack was lost) is recorded once.
-            if event.event_id in self._seen_event_ids:
-                return False
-            self._seen_event_ids[event.event_id] = None
+            and not self._mailbox.first_sight(event.event_id)
+        ):
+            return False
         if (
             self._suspended
             and not isinstance(
@@ -312,9 +237,9 @@ class WorkflowExecution:
             )
         ):
             if isinstance(event, EventRaised) or (
-                self._is_open_result(event) and not self._holds_result(event)
+                self._is_open_result(event) and not self._suspension.holds_result(event)
             ):
-                self._suspended_buffer.append(event)
+                self._suspension.keep(event)
                 return True
             return False
         match event:
@@ -327,20 +252,20 @@ class WorkflowExecution:
                 self._confirm(event)
                 return True
             case ActivityCompleted(seq=seq, output=output):
-                return self._resolve_open(seq, "activity", output, None)
+                return self._resolve_open(seq, TaskKind.ACTIVITY, output, None)
             case ActivityFailed(seq=seq, failure=failure):
-                return self._resolve_open(seq, "activity", None, failure)
+                return self._resolve_open(seq, TaskKind.ACTIVITY, None, failure)
             case ChildWorkflowCompleted(seq=seq, output=output):
-                return self._resolve_open(seq, "child_workflow", output, None)
+                return self._resolve_open(seq, TaskKind.CHILD_WORKFLOW, output, None)
             case ChildWorkflowFailed(seq=seq, failure=failure):
-                return self._resolve_open(seq, "child_workflow", None, failure)
+                return self._resolve_open(seq, TaskKind.CHILD_WORKFLOW, None, failure)
             case TimerFired(seq=seq):
-                return self._resolve_open(seq, "timer", None, None)
+                return self._resolve_open(seq, TaskKind.TIMER, None, None)
             case EventRaised():
                 self._deliver_event(event)
                 return True
             case PatchRecorded(name=name):
-                self._patches_recorded.add(name)
+                self._patches.record(name)
                 return True
             case WorkflowSuspended():
                 if self._suspended or self._completion is not None:
@@ -351,13 +276,12 @@ class WorkflowExecution:
                 if not self._suspended:
                     return False
                 self._suspended = False
-                buffered, self._suspended_buffer = self._suspended_buffer, []
-                self._held_buffer_replay = True  # their IDs were already checked on arrival
+                self._suspension.replaying = True
                 try:
-                    for held in buffered:
+                    for held in self._suspension.take():
                         self._process(held)
                 finally:
-                    self._held_buffer_replay = False
+                    self._suspension.replaying = False
                 return True
             case WorkflowTerminated(reason=reason, recursive=recursive):
                 if self._completion is not None:
@@ -377,25 +301,17 @@ class WorkflowExecution:
     def _is_open_result(self, event: HistoryEvent) -> bool:
         match event:
             case ActivityCompleted(seq=seq) | ActivityFailed(seq=seq):
-                return self._open_kind(seq) == "activity" and self._dispatched(seq)
+                return self._open_kind(seq) is TaskKind.ACTIVITY and self._dispatched(seq)
             case ChildWorkflowCompleted(seq=seq) | ChildWorkflowFailed(seq=seq):
-                return self._open_kind(seq) == "child_workflow" and self._dispatched(seq)
+                return self._open_kind(seq) is TaskKind.CHILD_WORKFLOW and self._dispatched(seq)
             case TimerFired(seq=seq):
-                return self._open_kind(seq) == "timer" and self._dispatched(seq)
+                return self._open_kind(seq) is TaskKind.TIMER and self._dispatched(seq)
             case _:
                 return False
 
-    def _holds_result(self, event: HistoryEvent) -> bool:
-        """True if a result for ``event``'s seq is already buffered (a duplicate)."""
-        seq = getattr(event, "seq", None)
-        return any(
-            not isinstance(held, EventRaised) and getattr(held, "seq", None) == seq
-            for held in self._suspended_buffer
-        )
-
-    def _open_kind(self, seq: int) -> str:
+    def _open_kind(self, seq: int) -> TaskKind | None:
         open_task = self._open.get(seq)
-        return open_task.kind if open_task is not None else ""
+        return open_task.kind if open_task is not None else None
 
     def _dispatched(self, seq: int) -> bool:
         open_task = self._open.get(seq)
@@ -406,7 +322,7 @@ class WorkflowExecution:
             return False
         self.instance_id, self.app_id, self.name = event.instance_id, event.app_id, event.name
         self.input, self.parent, self.run_id = event.input, event.parent, event.run_id
-        self._seen_event_ids.update(dict.fromkeys(event.seen_event_ids))
+        self._mailbox.inherit(event.seen_event_ids)
         # After continue-as-new, sequence numbers carry on from the previous run, so a late
         # result for the old run can never match a task of the new one.
         self._next_seq = event.first_seq
@@ -429,24 +345,24 @@ class WorkflowExecution:
         action = self._actions.pop(event.seq, None)
         if action is None:
             raise _Stall(
-                f"non-determinism at seq {event.seq}: history has {_describe_action(event)} "
+                f"non-determinism at seq {event.seq}: history has {describe_action(event)} "
                 "but the workflow code did not schedule it (code changed? guard new code "
                 "with ctx.is_patched())"
             )
-        if not _matches(action, event):
+        if not matches(action, event):
             raise _Stall(
-                f"non-determinism at seq {event.seq}: history has {_describe_action(event)} "
-                f"but the workflow code now asks for {_describe_action(action)}"
+                f"non-determinism at seq {event.seq}: history has {describe_action(event)} "
+                f"but the workflow code now asks for {describe_action(action)}"
             )
         open_task = self._open.get(event.seq)
         if open_task is not None:
             open_task.dispatched = True
 
     def _resolve_open(
-        self, seq: int, kind: str, output: object, failure: FailureDetails | None
+        self, seq: int, kind: TaskKind, output: object, failure: FailureDetails | None
     ) -> bool:
         open_task = self._open.get(seq)
-        if open_task is None or open_task.kind != kind:
+        if open_task is None or open_task.kind is not kind:
             return False  # duplicate, late (after timeout/retry) or stray: idempotent apply
         if not open_task.dispatched:
             # Its scheduling is not committed yet, so nobody was sent the task: whoever sent
@@ -454,35 +370,32 @@ class WorkflowExecution:
             self._refused.append(
                 (
                     self._pending_event,
-                    f"result for {_describe_action(open_task.action)} (seq {seq}) "
+                    f"result for {describe_action(open_task.action)} (seq {seq}) "
                     "that was never dispatched",
                 )
             )
             return False
         del self._open[seq]
         if failure is None:
-            open_task.task._complete(output)
+            open_task.task.resolve(output)
         else:
             error_class = (
-                ChildWorkflowFailedError if kind == "child_workflow" else ActivityFailedError
+                ChildWorkflowFailedError if kind is TaskKind.CHILD_WORKFLOW else ActivityFailedError
             )
-            what = _describe_action(open_task.action)
+            what = describe_action(open_task.action)
             error = error_class(f"{what} failed: {failure.error_type}: {failure.message}", failure)
             cause = _FLOWMESH_CAUSES.get(failure.error_type)
             if cause is not None:
                 error.__cause__ = cause(failure.message)
-            open_task.task._fail(error)
+            open_task.task.reject(error)
         self._run()
         return True
 
     def _deliver_event(self, event: EventRaised) -> None:
-        key = event.name.casefold()
-        waiters = self._event_waiters.get(key)
-        if waiters:
-            waiters.popleft()._complete(event.data)
+        waiter = self._mailbox.deliver(event)
+        if waiter is not None:
+            waiter.resolve(event.data)
             self._run()
-        else:
-            self._event_buffer.setdefault(key, deque()).append(event)
 
     # -- stepping the coroutine ------------------------------------------------------------------
 
@@ -508,7 +421,7 @@ class WorkflowExecution:
             if not isinstance(yielded, Task):
                 self._finish_failed(
                     TypeError(
-                        f"workflow {self.name!r} awaited {_describe_awaited(coroutine, yielded)}"
+                        f"workflow {self.name!r} awaited {describe_awaited(coroutine, yielded)}"
                         ", which is not a flowmesh task. Workflow code is replayed and must "
                         "only await tasks from its WorkflowContext (use ctx.create_timer instead "
                         "of asyncio.sleep, and activities for I/O)."
@@ -574,7 +487,7 @@ class WorkflowExecution:
         carried: list[EventRaised] = []
         self._save_events = signal.save_events
         if signal.save_events:
-            carried = [e for queue in self._event_buffer.values() for e in queue]
+            carried = self._mailbox.kept()
         self._complete(
             CompleteWorkflow(
                 WorkflowStatus.CONTINUED_AS_NEW, signal.new_input, None, tuple(carried)
@@ -623,7 +536,7 @@ class WorkflowExecution:
 
     def _allocate(
         self,
-        kind: str,
+        kind: TaskKind,
         make: Callable[[int], ScheduleActivity | ScheduleChildWorkflow | StartTimer],
     ) -> Task[Any]:
         seq = self._next_seq
@@ -631,7 +544,7 @@ class WorkflowExecution:
         action = make(seq)
         task: Task[Any] = Task()
         self._actions[seq] = action
-        self._open[seq] = _OpenTask(kind, action, task, self.current_time)
+        self._open[seq] = OpenTask(kind, action, task, self.current_time)
         return task
 
     def schedule_activity(
@@ -639,7 +552,7 @@ class WorkflowExecution:
     ) -> Task[Any]:
         """Allocate a seq for an activity attempt (raced against a timer with ``timeout``)."""
         task = self._allocate(
-            "activity", lambda seq: ScheduleActivity(seq, name, app_id, input_value, attempt)
+            TaskKind.ACTIVITY, lambda seq: ScheduleActivity(seq, name, app_id, input_value, attempt)
         )
         if timeout is None:
             return task
@@ -659,21 +572,21 @@ class WorkflowExecution:
             self._children[child_id] = app_id
             return ScheduleChildWorkflow(seq, name, app_id, child_id, input_value)
 
-        return self._allocate("child_workflow", make)
+        return self._allocate(TaskKind.CHILD_WORKFLOW, make)
 
     def schedule_timer(self, fire_at: datetime) -> Task[None]:
         """Allocate a seq for a durable timer."""
-        return self._allocate("timer", lambda seq: StartTimer(seq, fire_at))
+        return self._allocate(TaskKind.TIMER, lambda seq: StartTimer(seq, fire_at))
 
     def wait_for_event(self, name: str, timeout: timedelta | None) -> Task[Any]:
         """A task resolved by the next (or a buffered) external event called ``name``."""
         key = name.casefold()
-        buffered = self._event_buffer.get(key)
         task: Task[Any] = Task()
-        if buffered:
-            task._complete(buffered.popleft().data)
+        kept = self._mailbox.take(key)
+        if kept is not None:
+            task.resolve(kept.data)
             return task
-        self._event_waiters.setdefault(key, deque()).append(task)
+        self._mailbox.wait(key, task)
         if timeout is None:
             return task
         timer = self.schedule_timer(self.current_time + timeout)
@@ -683,19 +596,17 @@ class WorkflowExecution:
         def on_event(done: Task[Any]) -> None:
             if not result.is_complete:
                 self._cancel_timer(timer_seq)
-                result._complete(done.get_result())
+                result.resolve(done.get_result())
 
         def on_timer(_: Task[Any]) -> None:
             if not result.is_complete:
-                waiters = self._event_waiters.get(key)
-                if waiters and task in waiters:
-                    waiters.remove(task)
-                result._fail(
+                self._mailbox.stop_waiting(key, task)
+                result.reject(
                     TimeoutError(f"external event {name!r} did not arrive within {timeout}")
                 )
 
-        task._on_complete(on_event)
-        timer._on_complete(on_timer)
+        task.add_done_callback(on_event)
+        timer.add_done_callback(on_timer)
         return result
 
     def schedule_with_retry(
@@ -710,40 +621,28 @@ class WorkflowExecution:
         def attempt_done(attempt: int, done: Task[Any]) -> None:
             error = done.get_exception()
             if error is None:
-                result._complete(done.get_result())
+                result.resolve(done.get_result())
                 return
             failure = getattr(error, "failure", None)
             if not isinstance(failure, FailureDetails):
                 failure = FailureDetails.from_exception(error)
             delay = policy.next_delay(attempt, failure)
             if delay is None:
-                result._fail(error)
+                result.reject(error)
                 return
             timer = self.schedule_timer(self.current_time + delay)
-            timer._on_complete(lambda _: start(attempt + 1))
+            timer.add_done_callback(lambda _: start(attempt + 1))
 
         def start(attempt: int) -> None:
             task = first if attempt == 1 else start_attempt(attempt)
-            task._on_complete(lambda done: attempt_done(attempt, done))
+            task.add_done_callback(lambda done: attempt_done(attempt, done))
 
         start(1)
         return result
 
     def is_patched(self, name: str) -> bool:
         """See :meth:`WorkflowContext.is_patched`; decided once per execution."""
-        decided = self._patch_decisions.get(name)
-        if decided is not None:
-            return decided
-        if name in self._patches_recorded:
-            decision = True
-        elif self.is_replaying:
-            decision = False
-        else:
-            decision = True
-            self._patches_recorded.add(name)
-            self._new_patches.append(PatchRecorded(name))
-        self._patch_decisions[name] = decision
-        return decision
+        return self._patches.decide(name, replaying=self.is_replaying)
 
     def _race_timeout(
         self, task: Task[Any], task_seq: int, timer: Task[None], what: str, timeout: timedelta
@@ -757,19 +656,19 @@ class WorkflowExecution:
             self._cancel_timer(timer_seq)
             error = done.get_exception()
             if error is None:
-                result._complete(done.get_result())
+                result.resolve(done.get_result())
             else:
-                result._fail(error)
+                result.reject(error)
 
         def on_timer(_: Task[None]) -> None:
             if result.is_complete:
                 return
             self._open.pop(task_seq, None)  # a late result is now stray and will be dropped
             failure = FailureDetails("TimeoutError", f"{what} did not finish within {timeout}")
-            result._fail(ActivityTimeoutError(f"{what} timed out after {timeout}", failure))
+            result.reject(ActivityTimeoutError(f"{what} timed out after {timeout}", failure))
 
-        task._on_complete(on_task)
-        timer._on_complete(on_timer)
+        task.add_done_callback(on_task)
+        timer.add_done_callback(on_timer)
         return result
 
     def _cancel_timer(self, seq: int) -> None:
@@ -780,12 +679,13 @@ class WorkflowExecution:
 
     def _collect(self, accepted: list[HistoryEvent], dropped: list[HistoryEvent]) -> StepOutcome:
         commands: list[Command] = []
+        new_patches = self._patches.take_new()
         append = list(accepted)
         if not self._stall_reason:
-            append.extend(self._new_patches)
+            append.extend(new_patches)
             for seq in sorted(self._actions):
                 action = self._actions[seq]
-                append.append(_scheduled_event(action))
+                append.append(scheduled_event(action))
                 commands.append(action)
                 open_task = self._open.get(seq)
                 if open_task is not None:
@@ -803,7 +703,6 @@ class WorkflowExecution:
                 )
                 commands.append(completion)
                 self._completion_recorded = True
-        self._new_patches = []
         self._terminate_children = []
         cancelled, self._cancelled_timers = tuple(self._cancelled_timers), []
         refused = tuple((e, why) for e, why in self._refused if e is not None)
@@ -832,20 +731,18 @@ class WorkflowExecution:
         if self._completion is not None:
             return ()
         oldest = heapq.nsmallest(limit, self._open)
-        pending = [_pending_task(seq, self._open[seq]) for seq in oldest]
+        pending = [pending_task(seq, self._open[seq]) for seq in oldest]
         if len(self._open) > limit:
             rest = len(self._open) - limit
             pending.append(PendingTask("more", f"{rest} more tasks", detail="not listed"))
-        pending.extend(
-            PendingTask("event", name) for name, waiters in self._event_waiters.items() if waiters
-        )
+        pending.extend(PendingTask("event", name) for name in self._mailbox.waited_for())
         return tuple(pending)
 
     @property
     def recent_event_ids(self) -> tuple[str, ...]:
         """The latest recorded event IDs (at most :data:`SEEN_EVENT_IDS_CARRIED`), oldest
         first: what a run started by continue-as-new inherits to keep dropping duplicates."""
-        return tuple(self._seen_event_ids)[-SEEN_EVENT_IDS_CARRIED:]
+        return self._mailbox.recent_ids(SEEN_EVENT_IDS_CARRIED)
 
     @property
     def next_seq(self) -> int:
@@ -862,21 +759,6 @@ class WorkflowExecution:
     def child_instances(self) -> dict[str, str]:
         """Child instance ID -> app ID of every child this execution started."""
         return dict(self._children)
-
-
-def _pending_task(seq: int, open_task: _OpenTask) -> PendingTask:
-    action = open_task.action
-    match action:
-        case ScheduleActivity(name=name, app_id=app_id):
-            return PendingTask("activity", name, app_id, seq, open_task.scheduled_at)
-        case ScheduleChildWorkflow(name=name, app_id=app_id, instance_id=child):
-            return PendingTask("child_workflow", name, app_id, seq, open_task.scheduled_at, child)
-        case StartTimer(fire_at=fire_at):
-            return PendingTask(
-                "timer", "timer", "", seq, open_task.scheduled_at, f"fires at {fire_at.isoformat()}"
-            )
-        case _:
-            assert_never(action)
 
 
 def replay_step(
