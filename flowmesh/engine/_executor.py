@@ -13,7 +13,6 @@ workflow function is stepped by hand with ``send``.
 
 from __future__ import annotations
 
-import heapq
 import logging
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import replace
@@ -22,24 +21,21 @@ from typing import Any, assert_never
 
 from flowmesh._errors import (
     ActivityFailedError,
-    ActivityTimeoutError,
     ChildWorkflowFailedError,
     NonDeterminismError,
     WorkflowAlreadyExistsError,
 )
 from flowmesh.engine._actions import (
-    OpenTask,
     TaskKind,
     describe_action,
     describe_awaited,
-    matches,
-    pending_task,
     scheduled_event,
 )
 from flowmesh.engine._context import ContinueAsNew, Logger, WorkflowContext
 from flowmesh.engine._mailbox import EventMailbox
 from flowmesh.engine._outcome import StepOutcome
 from flowmesh.engine._patches import PatchState
+from flowmesh.engine._scheduler import TaskScheduler
 from flowmesh.engine._suspension import SuspensionBuffer
 from flowmesh.engine._tasks import Task
 from flowmesh.model import (
@@ -59,8 +55,6 @@ from flowmesh.model import (
     PendingTask,
     RetryPolicy,
     ScheduleActivity,
-    ScheduleChildWorkflow,
-    StartTimer,
     StepStarted,
     TerminateChildren,
     TimerCreated,
@@ -134,20 +128,18 @@ class WorkflowExecution:
         self._context: WorkflowContext | None = None
         self._coroutine: Coroutine[Any, Any, Any] | None = None
         self._awaiting: Task[Any] | None = None
-        self._next_seq = 0
-        self._actions: dict[int, Command] = {}  # scheduled by code, not yet confirmed by history
-        self._open: dict[int, OpenTask] = {}
         self._mailbox = EventMailbox()
+        self._tasks = TaskScheduler(
+            self._mailbox, now=lambda: self.current_time, instance_id=lambda: self.instance_id
+        )
         self._suspension = SuspensionBuffer()
         self._refused: list[tuple[HistoryEvent | None, str]] = []
         self._suspended = False
         self._patches = PatchState()
-        self._cancelled_timers: list[int] = []
         self._completion: CompleteWorkflow | None = None
         self._completion_recorded = False
         self._save_events = False
         self._stall_reason = ""
-        self._children: dict[str, str] = {}  # child instance -> app, for recursive terminate
         self._terminate_children: list[TerminateChildren] = []
         self._pending_event: HistoryEvent | None = None  # the new event being applied
 
@@ -175,7 +167,7 @@ class WorkflowExecution:
             self._guarded(event)
         # Timers cancelled by recorded events were reported by the step that recorded them;
         # reporting them again would make a fresh replay differ from a cached execution.
-        self._cancelled_timers.clear()
+        self._tasks.cancelled_timers.clear()
 
     def step(self, new_events: Iterable[HistoryEvent]) -> StepOutcome:
         """Apply new events and return what to commit and which commands to send.
@@ -301,21 +293,13 @@ class WorkflowExecution:
     def _is_open_result(self, event: HistoryEvent) -> bool:
         match event:
             case ActivityCompleted(seq=seq) | ActivityFailed(seq=seq):
-                return self._open_kind(seq) is TaskKind.ACTIVITY and self._dispatched(seq)
+                return self._tasks.is_open(seq, TaskKind.ACTIVITY)
             case ChildWorkflowCompleted(seq=seq) | ChildWorkflowFailed(seq=seq):
-                return self._open_kind(seq) is TaskKind.CHILD_WORKFLOW and self._dispatched(seq)
+                return self._tasks.is_open(seq, TaskKind.CHILD_WORKFLOW)
             case TimerFired(seq=seq):
-                return self._open_kind(seq) is TaskKind.TIMER and self._dispatched(seq)
+                return self._tasks.is_open(seq, TaskKind.TIMER)
             case _:
                 return False
-
-    def _open_kind(self, seq: int) -> TaskKind | None:
-        open_task = self._open.get(seq)
-        return open_task.kind if open_task is not None else None
-
-    def _dispatched(self, seq: int) -> bool:
-        open_task = self._open.get(seq)
-        return open_task is not None and open_task.dispatched
 
     def _start(self, event: WorkflowStarted) -> bool:
         if self._coroutine is not None or self._completion is not None:
@@ -325,7 +309,7 @@ class WorkflowExecution:
         self._mailbox.inherit(event.seen_event_ids)
         # After continue-as-new, sequence numbers carry on from the previous run, so a late
         # result for the old run can never match a task of the new one.
-        self._next_seq = event.first_seq
+        self._tasks.next_seq = event.first_seq
         function = self._resolve(event.name)
         if function is None:
             raise _Stall(f"workflow {event.name!r} is not registered on app {event.app_id!r}")
@@ -342,26 +326,14 @@ class WorkflowExecution:
         return True
 
     def _confirm(self, event: ActivityScheduled | ChildWorkflowScheduled | TimerCreated) -> None:
-        action = self._actions.pop(event.seq, None)
-        if action is None:
-            raise _Stall(
-                f"non-determinism at seq {event.seq}: history has {describe_action(event)} "
-                "but the workflow code did not schedule it (code changed? guard new code "
-                "with ctx.is_patched())"
-            )
-        if not matches(action, event):
-            raise _Stall(
-                f"non-determinism at seq {event.seq}: history has {describe_action(event)} "
-                f"but the workflow code now asks for {describe_action(action)}"
-            )
-        open_task = self._open.get(event.seq)
-        if open_task is not None:
-            open_task.dispatched = True
+        reason = self._tasks.confirm(event)
+        if reason:
+            raise _Stall(reason)
 
     def _resolve_open(
         self, seq: int, kind: TaskKind, output: object, failure: FailureDetails | None
     ) -> bool:
-        open_task = self._open.get(seq)
+        open_task = self._tasks.open.get(seq)
         if open_task is None or open_task.kind is not kind:
             return False  # duplicate, late (after timeout/retry) or stray: idempotent apply
         if not open_task.dispatched:
@@ -375,7 +347,7 @@ class WorkflowExecution:
                 )
             )
             return False
-        del self._open[seq]
+        del self._tasks.open[seq]
         if failure is None:
             open_task.task.resolve(output)
         else:
@@ -472,7 +444,7 @@ class WorkflowExecution:
                 self.app_id,
                 continued.output,
                 self.parent,
-                first_seq=self._next_seq,
+                first_seq=self._tasks.next_seq,
                 run_id=run_id,
                 seen_event_ids=self.recent_event_ids,
             ),
@@ -511,11 +483,7 @@ class WorkflowExecution:
 
     def _terminate(self, reason: str, recursive: bool) -> None:
         if recursive:
-            self._terminate_children = [
-                TerminateChildren(o.action.instance_id, o.action.app_id, reason)
-                for o in self._open.values()
-                if isinstance(o.action, ScheduleChildWorkflow)
-            ]
+            self._terminate_children = self._tasks.child_terminations(reason)
         self._close_coroutine()
         self._complete(CompleteWorkflow(WorkflowStatus.TERMINATED, reason or "terminated"))
 
@@ -532,148 +500,37 @@ class WorkflowExecution:
                 self._logger.warning("workflow code raised while being closed", exc_info=True)
         self._awaiting = None
 
-    # -- called by WorkflowContext ---------------------------------------------------------------
-
-    def _allocate(
-        self,
-        kind: TaskKind,
-        make: Callable[[int], ScheduleActivity | ScheduleChildWorkflow | StartTimer],
-    ) -> Task[Any]:
-        seq = self._next_seq
-        self._next_seq += 1
-        action = make(seq)
-        task: Task[Any] = Task()
-        self._actions[seq] = action
-        self._open[seq] = OpenTask(kind, action, task, self.current_time)
-        return task
+    # -- called by WorkflowContext (see TaskScheduler) -------------------------------------------
 
     def schedule_activity(
         self, name: str, app_id: str, input_value: object, attempt: int, timeout: timedelta | None
     ) -> Task[Any]:
-        """Allocate a seq for an activity attempt (raced against a timer with ``timeout``)."""
-        task = self._allocate(
-            TaskKind.ACTIVITY, lambda seq: ScheduleActivity(seq, name, app_id, input_value, attempt)
-        )
-        if timeout is None:
-            return task
-        seq = self._next_seq - 1
-        timer = self.schedule_timer(self.current_time + timeout)
-        return self._race_timeout(task, seq, timer, f"activity {name!r} on app {app_id!r}", timeout)
+        """See :meth:`TaskScheduler.schedule_activity`."""
+        return self._tasks.schedule_activity(name, app_id, input_value, attempt, timeout)
 
     def schedule_child(
         self, name: str, app_id: str, input_value: object, instance_id: str | None, attempt: int
     ) -> Task[Any]:
-        """Allocate a seq for a child workflow; its ID defaults to ``<parent>:<seq>``."""
-
-        def make(seq: int) -> ScheduleChildWorkflow:
-            child_id = instance_id or f"{self.instance_id}:{seq}"
-            if instance_id is not None and attempt > 1:
-                child_id = f"{instance_id}-{attempt}"
-            self._children[child_id] = app_id
-            return ScheduleChildWorkflow(seq, name, app_id, child_id, input_value)
-
-        return self._allocate(TaskKind.CHILD_WORKFLOW, make)
+        """See :meth:`TaskScheduler.schedule_child`."""
+        return self._tasks.schedule_child(name, app_id, input_value, instance_id, attempt)
 
     def schedule_timer(self, fire_at: datetime) -> Task[None]:
-        """Allocate a seq for a durable timer."""
-        return self._allocate(TaskKind.TIMER, lambda seq: StartTimer(seq, fire_at))
+        """See :meth:`TaskScheduler.schedule_timer`."""
+        return self._tasks.schedule_timer(fire_at)
 
     def wait_for_event(self, name: str, timeout: timedelta | None) -> Task[Any]:
-        """A task resolved by the next (or a buffered) external event called ``name``."""
-        key = name.casefold()
-        task: Task[Any] = Task()
-        kept = self._mailbox.take(key)
-        if kept is not None:
-            task.resolve(kept.data)
-            return task
-        self._mailbox.wait(key, task)
-        if timeout is None:
-            return task
-        timer = self.schedule_timer(self.current_time + timeout)
-        result: Task[Any] = Task()
-        timer_seq = self._next_seq - 1
-
-        def on_event(done: Task[Any]) -> None:
-            if not result.is_complete:
-                self._cancel_timer(timer_seq)
-                result.resolve(done.get_result())
-
-        def on_timer(_: Task[Any]) -> None:
-            if not result.is_complete:
-                self._mailbox.stop_waiting(key, task)
-                result.reject(
-                    TimeoutError(f"external event {name!r} did not arrive within {timeout}")
-                )
-
-        task.add_done_callback(on_event)
-        timer.add_done_callback(on_timer)
-        return result
+        """See :meth:`TaskScheduler.wait_for_event`."""
+        return self._tasks.wait_for_event(name, timeout)
 
     def schedule_with_retry(
         self, start_attempt: Callable[[int], Task[Any]], policy: RetryPolicy | None
     ) -> Task[Any]:
-        """Run ``start_attempt(1)``; on failure wait per ``policy`` and start the next attempt."""
-        first = start_attempt(1)
-        if policy is None:
-            return first
-        result: Task[Any] = Task()
-
-        def attempt_done(attempt: int, done: Task[Any]) -> None:
-            error = done.get_exception()
-            if error is None:
-                result.resolve(done.get_result())
-                return
-            failure = getattr(error, "failure", None)
-            if not isinstance(failure, FailureDetails):
-                failure = FailureDetails.from_exception(error)
-            delay = policy.next_delay(attempt, failure)
-            if delay is None:
-                result.reject(error)
-                return
-            timer = self.schedule_timer(self.current_time + delay)
-            timer.add_done_callback(lambda _: start(attempt + 1))
-
-        def start(attempt: int) -> None:
-            task = first if attempt == 1 else start_attempt(attempt)
-            task.add_done_callback(lambda done: attempt_done(attempt, done))
-
-        start(1)
-        return result
+        """See :meth:`TaskScheduler.schedule_with_retry`."""
+        return self._tasks.schedule_with_retry(start_attempt, policy)
 
     def is_patched(self, name: str) -> bool:
         """See :meth:`WorkflowContext.is_patched`; decided once per execution."""
         return self._patches.decide(name, replaying=self.is_replaying)
-
-    def _race_timeout(
-        self, task: Task[Any], task_seq: int, timer: Task[None], what: str, timeout: timedelta
-    ) -> Task[Any]:
-        timer_seq = self._next_seq - 1
-        result: Task[Any] = Task()
-
-        def on_task(done: Task[Any]) -> None:
-            if result.is_complete:
-                return
-            self._cancel_timer(timer_seq)
-            error = done.get_exception()
-            if error is None:
-                result.resolve(done.get_result())
-            else:
-                result.reject(error)
-
-        def on_timer(_: Task[None]) -> None:
-            if result.is_complete:
-                return
-            self._open.pop(task_seq, None)  # a late result is now stray and will be dropped
-            failure = FailureDetails("TimeoutError", f"{what} did not finish within {timeout}")
-            result.reject(ActivityTimeoutError(f"{what} timed out after {timeout}", failure))
-
-        task.add_done_callback(on_task)
-        timer.add_done_callback(on_timer)
-        return result
-
-    def _cancel_timer(self, seq: int) -> None:
-        if self._open.pop(seq, None) is not None:
-            self._cancelled_timers.append(seq)
 
     # -- outcome ---------------------------------------------------------------------------------
 
@@ -683,16 +540,9 @@ class WorkflowExecution:
         append = list(accepted)
         if not self._stall_reason:
             append.extend(new_patches)
-            for seq in sorted(self._actions):
-                action = self._actions[seq]
+            for action in self._tasks.take_actions():
                 append.append(scheduled_event(action))
                 commands.append(action)
-                open_task = self._open.get(seq)
-                if open_task is not None:
-                    # Valid from the next step on: the runtime keeps this execution only if
-                    # the commit recording the scheduling succeeds.
-                    open_task.dispatched = True
-            self._actions.clear()
             if self._completion is not None and not self._completion_recorded:
                 # TerminateChildren belong to this completion: a replayed (already recorded)
                 # recursive terminate must not send them again.
@@ -704,7 +554,7 @@ class WorkflowExecution:
                 commands.append(completion)
                 self._completion_recorded = True
         self._terminate_children = []
-        cancelled, self._cancelled_timers = tuple(self._cancelled_timers), []
+        cancelled = self._tasks.take_cancelled()
         refused = tuple((e, why) for e, why in self._refused if e is not None)
         self._refused = []
         if all(isinstance(e, StepStarted) for e in append):
@@ -730,11 +580,7 @@ class WorkflowExecution:
         step's state that large)."""
         if self._completion is not None:
             return ()
-        oldest = heapq.nsmallest(limit, self._open)
-        pending = [pending_task(seq, self._open[seq]) for seq in oldest]
-        if len(self._open) > limit:
-            rest = len(self._open) - limit
-            pending.append(PendingTask("more", f"{rest} more tasks", detail="not listed"))
+        pending = self._tasks.pending(limit)
         pending.extend(PendingTask("event", name) for name in self._mailbox.waited_for())
         return tuple(pending)
 
@@ -747,18 +593,18 @@ class WorkflowExecution:
     @property
     def next_seq(self) -> int:
         """The sequence number the next task will get (a continued run starts here)."""
-        return self._next_seq
+        return self._tasks.next_seq
 
     def open_activity(self, seq: int) -> ScheduleActivity | None:
         """The scheduled activity ``seq`` if it still waits for its result, else None."""
-        open_task = self._open.get(seq)
+        open_task = self._tasks.open.get(seq)
         if open_task is not None and isinstance(open_task.action, ScheduleActivity):
             return open_task.action
         return None
 
     def child_instances(self) -> dict[str, str]:
         """Child instance ID -> app ID of every child this execution started."""
-        return dict(self._children)
+        return dict(self._tasks.children)
 
 
 def replay_step(
