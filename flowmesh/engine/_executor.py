@@ -13,23 +13,30 @@ workflow function is stepped by hand with ``send``.
 
 from __future__ import annotations
 
-import heapq
 import logging
-from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, assert_never
 
 from flowmesh._errors import (
     ActivityFailedError,
-    ActivityTimeoutError,
     ChildWorkflowFailedError,
     NonDeterminismError,
     WorkflowAlreadyExistsError,
 )
+from flowmesh.engine._actions import (
+    TaskKind,
+    describe_action,
+    describe_awaited,
+    scheduled_event,
+)
 from flowmesh.engine._context import ContinueAsNew, Logger, WorkflowContext
+from flowmesh.engine._mailbox import EventMailbox
 from flowmesh.engine._outcome import StepOutcome
+from flowmesh.engine._patches import PatchState
+from flowmesh.engine._scheduler import TaskScheduler
+from flowmesh.engine._suspension import SuspensionBuffer
 from flowmesh.engine._tasks import Task
 from flowmesh.model import (
     ActivityCompleted,
@@ -48,8 +55,6 @@ from flowmesh.model import (
     PendingTask,
     RetryPolicy,
     ScheduleActivity,
-    ScheduleChildWorkflow,
-    StartTimer,
     StepStarted,
     TerminateChildren,
     TimerCreated,
@@ -92,89 +97,6 @@ class _Stall(Exception):  # noqa: N818 - internal control flow, never escapes th
     """Stops the execution: history and code disagree, or the workflow cannot run."""
 
 
-@dataclass(slots=True)
-class _OpenTask:
-    """A scheduled task waiting for its result event."""
-
-    kind: str  # "activity" | "child_workflow" | "timer"
-    action: ScheduleActivity | ScheduleChildWorkflow | StartTimer
-    task: Task[Any]
-    scheduled_at: datetime
-    dispatched: bool = False
-    """True once the task's scheduling is recorded in history (a previous step's outcome, or
-    replayed): only then may a result resolve it. A result batched into the very step that
-    allocates the task would otherwise complete a task nobody was sent."""
-
-
-def _describe_action(action: Command | HistoryEvent) -> str:
-    match action:
-        case ScheduleActivity(name=name, app_id=app) | ActivityScheduled(name=name, app_id=app):
-            return f"activity {name!r} on app {app!r}"
-        case (
-            ScheduleChildWorkflow(name=name, app_id=app)
-            | ChildWorkflowScheduled(name=name, app_id=app)
-        ):
-            return f"child workflow {name!r} on app {app!r}"
-        case StartTimer() | TimerCreated():
-            return "a durable timer"
-        case _:
-            return type(action).__name__
-
-
-def _describe_awaited(coroutine: Coroutine[Any, Any, Any], yielded: object) -> str:
-    """Name what the workflow awaited, e.g. ``mod.helper() -> asyncio.tasks.sleep()``.
-
-    The yielded value alone (often ``None``) does not say what the code awaited; the chain of
-    coroutines/generators the workflow coroutine is suspended in does.
-    """
-    names: list[str] = []
-    awaited: Any = getattr(coroutine, "cr_await", None)
-    while awaited is not None and len(names) < 8:
-        qualname = getattr(awaited, "__qualname__", None)
-        if not isinstance(qualname, str):
-            names.append(type(awaited).__qualname__)
-            break
-        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
-        module = frame.f_globals.get("__name__", "") if frame is not None else ""
-        names.append(f"{module}.{qualname}()" if module else f"{qualname}()")
-        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
-    if not names:
-        return repr(yielded)
-    return f"{' -> '.join(names)} (which yielded {yielded!r})"
-
-
-def _matches(action: Command, event: HistoryEvent) -> bool:
-    match action, event:
-        case ScheduleActivity(), ActivityScheduled():
-            return (action.name, action.app_id) == (event.name, event.app_id)
-        case ScheduleChildWorkflow(), ChildWorkflowScheduled():
-            return (action.name, action.app_id, action.instance_id) == (
-                event.name,
-                event.app_id,
-                event.instance_id,
-            )
-        case StartTimer(), TimerCreated():
-            return True
-        case _:
-            return False
-
-
-def _scheduled_event(action: Command) -> HistoryEvent:
-    match action:
-        case ScheduleActivity():
-            return ActivityScheduled(
-                action.seq, action.name, action.app_id, action.input, action.attempt
-            )
-        case ScheduleChildWorkflow():
-            return ChildWorkflowScheduled(
-                action.seq, action.name, action.app_id, action.instance_id, action.input
-            )
-        case StartTimer():
-            return TimerCreated(action.seq, action.fire_at)
-        case _:
-            raise AssertionError(f"{action!r} is not a schedulable action")
-
-
 class WorkflowExecution:
     """The replayed state of one workflow execution; feed it events, collect outcomes.
 
@@ -206,26 +128,18 @@ class WorkflowExecution:
         self._context: WorkflowContext | None = None
         self._coroutine: Coroutine[Any, Any, Any] | None = None
         self._awaiting: Task[Any] | None = None
-        self._next_seq = 0
-        self._actions: dict[int, Command] = {}  # scheduled by code, not yet confirmed by history
-        self._open: dict[int, _OpenTask] = {}
-        self._event_waiters: dict[str, deque[Task[Any]]] = {}
-        self._event_buffer: dict[str, deque[EventRaised]] = {}
-        self._suspended_buffer: list[HistoryEvent] = []
-        # Insertion-ordered (a dict), so a continued run inherits the most recent IDs.
-        self._seen_event_ids: dict[str, None] = {}
+        self._mailbox = EventMailbox()
+        self._tasks = TaskScheduler(
+            self._mailbox, now=lambda: self.current_time, instance_id=lambda: self.instance_id
+        )
+        self._suspension = SuspensionBuffer()
         self._refused: list[tuple[HistoryEvent | None, str]] = []
-        self._held_buffer_replay = False  # True while applying events held during suspension
         self._suspended = False
-        self._patches_recorded: set[str] = set()
-        self._patch_decisions: dict[str, bool] = {}
-        self._new_patches: list[PatchRecorded] = []
-        self._cancelled_timers: list[int] = []
+        self._patches = PatchState()
         self._completion: CompleteWorkflow | None = None
         self._completion_recorded = False
         self._save_events = False
         self._stall_reason = ""
-        self._children: dict[str, str] = {}  # child instance -> app, for recursive terminate
         self._terminate_children: list[TerminateChildren] = []
         self._pending_event: HistoryEvent | None = None  # the new event being applied
 
@@ -245,7 +159,7 @@ class WorkflowExecution:
     def replay(self, history: Iterable[HistoryEvent]) -> None:
         """Rebuild state from events already committed to history."""
         events = list(history)
-        self._patches_recorded.update(e.name for e in events if isinstance(e, PatchRecorded))
+        self._patches.read(events)
         self.is_replaying = True
         for event in events:
             if self._stall_reason:
@@ -253,7 +167,7 @@ class WorkflowExecution:
             self._guarded(event)
         # Timers cancelled by recorded events were reported by the step that recorded them;
         # reporting them again would make a fresh replay differ from a cached execution.
-        self._cancelled_timers.clear()
+        self._tasks.cancelled_timers.clear()
 
     def step(self, new_events: Iterable[HistoryEvent]) -> StepOutcome:
         """Apply new events and return what to commit and which commands to send.
@@ -292,11 +206,14 @@ class WorkflowExecution:
 
     def _process(self, event: HistoryEvent) -> bool:
         """Apply one event; False if it is a duplicate or stray and must not be recorded."""
-        if isinstance(event, EventRaised) and event.event_id and not self._held_buffer_replay:
+        if (
+            isinstance(event, EventRaised)
+            and event.event_id
+            and not self._suspension.replaying
             # A redelivered RaiseEvent (the step committed, the ack was lost) is recorded once.
-            if event.event_id in self._seen_event_ids:
-                return False
-            self._seen_event_ids[event.event_id] = None
+            and not self._mailbox.first_sight(event.event_id)
+        ):
+            return False
         if (
             self._suspended
             and not isinstance(
@@ -312,9 +229,9 @@ class WorkflowExecution:
             )
         ):
             if isinstance(event, EventRaised) or (
-                self._is_open_result(event) and not self._holds_result(event)
+                self._is_open_result(event) and not self._suspension.holds_result(event)
             ):
-                self._suspended_buffer.append(event)
+                self._suspension.keep(event)
                 return True
             return False
         match event:
@@ -327,20 +244,20 @@ class WorkflowExecution:
                 self._confirm(event)
                 return True
             case ActivityCompleted(seq=seq, output=output):
-                return self._resolve_open(seq, "activity", output, None)
+                return self._resolve_open(seq, TaskKind.ACTIVITY, output, None)
             case ActivityFailed(seq=seq, failure=failure):
-                return self._resolve_open(seq, "activity", None, failure)
+                return self._resolve_open(seq, TaskKind.ACTIVITY, None, failure)
             case ChildWorkflowCompleted(seq=seq, output=output):
-                return self._resolve_open(seq, "child_workflow", output, None)
+                return self._resolve_open(seq, TaskKind.CHILD_WORKFLOW, output, None)
             case ChildWorkflowFailed(seq=seq, failure=failure):
-                return self._resolve_open(seq, "child_workflow", None, failure)
+                return self._resolve_open(seq, TaskKind.CHILD_WORKFLOW, None, failure)
             case TimerFired(seq=seq):
-                return self._resolve_open(seq, "timer", None, None)
+                return self._resolve_open(seq, TaskKind.TIMER, None, None)
             case EventRaised():
                 self._deliver_event(event)
                 return True
             case PatchRecorded(name=name):
-                self._patches_recorded.add(name)
+                self._patches.record(name)
                 return True
             case WorkflowSuspended():
                 if self._suspended or self._completion is not None:
@@ -351,13 +268,12 @@ class WorkflowExecution:
                 if not self._suspended:
                     return False
                 self._suspended = False
-                buffered, self._suspended_buffer = self._suspended_buffer, []
-                self._held_buffer_replay = True  # their IDs were already checked on arrival
+                self._suspension.replaying = True
                 try:
-                    for held in buffered:
+                    for held in self._suspension.take():
                         self._process(held)
                 finally:
-                    self._held_buffer_replay = False
+                    self._suspension.replaying = False
                 return True
             case WorkflowTerminated(reason=reason, recursive=recursive):
                 if self._completion is not None:
@@ -377,39 +293,23 @@ class WorkflowExecution:
     def _is_open_result(self, event: HistoryEvent) -> bool:
         match event:
             case ActivityCompleted(seq=seq) | ActivityFailed(seq=seq):
-                return self._open_kind(seq) == "activity" and self._dispatched(seq)
+                return self._tasks.is_open(seq, TaskKind.ACTIVITY)
             case ChildWorkflowCompleted(seq=seq) | ChildWorkflowFailed(seq=seq):
-                return self._open_kind(seq) == "child_workflow" and self._dispatched(seq)
+                return self._tasks.is_open(seq, TaskKind.CHILD_WORKFLOW)
             case TimerFired(seq=seq):
-                return self._open_kind(seq) == "timer" and self._dispatched(seq)
+                return self._tasks.is_open(seq, TaskKind.TIMER)
             case _:
                 return False
-
-    def _holds_result(self, event: HistoryEvent) -> bool:
-        """True if a result for ``event``'s seq is already buffered (a duplicate)."""
-        seq = getattr(event, "seq", None)
-        return any(
-            not isinstance(held, EventRaised) and getattr(held, "seq", None) == seq
-            for held in self._suspended_buffer
-        )
-
-    def _open_kind(self, seq: int) -> str:
-        open_task = self._open.get(seq)
-        return open_task.kind if open_task is not None else ""
-
-    def _dispatched(self, seq: int) -> bool:
-        open_task = self._open.get(seq)
-        return open_task is not None and open_task.dispatched
 
     def _start(self, event: WorkflowStarted) -> bool:
         if self._coroutine is not None or self._completion is not None:
             return False
         self.instance_id, self.app_id, self.name = event.instance_id, event.app_id, event.name
         self.input, self.parent, self.run_id = event.input, event.parent, event.run_id
-        self._seen_event_ids.update(dict.fromkeys(event.seen_event_ids))
+        self._mailbox.inherit(event.seen_event_ids)
         # After continue-as-new, sequence numbers carry on from the previous run, so a late
         # result for the old run can never match a task of the new one.
-        self._next_seq = event.first_seq
+        self._tasks.next_seq = event.first_seq
         function = self._resolve(event.name)
         if function is None:
             raise _Stall(f"workflow {event.name!r} is not registered on app {event.app_id!r}")
@@ -426,27 +326,15 @@ class WorkflowExecution:
         return True
 
     def _confirm(self, event: ActivityScheduled | ChildWorkflowScheduled | TimerCreated) -> None:
-        action = self._actions.pop(event.seq, None)
-        if action is None:
-            raise _Stall(
-                f"non-determinism at seq {event.seq}: history has {_describe_action(event)} "
-                "but the workflow code did not schedule it (code changed? guard new code "
-                "with ctx.is_patched())"
-            )
-        if not _matches(action, event):
-            raise _Stall(
-                f"non-determinism at seq {event.seq}: history has {_describe_action(event)} "
-                f"but the workflow code now asks for {_describe_action(action)}"
-            )
-        open_task = self._open.get(event.seq)
-        if open_task is not None:
-            open_task.dispatched = True
+        reason = self._tasks.confirm(event)
+        if reason:
+            raise _Stall(reason)
 
     def _resolve_open(
-        self, seq: int, kind: str, output: object, failure: FailureDetails | None
+        self, seq: int, kind: TaskKind, output: object, failure: FailureDetails | None
     ) -> bool:
-        open_task = self._open.get(seq)
-        if open_task is None or open_task.kind != kind:
+        open_task = self._tasks.open.get(seq)
+        if open_task is None or open_task.kind is not kind:
             return False  # duplicate, late (after timeout/retry) or stray: idempotent apply
         if not open_task.dispatched:
             # Its scheduling is not committed yet, so nobody was sent the task: whoever sent
@@ -454,35 +342,32 @@ class WorkflowExecution:
             self._refused.append(
                 (
                     self._pending_event,
-                    f"result for {_describe_action(open_task.action)} (seq {seq}) "
+                    f"result for {describe_action(open_task.action)} (seq {seq}) "
                     "that was never dispatched",
                 )
             )
             return False
-        del self._open[seq]
+        del self._tasks.open[seq]
         if failure is None:
-            open_task.task._complete(output)
+            open_task.task.resolve(output)
         else:
             error_class = (
-                ChildWorkflowFailedError if kind == "child_workflow" else ActivityFailedError
+                ChildWorkflowFailedError if kind is TaskKind.CHILD_WORKFLOW else ActivityFailedError
             )
-            what = _describe_action(open_task.action)
+            what = describe_action(open_task.action)
             error = error_class(f"{what} failed: {failure.error_type}: {failure.message}", failure)
             cause = _FLOWMESH_CAUSES.get(failure.error_type)
             if cause is not None:
                 error.__cause__ = cause(failure.message)
-            open_task.task._fail(error)
+            open_task.task.reject(error)
         self._run()
         return True
 
     def _deliver_event(self, event: EventRaised) -> None:
-        key = event.name.casefold()
-        waiters = self._event_waiters.get(key)
-        if waiters:
-            waiters.popleft()._complete(event.data)
+        waiter = self._mailbox.deliver(event)
+        if waiter is not None:
+            waiter.resolve(event.data)
             self._run()
-        else:
-            self._event_buffer.setdefault(key, deque()).append(event)
 
     # -- stepping the coroutine ------------------------------------------------------------------
 
@@ -508,7 +393,7 @@ class WorkflowExecution:
             if not isinstance(yielded, Task):
                 self._finish_failed(
                     TypeError(
-                        f"workflow {self.name!r} awaited {_describe_awaited(coroutine, yielded)}"
+                        f"workflow {self.name!r} awaited {describe_awaited(coroutine, yielded)}"
                         ", which is not a flowmesh task. Workflow code is replayed and must "
                         "only await tasks from its WorkflowContext (use ctx.create_timer instead "
                         "of asyncio.sleep, and activities for I/O)."
@@ -540,11 +425,41 @@ class WorkflowExecution:
         if self._completion is None:
             self._complete(CompleteWorkflow(WorkflowStatus.FAILED, None, failure))
 
+    def continue_as_new_restart(
+        self, continued: CompleteWorkflow, *, now: datetime, run_id: str
+    ) -> tuple[WorkflowExecution, StepOutcome]:
+        """Start the run that ``continued`` (this run's ``CONTINUED_AS_NEW`` completion) asks
+        for: a fresh execution of the same workflow, stepped with its ``WorkflowStarted``
+        (``run_id`` from the caller: the engine has no randomness) and the carried events.
+
+        Sequence numbers and recent event IDs carry over, so a late result or a redelivered
+        event for the old run never applies to the new one. Returns the new execution and
+        its first outcome, to be committed in place of this run's history.
+        """
+        restart: list[HistoryEvent] = [
+            StepStarted(now),
+            WorkflowStarted(
+                self.name,
+                self.instance_id,
+                self.app_id,
+                continued.output,
+                self.parent,
+                first_seq=self._tasks.next_seq,
+                run_id=run_id,
+                seen_event_ids=self.recent_event_ids,
+            ),
+            *continued.carried_events,
+        ]
+        execution = WorkflowExecution(
+            self._resolve, logger=self._logger, check_value=self.check_value
+        )
+        return execution, execution.step(restart)
+
     def _continue_as_new(self, signal: ContinueAsNew) -> None:
         carried: list[EventRaised] = []
         self._save_events = signal.save_events
         if signal.save_events:
-            carried = [e for queue in self._event_buffer.values() for e in queue]
+            carried = self._mailbox.kept()
         self._complete(
             CompleteWorkflow(
                 WorkflowStatus.CONTINUED_AS_NEW, signal.new_input, None, tuple(carried)
@@ -568,11 +483,7 @@ class WorkflowExecution:
 
     def _terminate(self, reason: str, recursive: bool) -> None:
         if recursive:
-            self._terminate_children = [
-                TerminateChildren(o.action.instance_id, o.action.app_id, reason)
-                for o in self._open.values()
-                if isinstance(o.action, ScheduleChildWorkflow)
-            ]
+            self._terminate_children = self._tasks.child_terminations(reason)
         self._close_coroutine()
         self._complete(CompleteWorkflow(WorkflowStatus.TERMINATED, reason or "terminated"))
 
@@ -589,180 +500,49 @@ class WorkflowExecution:
                 self._logger.warning("workflow code raised while being closed", exc_info=True)
         self._awaiting = None
 
-    # -- called by WorkflowContext ---------------------------------------------------------------
-
-    def _allocate(
-        self,
-        kind: str,
-        make: Callable[[int], ScheduleActivity | ScheduleChildWorkflow | StartTimer],
-    ) -> Task[Any]:
-        seq = self._next_seq
-        self._next_seq += 1
-        action = make(seq)
-        task: Task[Any] = Task()
-        self._actions[seq] = action
-        self._open[seq] = _OpenTask(kind, action, task, self.current_time)
-        return task
+    # -- called by WorkflowContext (see TaskScheduler) -------------------------------------------
 
     def schedule_activity(
         self, name: str, app_id: str, input_value: object, attempt: int, timeout: timedelta | None
     ) -> Task[Any]:
-        """Allocate a seq for an activity attempt (raced against a timer with ``timeout``)."""
-        task = self._allocate(
-            "activity", lambda seq: ScheduleActivity(seq, name, app_id, input_value, attempt)
-        )
-        if timeout is None:
-            return task
-        seq = self._next_seq - 1
-        timer = self.schedule_timer(self.current_time + timeout)
-        return self._race_timeout(task, seq, timer, f"activity {name!r} on app {app_id!r}", timeout)
+        """See :meth:`TaskScheduler.schedule_activity`."""
+        return self._tasks.schedule_activity(name, app_id, input_value, attempt, timeout)
 
     def schedule_child(
         self, name: str, app_id: str, input_value: object, instance_id: str | None, attempt: int
     ) -> Task[Any]:
-        """Allocate a seq for a child workflow; its ID defaults to ``<parent>:<seq>``."""
-
-        def make(seq: int) -> ScheduleChildWorkflow:
-            child_id = instance_id or f"{self.instance_id}:{seq}"
-            if instance_id is not None and attempt > 1:
-                child_id = f"{instance_id}-{attempt}"
-            self._children[child_id] = app_id
-            return ScheduleChildWorkflow(seq, name, app_id, child_id, input_value)
-
-        return self._allocate("child_workflow", make)
+        """See :meth:`TaskScheduler.schedule_child`."""
+        return self._tasks.schedule_child(name, app_id, input_value, instance_id, attempt)
 
     def schedule_timer(self, fire_at: datetime) -> Task[None]:
-        """Allocate a seq for a durable timer."""
-        return self._allocate("timer", lambda seq: StartTimer(seq, fire_at))
+        """See :meth:`TaskScheduler.schedule_timer`."""
+        return self._tasks.schedule_timer(fire_at)
 
     def wait_for_event(self, name: str, timeout: timedelta | None) -> Task[Any]:
-        """A task resolved by the next (or a buffered) external event called ``name``."""
-        key = name.casefold()
-        buffered = self._event_buffer.get(key)
-        task: Task[Any] = Task()
-        if buffered:
-            task._complete(buffered.popleft().data)
-            return task
-        self._event_waiters.setdefault(key, deque()).append(task)
-        if timeout is None:
-            return task
-        timer = self.schedule_timer(self.current_time + timeout)
-        result: Task[Any] = Task()
-        timer_seq = self._next_seq - 1
-
-        def on_event(done: Task[Any]) -> None:
-            if not result.is_complete:
-                self._cancel_timer(timer_seq)
-                result._complete(done.get_result())
-
-        def on_timer(_: Task[Any]) -> None:
-            if not result.is_complete:
-                waiters = self._event_waiters.get(key)
-                if waiters and task in waiters:
-                    waiters.remove(task)
-                result._fail(
-                    TimeoutError(f"external event {name!r} did not arrive within {timeout}")
-                )
-
-        task._on_complete(on_event)
-        timer._on_complete(on_timer)
-        return result
+        """See :meth:`TaskScheduler.wait_for_event`."""
+        return self._tasks.wait_for_event(name, timeout)
 
     def schedule_with_retry(
         self, start_attempt: Callable[[int], Task[Any]], policy: RetryPolicy | None
     ) -> Task[Any]:
-        """Run ``start_attempt(1)``; on failure wait per ``policy`` and start the next attempt."""
-        first = start_attempt(1)
-        if policy is None:
-            return first
-        result: Task[Any] = Task()
-
-        def attempt_done(attempt: int, done: Task[Any]) -> None:
-            error = done.get_exception()
-            if error is None:
-                result._complete(done.get_result())
-                return
-            failure = getattr(error, "failure", None)
-            if not isinstance(failure, FailureDetails):
-                failure = FailureDetails.from_exception(error)
-            delay = policy.next_delay(attempt, failure)
-            if delay is None:
-                result._fail(error)
-                return
-            timer = self.schedule_timer(self.current_time + delay)
-            timer._on_complete(lambda _: start(attempt + 1))
-
-        def start(attempt: int) -> None:
-            task = first if attempt == 1 else start_attempt(attempt)
-            task._on_complete(lambda done: attempt_done(attempt, done))
-
-        start(1)
-        return result
+        """See :meth:`TaskScheduler.schedule_with_retry`."""
+        return self._tasks.schedule_with_retry(start_attempt, policy)
 
     def is_patched(self, name: str) -> bool:
         """See :meth:`WorkflowContext.is_patched`; decided once per execution."""
-        decided = self._patch_decisions.get(name)
-        if decided is not None:
-            return decided
-        if name in self._patches_recorded:
-            decision = True
-        elif self.is_replaying:
-            decision = False
-        else:
-            decision = True
-            self._patches_recorded.add(name)
-            self._new_patches.append(PatchRecorded(name))
-        self._patch_decisions[name] = decision
-        return decision
-
-    def _race_timeout(
-        self, task: Task[Any], task_seq: int, timer: Task[None], what: str, timeout: timedelta
-    ) -> Task[Any]:
-        timer_seq = self._next_seq - 1
-        result: Task[Any] = Task()
-
-        def on_task(done: Task[Any]) -> None:
-            if result.is_complete:
-                return
-            self._cancel_timer(timer_seq)
-            error = done.get_exception()
-            if error is None:
-                result._complete(done.get_result())
-            else:
-                result._fail(error)
-
-        def on_timer(_: Task[None]) -> None:
-            if result.is_complete:
-                return
-            self._open.pop(task_seq, None)  # a late result is now stray and will be dropped
-            failure = FailureDetails("TimeoutError", f"{what} did not finish within {timeout}")
-            result._fail(ActivityTimeoutError(f"{what} timed out after {timeout}", failure))
-
-        task._on_complete(on_task)
-        timer._on_complete(on_timer)
-        return result
-
-    def _cancel_timer(self, seq: int) -> None:
-        if self._open.pop(seq, None) is not None:
-            self._cancelled_timers.append(seq)
+        return self._patches.decide(name, replaying=self.is_replaying)
 
     # -- outcome ---------------------------------------------------------------------------------
 
     def _collect(self, accepted: list[HistoryEvent], dropped: list[HistoryEvent]) -> StepOutcome:
         commands: list[Command] = []
+        new_patches = self._patches.take_new()
         append = list(accepted)
         if not self._stall_reason:
-            append.extend(self._new_patches)
-            for seq in sorted(self._actions):
-                action = self._actions[seq]
-                append.append(_scheduled_event(action))
+            append.extend(new_patches)
+            for action in self._tasks.take_actions():
+                append.append(scheduled_event(action))
                 commands.append(action)
-                open_task = self._open.get(seq)
-                if open_task is not None:
-                    # Valid from the next step on: the runtime keeps this execution only if
-                    # the commit recording the scheduling succeeds.
-                    open_task.dispatched = True
-            self._actions.clear()
             if self._completion is not None and not self._completion_recorded:
                 # TerminateChildren belong to this completion: a replayed (already recorded)
                 # recursive terminate must not send them again.
@@ -773,9 +553,8 @@ class WorkflowExecution:
                 )
                 commands.append(completion)
                 self._completion_recorded = True
-        self._new_patches = []
         self._terminate_children = []
-        cancelled, self._cancelled_timers = tuple(self._cancelled_timers), []
+        cancelled = self._tasks.take_cancelled()
         refused = tuple((e, why) for e, why in self._refused if e is not None)
         self._refused = []
         if all(isinstance(e, StepStarted) for e in append):
@@ -801,52 +580,31 @@ class WorkflowExecution:
         step's state that large)."""
         if self._completion is not None:
             return ()
-        oldest = heapq.nsmallest(limit, self._open)
-        pending = [_pending_task(seq, self._open[seq]) for seq in oldest]
-        if len(self._open) > limit:
-            rest = len(self._open) - limit
-            pending.append(PendingTask("more", f"{rest} more tasks", detail="not listed"))
-        pending.extend(
-            PendingTask("event", name) for name, waiters in self._event_waiters.items() if waiters
-        )
+        pending = self._tasks.pending(limit)
+        pending.extend(PendingTask("event", name) for name in self._mailbox.waited_for())
         return tuple(pending)
 
     @property
     def recent_event_ids(self) -> tuple[str, ...]:
         """The latest recorded event IDs (at most :data:`SEEN_EVENT_IDS_CARRIED`), oldest
         first: what a run started by continue-as-new inherits to keep dropping duplicates."""
-        return tuple(self._seen_event_ids)[-SEEN_EVENT_IDS_CARRIED:]
+        return self._mailbox.recent_ids(SEEN_EVENT_IDS_CARRIED)
 
     @property
     def next_seq(self) -> int:
         """The sequence number the next task will get (a continued run starts here)."""
-        return self._next_seq
+        return self._tasks.next_seq
 
     def open_activity(self, seq: int) -> ScheduleActivity | None:
         """The scheduled activity ``seq`` if it still waits for its result, else None."""
-        open_task = self._open.get(seq)
+        open_task = self._tasks.open.get(seq)
         if open_task is not None and isinstance(open_task.action, ScheduleActivity):
             return open_task.action
         return None
 
     def child_instances(self) -> dict[str, str]:
         """Child instance ID -> app ID of every child this execution started."""
-        return dict(self._children)
-
-
-def _pending_task(seq: int, open_task: _OpenTask) -> PendingTask:
-    action = open_task.action
-    match action:
-        case ScheduleActivity(name=name, app_id=app_id):
-            return PendingTask("activity", name, app_id, seq, open_task.scheduled_at)
-        case ScheduleChildWorkflow(name=name, app_id=app_id, instance_id=child):
-            return PendingTask("child_workflow", name, app_id, seq, open_task.scheduled_at, child)
-        case StartTimer(fire_at=fire_at):
-            return PendingTask(
-                "timer", "timer", "", seq, open_task.scheduled_at, f"fires at {fire_at.isoformat()}"
-            )
-        case _:
-            assert_never(action)
+        return dict(self._tasks.children)
 
 
 def replay_step(

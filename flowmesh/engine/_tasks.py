@@ -53,23 +53,29 @@ class Task(Generic[T]):
             yield self
         return self.get_result()
 
-    # -- resolution, called by the executor only -------------------------------------------
+    # -- the resolver API: called by the engine only, never by workflow code ------------------
 
-    def _complete(self, result: Any) -> None:
+    def resolve(self, result: Any) -> None:
+        """Complete the task with ``result`` (the engine, when its event is applied); a task
+        already complete is left as is."""
         if self._is_complete:
             return
         self._is_complete = True
         self._result = result
         self._notify()
 
-    def _fail(self, exception: BaseException) -> None:
+    def reject(self, exception: BaseException) -> None:
+        """Fail the task with ``exception`` (the engine); a task already complete is left
+        as is."""
         if self._is_complete:
             return
         self._is_complete = True
         self._exception = exception
         self._notify()
 
-    def _on_complete(self, listener: Callable[[Task[Any]], None]) -> None:
+    def add_done_callback(self, listener: Callable[[Task[Any]], None]) -> None:
+        """Call ``listener(task)`` once the task completes (at once if it has): how composite,
+        retrying and timed tasks are built from their parts."""
         if self._is_complete:
             listener(self)
         else:
@@ -91,20 +97,20 @@ class WhenAllTask(Task[list[Any]]):
         self._children = tuple(children)
         self._remaining = len(self._children)
         if not self._children:
-            self._complete([])
+            self.resolve([])
         for child in self._children:
-            child._on_complete(self._child_done)
+            child.add_done_callback(self._child_done)
 
     def _child_done(self, child: Task[Any]) -> None:
         if self._is_complete:
             return
         exception = child.get_exception()
         if exception is not None:
-            self._fail(exception)
+            self.reject(exception)
             return
         self._remaining -= 1
         if self._remaining == 0:
-            self._complete([c.get_result() for c in self._children])
+            self.resolve([c.get_result() for c in self._children])
 
 
 class WhenAnyTask(Task[Task[Any]]):
@@ -117,7 +123,7 @@ class WhenAnyTask(Task[Task[Any]]):
         if not children:
             raise ValueError("when_any needs at least one task")
         for child in children:
-            child._on_complete(self._child_done)
+            child.add_done_callback(self._child_done)
 
     def _child_done(self, child: Task[Any]) -> None:
-        self._complete(child)
+        self.resolve(child)

@@ -43,6 +43,7 @@ from flowmesh.model import (
     WorkflowSuspended,
     WorkflowTerminated,
 )
+from flowmesh.runtime._leases import BookkeepingEffects, lease_timers_done
 from flowmesh.store import Commit, OutboxEntry, TimerEntry
 from flowmesh.transport import Outgoing, QueueKind
 
@@ -245,4 +246,47 @@ def build_commit(
         clear_outbox=tuple(clear_outbox),
         take_held=take_held,
         take_waiters=take_waiters,
+    )
+
+
+def continued_as_new(commands: list[Command]) -> CompleteWorkflow | None:
+    """The step's continue-as-new completion, if it has one."""
+    return next(
+        (
+            c
+            for c in commands
+            if isinstance(c, CompleteWorkflow) and c.status is WorkflowStatus.CONTINUED_AS_NEW
+        ),
+        None,
+    )
+
+
+def timers_to_cancel(
+    outcome: StepOutcome,
+    effects: BookkeepingEffects,
+    history: list[HistoryEvent],
+    *,
+    ended: bool,
+) -> list[int]:
+    """The seqs of stored timers a step's commit removes: cancelled ones, fired ones (a timer
+    leaves the store when its firing is recorded; claims only postpone it), lease timers no
+    longer needed, and every open one when the run ends."""
+    append = outcome.append
+    cancel = list(outcome.cancelled_timers)
+    cancel.extend(e.seq for e in append if isinstance(e, TimerFired))
+    cancel.extend(effects.cancel_timers)
+    cancel.extend(lease_timers_done(append, history, ended=ended))
+    if ended:
+        cancel.extend(open_timer_seqs([*history, *append]))
+    return cancel
+
+
+def blank_state(instance_id: str, app_id: str, version: int) -> WorkflowState:
+    """The state an instance is created from (``version``: that of a purged earlier run)."""
+    return WorkflowState(
+        instance_id=instance_id,
+        app_id=app_id,
+        name="",
+        status=WorkflowStatus.PENDING,
+        version=version,
     )
