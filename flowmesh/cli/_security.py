@@ -21,6 +21,7 @@ import click
 import structlog
 
 from flowmesh._errors import ConfigurationError
+from flowmesh._tls import TLSConfig, with_tls_query
 from flowmesh.security._plan import (
     SecurityPlan,
     declare_topology,
@@ -28,7 +29,6 @@ from flowmesh.security._plan import (
     topology_from_sources,
 )
 from flowmesh.security._senders import DEFAULT_APP_USER_PATTERN
-from flowmesh.security._tls import TLSConfig, with_tls_query
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -4,6 +4,7 @@ Everything here is a frozen dataclass or an enum, free of I/O, shared by the eng
 codec, the runtime and the client.
 """
 
+from flowmesh._failures import FailureDetails
 from flowmesh.model._commands import (
     Command,
     CompleteWorkflow,
@@ -33,7 +34,6 @@ from flowmesh.model._events import (
     WorkflowSuspended,
     WorkflowTerminated,
 )
-from flowmesh.model._failures import FailureDetails
 from flowmesh.model._messages import (
     MESSAGE_TYPES,
     ActivityLease,

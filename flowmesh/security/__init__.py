@@ -30,6 +30,7 @@ from flowmesh._masking import (
     mask_url,
     mask_value,
 )
+from flowmesh._tls import TLSConfig
 from flowmesh.codec import BoundPayloadCodec, PayloadCodec, PayloadContext
 from flowmesh.security._encryption import (
     KEY_BYTES,
@@ -55,7 +56,6 @@ from flowmesh.security._plan import (
     topology_from_sources,
 )
 from flowmesh.security._senders import DEFAULT_APP_USER_PATTERN, AppUsers, SenderPolicy
-from flowmesh.security._tls import TLSConfig
 from flowmesh.security._validation import message_problem
 
 __all__ = [

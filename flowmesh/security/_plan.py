@@ -73,7 +73,7 @@ DEAD_LETTER_POLICY: dict[str, object] = {
 fills the broker's disk."""
 
 if TYPE_CHECKING:
-    from flowmesh.security._tls import TLSConfig
+    from flowmesh._tls import TLSConfig
 
 __all__ = [
     "RabbitUser",

@@ -47,6 +47,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from flowmesh._errors import ConfigurationError, StoreError, VersionConflictError
 from flowmesh._masking import mask_secrets
+from flowmesh._tls import TLSConfig, strip_tls_query
 from flowmesh.model import (
     HistoryEvent,
     WorkflowState,
@@ -54,7 +55,6 @@ from flowmesh.model import (
     check_app_id,
     check_instance_id,
 )
-from flowmesh.security._tls import TLSConfig, strip_tls_query
 from flowmesh.store._base import (
     MAX_WAITERS,
     Commit,
