@@ -58,6 +58,7 @@ from flowmesh.model._ranges import (
     MAX_TIME,
     MIN_TIME,
     FieldRangeError,
+    check_lease_seconds,
 )
 from flowmesh.model._retry import RetryPolicy
 from flowmesh.model._state import PendingTask, WorkflowState
@@ -125,6 +126,7 @@ __all__ = [
     "WorkflowTerminated",
     "check_app_id",
     "check_instance_id",
+    "check_lease_seconds",
     "check_name",
     "check_value",
 ]

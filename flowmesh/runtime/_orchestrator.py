@@ -78,7 +78,7 @@ from flowmesh.runtime._translate import (
     new_timers,
     open_timer_seqs,
 )
-from flowmesh.security._senders import SenderPolicy
+from flowmesh.security import SenderPolicy
 from flowmesh.store import Commit, HeldMessage, Waiter, WorkflowStore
 from flowmesh.transport import Delivery, Outgoing, QueueKind, Transport
 

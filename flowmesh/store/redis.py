@@ -63,6 +63,10 @@ from flowmesh.store._base import (
     OutboxEntry,
     TimerEntry,
     Waiter,
+    _check_commit,
+    _epoch_ms,
+    _from_epoch_ms,
+    _lease_ms,
 )
 from flowmesh.store._redis_batch import Call, TurnBatcher
 from flowmesh.store._redis_functions import is_missing_function, library
@@ -83,7 +87,6 @@ from flowmesh.store._redis_safety import (
     info_safety_warnings,
     safety_warnings,
 )
-from flowmesh.store.memory import _check_commit, _epoch_ms, _from_epoch_ms, _lease_ms
 
 __all__ = ["REDIS_COMMANDS", "RedisStore", "RedisStoreConfig", "StoreCodec"]
 

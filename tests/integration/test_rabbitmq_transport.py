@@ -27,15 +27,18 @@ from flowmesh._errors import (
     UnroutableError,
 )
 from flowmesh._masking import mask_secrets as _mask_url
-from flowmesh.transport import Delivery, Outgoing, QueueKind, queue_name
-from flowmesh.transport._rabbitmq_answers import ANSWERS_TYPE, unpack_answers
-from flowmesh.transport._rabbitmq_topology import (
+from flowmesh.transport import (
     APPS_EXCHANGE,
     DELIVERY_LIMIT,
     INBOX_EXCHANGE,
     LEGACY_QUEUE_ARGUMENTS,
+    Delivery,
+    Outgoing,
+    QueueKind,
+    queue_name,
     redelivery_policy,
 )
+from flowmesh.transport._rabbitmq_answers import ANSWERS_TYPE, unpack_answers
 from flowmesh.transport._rabbitmq_writes import TurnBufferedWriter
 from flowmesh.transport.rabbitmq import RabbitMQConfig, RabbitMQTransport
 

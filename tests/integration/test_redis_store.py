@@ -27,7 +27,7 @@ from flowmesh._masking import mask_secrets as mask_url
 from flowmesh.codec import Codec
 from flowmesh.model import EventRaised, WorkflowState, WorkflowStatus
 from flowmesh.store import Commit, OutboxEntry, TimerEntry, Waiter
-from flowmesh.store._redis_functions import library
+from flowmesh.store import redis_function_library as library
 from flowmesh.store._redis_safety import safety_warnings
 from flowmesh.store.redis import RedisStore, RedisStoreConfig
 from flowmesh.transport._base import Outgoing, QueueKind

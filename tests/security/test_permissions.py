@@ -42,9 +42,8 @@ from flowmesh.model import (
     TimerDue,
     WorkflowState,
 )
-from flowmesh.security import SecurityPlan, declare_topology, topology_from_sources
-from flowmesh.store import Commit
-from flowmesh.store._redis_functions import FunctionLibrary
+from flowmesh.ops import SecurityPlan, declare_topology, topology_from_sources
+from flowmesh.store import Commit, FunctionLibrary
 from flowmesh.store.redis import RedisStore, RedisStoreConfig
 from flowmesh.transport import Delivery, Outgoing, QueueKind, queue_name
 from flowmesh.transport.rabbitmq import RabbitMQConfig, RabbitMQTransport
