@@ -15,6 +15,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q
 	$(VENV)/bin/ruff check flowmesh workers tests bench
 	$(VENV)/bin/ruff format --check flowmesh workers tests bench
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 
 # The fault-injection suite alone (it also runs as part of `make test`).
@@ -26,6 +27,7 @@ bench: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check flowmesh workers tests bench
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 
 clean:

@@ -139,7 +139,7 @@ _bulk("drop", "Delete dead-lettered messages for good.")
 def _with_queue(
     amqp_url: str, app_id: str, limit: int, action: Callable[[DeadLetters], Awaitable[None]]
 ) -> None:
-    from flowmesh.cli import _run
+    from flowmesh.cli._run import run as _run
     from flowmesh.transport.dead_letters import DeadLetters
 
     async def run() -> None:

@@ -289,7 +289,7 @@ def apply(
 ) -> None:
     """Apply the plan: declarations, RabbitMQ users and permissions, Redis function library
     and ACL users."""
-    from flowmesh.cli import _run
+    from flowmesh.cli._run import run as _run
 
     security_plan = _build_plan(**options)
     amqp_url, redis_url = tls_urls(
