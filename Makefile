@@ -17,6 +17,7 @@ test: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check flowmesh workers tests bench
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --config-file tests/mypy.ini
 
 # The fault-injection suite alone (it also runs as part of `make test`).
 test-faults: $(VENV)/.installed
@@ -29,6 +30,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check flowmesh workers tests bench
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --config-file tests/mypy.ini
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

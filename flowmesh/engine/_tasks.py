@@ -93,7 +93,7 @@ class WhenAllTask(Task[list[Any]]):
         if not self._children:
             self._complete([])
         for child in self._children:
-            child._on_complete(self._child_done)
+            child._on_complete(self._child_done)  # noqa: SLF001 - a Task combinator subscribes to its child Tasks
 
     def _child_done(self, child: Task[Any]) -> None:
         if self._is_complete:
@@ -117,7 +117,7 @@ class WhenAnyTask(Task[Task[Any]]):
         if not children:
             raise ValueError("when_any needs at least one task")
         for child in children:
-            child._on_complete(self._child_done)
+            child._on_complete(self._child_done)  # noqa: SLF001 - a Task combinator subscribes to its child Tasks
 
     def _child_done(self, child: Task[Any]) -> None:
         self._complete(child)

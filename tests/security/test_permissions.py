@@ -488,7 +488,10 @@ async def test_an_apps_redis_user_runs_only_flowmeshs_functions(secured: Secured
         assert await store.purge("fcall-1") is True
 
         # New code whose library the administrator has not loaded yet.
-        store._functions = FunctionLibrary("flowmesh_000000000000", "", "000000000000")
+        # Simulates a deploy whose library is not loaded yet (no public way to pin one).
+        store._functions = FunctionLibrary(  # noqa: SLF001
+            "flowmesh_000000000000", "", "000000000000"
+        )
         with pytest.raises(StoreError, match="flowmesh security apply"):
             await store.ensure_functions()
 
