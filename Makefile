@@ -15,7 +15,9 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q
 	$(VENV)/bin/ruff check flowmesh workers tests bench
 	$(VENV)/bin/ruff format --check flowmesh workers tests bench
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --config-file tests/mypy.ini
 
 # The fault-injection suite alone (it also runs as part of `make test`).
 test-faults: $(VENV)/.installed
@@ -26,7 +28,9 @@ bench: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check flowmesh workers tests bench
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --config-file tests/mypy.ini
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -36,7 +36,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from flowmesh.model import FailureDetails
+    from flowmesh._failures import FailureDetails
 
 
 class FlowmeshError(Exception):

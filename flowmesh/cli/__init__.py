@@ -5,7 +5,6 @@ This module is the composition root: it alone configures logging and signal hand
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from collections.abc import Awaitable, Callable
@@ -26,6 +25,7 @@ from flowmesh.cli._dead_letters import dead_letters
 from flowmesh.cli._format import history_table, state_text, stats_table
 from flowmesh.cli._loader import discover_app_ids, load_app
 from flowmesh.cli._replay_check import replay_check
+from flowmesh.cli._run import run as _run
 from flowmesh.cli._security import security, tls_options, tls_urls
 from flowmesh.runtime import WorkerOptions
 
@@ -53,31 +53,6 @@ prefix_option = click.option(
     show_default=True,
     help="Prefix of every Redis key (env FLOWMESH_REDIS_PREFIX).",
 )
-
-
-def _run(coro: Awaitable[T]) -> T:
-    """Run ``coro`` (on uvloop when installed); report a failure as one line and exit 1."""
-    try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            return runner.run(coro)  # type: ignore[arg-type]
-    except FlowmeshError as exc:
-        raise click.ClickException(f"{type(exc).__name__}: {mask_url(str(exc))}") from None
-    except (OSError, ConnectionError) as exc:
-        raise click.ClickException(f"connection failed: {mask_url(str(exc))}") from None
-    except TimeoutError as exc:
-        raise click.ClickException(f"timed out: {mask_url(str(exc))}") from None
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's loop if the optional dependency is installed (``pip install flowmesh[fast]``)."""
-    if os.environ.get("FLOWMESH_NO_UVLOOP"):
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
 
 
 def _json(text: str | None, what: str) -> Any:

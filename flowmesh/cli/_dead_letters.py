@@ -1,6 +1,6 @@
 """``flowmesh dead-letters``: list, show, redrive and drop an app's dead-lettered messages.
 
-Each command reads ``fm.<app>.dead`` (see :mod:`flowmesh.transport._rabbitmq_dead`); messages
+Each command reads ``fm.<app>.dead`` (see :mod:`flowmesh.transport.dead_letters`); messages
 it does not act on go back to the queue, in place. ``redrive`` and ``drop`` take message IDs
 or ``--all`` and, for more than one message on a terminal, ask first (``--yes`` skips that).
 """
@@ -18,7 +18,7 @@ from flowmesh.cli._config import DEFAULT_AMQP_URL, build_codec, mask_url
 from flowmesh.cli._format import table
 
 if TYPE_CHECKING:  # aio-pika is imported only when a command runs
-    from flowmesh.transport._rabbitmq_dead import DeadLetter, DeadLetters
+    from flowmesh.transport.dead_letters import DeadLetter, DeadLetters
 
 _amqp = click.option(
     "--amqp-url",
@@ -139,8 +139,8 @@ _bulk("drop", "Delete dead-lettered messages for good.")
 def _with_queue(
     amqp_url: str, app_id: str, limit: int, action: Callable[[DeadLetters], Awaitable[None]]
 ) -> None:
-    from flowmesh.cli import _run
-    from flowmesh.transport._rabbitmq_dead import DeadLetters
+    from flowmesh.cli._run import run as _run
+    from flowmesh.transport.dead_letters import DeadLetters
 
     async def run() -> None:
         async with DeadLetters(amqp_url, app_id, limit=limit) as dead:

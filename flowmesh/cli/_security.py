@@ -22,14 +22,16 @@ import click
 import structlog
 
 from flowmesh._errors import ConfigurationError
-from flowmesh.security._plan import (
+from flowmesh._tls import TLSConfig, with_tls_query
+from flowmesh.ops import (
     SecurityPlan,
     declare_topology,
     password_variable,
+    render_plan,
     topology_from_sources,
 )
-from flowmesh.security._senders import DEFAULT_APP_USER_PATTERN
-from flowmesh.security._tls import TLSConfig, with_tls_query
+from flowmesh.security import DEFAULT_APP_USER_PATTERN
+from flowmesh.store import redis_function_library
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -243,7 +245,7 @@ def plan(**options: Any) -> None:
     Example: flowmesh security plan --calls app1=app2,app3 --children app1=gpu-trainer
     --client fmc-ops=app1
     """
-    click.echo(_build_plan(**options).render(), nl=False)
+    click.echo(render_plan(_build_plan(**options)), nl=False)
 
 
 @security.command()
@@ -288,7 +290,7 @@ def apply(
 ) -> None:
     """Apply the plan: declarations, RabbitMQ users and permissions, Redis function library
     and ACL users."""
-    from flowmesh.cli import _run
+    from flowmesh.cli._run import run as _run
 
     security_plan = _build_plan(**options)
     amqp_url, redis_url = tls_urls(
@@ -307,10 +309,8 @@ def apply(
         run_rabbitmqctl(security_plan, passwords, shlex.split(rabbitmqctl))
         click.echo(f"RabbitMQ users and permissions set in vhost {security_plan.vhost!r}")
     if redis_url:
-        from flowmesh.store._redis_functions import library
-
         _run(apply_redis_acls(security_plan, passwords, redis_url))
-        click.echo(f"Redis function library {library().name} loaded")
+        click.echo(f"Redis function library {redis_function_library().name} loaded")
         click.echo("Redis ACL users set: " + ", ".join(u.name for u in security_plan.redis_users()))
         # The apps' users may not read appendfsync (CONFIG GET): check it here, as admin.
         for warning in _run(redis_warnings(redis_url)):
@@ -332,9 +332,7 @@ def functions() -> None:
 
     flowmesh security functions | redis-cli -x FUNCTION LOAD REPLACE
     """
-    from flowmesh.store._redis_functions import library
-
-    click.echo(library().code, nl=False)
+    click.echo(redis_function_library().code, nl=False)
 
 
 def _passwords(security_plan: SecurityPlan, *, generate: bool) -> dict[str, str]:
@@ -428,13 +426,14 @@ async def apply_redis_acls(
     """
     from redis.exceptions import RedisError
 
-    from flowmesh.store._redis_functions import library
     from flowmesh.store.redis import RedisStoreConfig, redis_client
 
     client = redis_client(RedisStoreConfig(url=redis_url, app_id="admin"))
     try:
         try:
-            await cast("Awaitable[Any]", client.function_load(library().code, replace=True))
+            await cast(
+                "Awaitable[Any]", client.function_load(redis_function_library().code, replace=True)
+            )
         except RedisError as exc:
             raise click.ClickException(
                 f"Redis refused to load flowmesh's function library: {exc}"

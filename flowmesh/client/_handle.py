@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import TYPE_CHECKING
 
 from flowmesh._errors import WorkflowFailedError, WorkflowNotFoundError
+from flowmesh.client._requests import Requests
 from flowmesh.model import (
     Control,
     ControlAction,
@@ -17,17 +17,19 @@ from flowmesh.model import (
     check_value,
 )
 
-if TYPE_CHECKING:
-    from flowmesh.client._client import Client
-
 
 class WorkflowHandle:
     """A reference to workflow ``instance_id`` hosted by ``app_id``."""
 
     def __init__(
-        self, client: Client, instance_id: str, app_id: str, *, waiting_reason: str = ""
+        self,
+        requests: Requests,
+        instance_id: str,
+        app_id: str,
+        *,
+        waiting_reason: str = "",
     ) -> None:
-        self._client = client
+        self._requests = requests
         self.instance_id = instance_id
         self.app_id = app_id
         self.waiting_reason = waiting_reason
@@ -39,7 +41,7 @@ class WorkflowHandle:
 
     async def describe(self) -> WorkflowState:
         """The instance's current state; raises :class:`WorkflowNotFoundError` if unknown."""
-        state = await self._client._request_state(self.app_id, Describe(self.instance_id))
+        state = await self._requests.request_state(self.app_id, Describe(self.instance_id))
         if state is None:
             raise WorkflowNotFoundError(f"no workflow {self.instance_id!r} on app {self.app_id!r}")
         return state
@@ -55,10 +57,10 @@ class WorkflowHandle:
                     f"did not finish within {timeout}s"
                 )
             # Re-ask periodically: a completion notice lost with a replica is then re-sent.
-            window = self._client.options.wait_poll_interval
+            window = self._requests.wait_poll_interval
             if remaining is not None:
                 window = min(window, remaining)
-            state = await self._client._request_state(
+            state = await self._requests.request_state(
                 self.app_id, Describe(self.instance_id, wait=True), timeout=window, missing_ok=True
             )
             if state is None:
@@ -83,7 +85,7 @@ class WorkflowHandle:
         """Send external event ``name`` with ``data`` to the instance."""
         check_value(data, f"data of event {name!r}")
         event = RaiseEvent(self.instance_id, name, data, event_id=uuid.uuid4().hex)
-        await self._client._send(self.app_id, event)
+        await self._requests.send(self.app_id, event)
 
     # Control commands wait for the outcome (the host answers after the commit that applied
     # them), so commands issued one after another apply in that order, from any client and
@@ -120,11 +122,11 @@ class WorkflowHandle:
         returns. With ``wait=False`` it only sends the command and returns None.
         """
         message = Control(self.instance_id, ControlAction.PURGE, "", recursive)
-        reply = await self._client._control(self.app_id, message, wait=wait)
+        reply = await self._requests.control(self.app_id, message, wait=wait)
         return reply.state if reply else None
 
     async def _control(self, message: Control, wait: bool) -> WorkflowState | None:
-        reply = await self._client._control(self.app_id, message, wait=wait)
+        reply = await self._requests.control(self.app_id, message, wait=wait)
         if reply is None:
             return None
         if reply.state is None:

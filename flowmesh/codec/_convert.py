@@ -360,7 +360,7 @@ def _encode_value(value: object) -> object:
     return value
 
 
-def is_plain_value(root: object) -> bool:
+def is_plain_value(root: object) -> bool:  # noqa: C901 - one branch per wire type, inline for speed
     """Fast, conservative form of :func:`flowmesh.model.check_value` for the hot path.
 
     True only for exact built-in types that ``check_value`` accepts (same depth limit), so a

@@ -56,7 +56,7 @@ def subject(obj: object) -> str:
     return _parts(obj)[1]
 
 
-def _parts(obj: object) -> tuple[str | None, str]:
+def _parts(obj: object) -> tuple[str | None, str]:  # noqa: C901 - one case per message kind
     """(label of the main user value or None, subject) of a message, event or state."""
     match obj:
         # Messages.

@@ -9,13 +9,53 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+from typing import Any, NoReturn, Protocol
 
 from flowmesh.engine._tasks import Task, WhenAllTask, WhenAnyTask
 from flowmesh.model import RetryPolicy, check_instance_id
 
-if TYPE_CHECKING:
-    from flowmesh.engine._executor import WorkflowExecution
+
+class Execution(Protocol):
+    """What a :class:`WorkflowContext` needs of the execution it schedules work on.
+
+    ``WorkflowExecution`` is the one implementation; this port keeps the context from
+    importing the executor, which builds contexts (no import circle).
+    """
+
+    instance_id: str
+    run_id: str
+    app_id: str
+    name: str
+    current_time: datetime
+    is_replaying: bool
+    custom_status: object
+    check_value: Callable[[object, str], None]
+    """Raises unless a value can be sent; the str says whose value it is."""
+
+    def schedule_with_retry(
+        self, start_attempt: Callable[[int], Task[Any]], policy: RetryPolicy | None
+    ) -> Task[Any]:
+        """Run ``start_attempt(1)``, and later attempts under ``policy`` after it fails."""
+
+    def schedule_activity(
+        self, name: str, app_id: str, input_value: object, attempt: int, timeout: timedelta | None
+    ) -> Task[Any]:
+        """Schedule one attempt of activity ``name`` on ``app_id``."""
+
+    def schedule_child(
+        self, name: str, app_id: str, input_value: object, instance_id: str | None, attempt: int
+    ) -> Task[Any]:
+        """Schedule one attempt of child workflow ``name`` on ``app_id``."""
+
+    def schedule_timer(self, fire_at: datetime) -> Task[None]:
+        """A durable timer firing at ``fire_at``."""
+
+    def wait_for_event(self, name: str, timeout: timedelta | None) -> Task[Any]:
+        """The next external event ``name`` (buffered ones first)."""
+
+    def is_patched(self, name: str) -> bool:
+        """Whether this execution takes the code path guarded by patch ``name``."""
+
 
 # uuid5 namespace for ctx.new_uuid(): fixed so the same history yields the same IDs.
 _UUID_NAMESPACE = uuid.UUID("9f3c2b0e-8f43-4d57-9d1a-0c4b6f9a2e11")
@@ -91,7 +131,7 @@ class WorkflowContext:
 
     __slots__ = ("_execution", "_logger", "_uuid_counter")
 
-    def __init__(self, execution: WorkflowExecution, logger: Logger) -> None:
+    def __init__(self, execution: Execution, logger: Logger) -> None:
         self._execution = execution
         self._logger = ReplaySafeLogger(logger, self)
         self._uuid_counter = 0

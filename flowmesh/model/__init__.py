@@ -4,6 +4,7 @@ Everything here is a frozen dataclass or an enum, free of I/O, shared by the eng
 codec, the runtime and the client.
 """
 
+from flowmesh._failures import FailureDetails
 from flowmesh.model._commands import (
     Command,
     CompleteWorkflow,
@@ -33,7 +34,6 @@ from flowmesh.model._events import (
     WorkflowSuspended,
     WorkflowTerminated,
 )
-from flowmesh.model._failures import FailureDetails
 from flowmesh.model._messages import (
     MESSAGE_TYPES,
     ActivityLease,
@@ -58,6 +58,7 @@ from flowmesh.model._ranges import (
     MAX_TIME,
     MIN_TIME,
     FieldRangeError,
+    check_lease_seconds,
 )
 from flowmesh.model._retry import RetryPolicy
 from flowmesh.model._state import PendingTask, WorkflowState
@@ -125,6 +126,7 @@ __all__ = [
     "WorkflowTerminated",
     "check_app_id",
     "check_instance_id",
+    "check_lease_seconds",
     "check_name",
     "check_value",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from flowmesh.model._failures import FailureDetails
+from flowmesh._failures import FailureDetails
 from flowmesh.model._ranges import check_attempt, check_seq, check_time
 from flowmesh.model._status import WorkflowStatus
 

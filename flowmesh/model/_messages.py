@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from flowmesh._failures import FailureDetails
 from flowmesh.model._events import ParentRef
-from flowmesh.model._failures import FailureDetails
 from flowmesh.model._ranges import check_attempt, check_lease_seconds, check_seq, check_timer_seq
 from flowmesh.model._state import WorkflowState
 

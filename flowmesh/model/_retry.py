@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from datetime import timedelta
 
-from flowmesh.model._failures import FailureDetails
+from flowmesh._failures import FailureDetails
 from flowmesh.model._ranges import MAX_DURATION, check_duration
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from flowmesh._failures import FailureDetails
 from flowmesh.model._events import ParentRef
-from flowmesh.model._failures import FailureDetails
 from flowmesh.model._ranges import check_seq, check_time
 from flowmesh.model._status import WorkflowStatus
 

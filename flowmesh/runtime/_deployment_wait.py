@@ -26,7 +26,7 @@ from flowmesh.model import ActivityTask, TaskNote
 from flowmesh.runtime._clock import Clock
 from flowmesh.runtime._options import WorkerOptions
 from flowmesh.runtime._redelivery import republish, retry_delay
-from flowmesh.security._senders import AppUsers
+from flowmesh.security import AppUsers
 from flowmesh.transport import Delivery, Inbox, Outgoing, QueueKind, Transport
 
 

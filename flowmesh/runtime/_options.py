@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from flowmesh.model._ranges import check_lease_seconds
+from flowmesh.model import check_lease_seconds
 
 
 @dataclass(frozen=True, slots=True)

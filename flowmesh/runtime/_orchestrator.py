@@ -59,7 +59,7 @@ from flowmesh.runtime._translate import (
     new_timers,
     timers_to_cancel,
 )
-from flowmesh.security._senders import SenderPolicy
+from flowmesh.security import SenderPolicy
 from flowmesh.store import WorkflowStore
 from flowmesh.transport import Delivery, Outgoing, Transport
 

@@ -32,7 +32,7 @@ from flowmesh.runtime._clock import Clock
 from flowmesh.runtime._leases import TaskBookkeeping
 from flowmesh.runtime._live import Inbound, Live, StaleCache
 from flowmesh.runtime._translate import message_to_event
-from flowmesh.security._senders import SenderPolicy
+from flowmesh.security import SenderPolicy
 from flowmesh.store import HeldMessage, WorkflowStore
 from flowmesh.transport import Delivery, Outgoing
 
@@ -101,47 +101,26 @@ class StepSorter:
             if isinstance(message, Control) and item.delivery.reply_to:
                 step.controls.append(item.delivery)
             if isinstance(message, StartWorkflow):
-                decision = decide_start(
+                created = self._start(
                     message,
-                    app_id=self._app_id,
-                    existing=_existing(live, started),
+                    item,
+                    live=live,
+                    started=started,
                     terminated_early=terminated_early,
-                    run_id=uuid.uuid4().hex,
-                    encode=self._codec.encode_message,
+                    held=held,
+                    step=step,
                 )
-                if decision.refused:
-                    self._log.warning("start refused", reason=decision.refused)
-                if decision.started is not None:
-                    started = decision.started
-                    run_id = started.run_id
-                    step.events.append(started)
-                    step.events.extend(self._held_events(held))
-                if decision.reply is not None and item.delivery.reply_to:
-                    step.replies.append((item.delivery, decision.reply))
-                if decision.send is not None:
-                    step.send_now.append(decision.send)
+                if created is not None:
+                    started, run_id = created, created.run_id
                 continue
             if isinstance(message, Control) and message.action is ControlAction.PURGE:
                 step.purge = message
                 continue
-            if isinstance(message, TaskNote) and item.delivery.reply_to:
-                stop = _stop_answer(live, started, message, run_id)
-                if stop is not None:
-                    if from_cache:
-                        raise StaleCache  # only the store can say a task has ended
-                    # The worker asks: it stops retrying a task nobody waits for any more.
-                    step.replies.append((item.delivery, stop))
-                    continue
-            message_run = getattr(message, "run_id", "")
-            if message_run and message_run != run_id:
-                if from_cache:
-                    raise StaleCache  # the cache may hold an older run: check the store
-                self._log.info(
-                    "message for another run dropped",
-                    kind=type(message).__name__,
-                    run_id=message_run,
-                    current_run=run_id,
-                )
+            if isinstance(message, TaskNote) and self._answered_stop(
+                message, item, live, started, run_id=run_id, step=step, from_cache=from_cache
+            ):
+                continue
+            if self._other_run(message, run_id, from_cache=from_cache):
                 continue
             if step.book.add(message):
                 continue
@@ -160,6 +139,77 @@ class StepSorter:
             if event is not None:
                 step.events.append(event)
                 step.origins[id(event)] = item.delivery
+
+    def _start(
+        self,
+        message: StartWorkflow,
+        item: Inbound,
+        *,
+        live: Live | None,
+        started: WorkflowStarted | None,
+        terminated_early: Control | None,
+        held: list[Message],
+        step: StepInput,
+    ) -> WorkflowStarted | None:
+        """Admit or answer one start (``_admission.decide_start``); the new run's
+        ``WorkflowStarted`` if it creates the instance, followed by the held messages."""
+        decision = decide_start(
+            message,
+            app_id=self._app_id,
+            existing=_existing(live, started),
+            terminated_early=terminated_early,
+            run_id=uuid.uuid4().hex,
+            encode=self._codec.encode_message,
+        )
+        if decision.refused:
+            self._log.warning("start refused", reason=decision.refused)
+        if decision.started is not None:
+            step.events.append(decision.started)
+            step.events.extend(self._held_events(held))
+        if decision.reply is not None and item.delivery.reply_to:
+            step.replies.append((item.delivery, decision.reply))
+        if decision.send is not None:
+            step.send_now.append(decision.send)
+        return decision.started
+
+    @staticmethod
+    def _answered_stop(
+        note: TaskNote,
+        item: Inbound,
+        live: Live | None,
+        started: WorkflowStarted | None,
+        *,
+        run_id: str,
+        step: StepInput,
+        from_cache: bool,
+    ) -> bool:
+        """A worker asks (``reply_to``) about a task that has ended: answer "stop", so it
+        stops retrying a task nobody waits for any more. True if answered."""
+        if not item.delivery.reply_to:
+            return False
+        stop = _stop_answer(live, started, note, run_id)
+        if stop is None:
+            return False
+        if from_cache:
+            raise StaleCache  # only the store can say a task has ended
+        step.replies.append((item.delivery, stop))
+        return True
+
+    def _other_run(self, message: Message, run_id: str, *, from_cache: bool) -> bool:
+        """True if ``message`` names another run than ``run_id`` (it is dropped); raises
+        StaleCache first if the run came from the cache, which may hold an older one."""
+        message_run = getattr(message, "run_id", "")
+        if not message_run or message_run == run_id:
+            return False
+        if from_cache:
+            raise StaleCache
+        self._log.info(
+            "message for another run dropped",
+            kind=type(message).__name__,
+            run_id=message_run,
+            current_run=run_id,
+        )
+        return True
 
     def refused(
         self,

@@ -37,8 +37,7 @@ from flowmesh.runtime._options import WorkerOptions
 from flowmesh.runtime._orchestrator import Orchestrator
 from flowmesh.runtime._outbox import OutboxClearer, OutboxRelay
 from flowmesh.runtime._timers import TimerPoller
-from flowmesh.security._senders import AppUsers, SenderPolicy
-from flowmesh.security._validation import message_problem
+from flowmesh.security import AppUsers, SenderPolicy, message_problem
 from flowmesh.store import WorkflowStore
 from flowmesh.transport import Delivery, QueueKind, Subscription, Transport
 

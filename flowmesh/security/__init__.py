@@ -1,4 +1,4 @@
-"""Security helpers: payload encryption, payload keys, secret masking, message validation.
+"""Security helpers: sender policy, message validation, payload encryption, secret masking.
 
 * :class:`EncryptionCodec` - a :class:`~flowmesh.codec.BoundPayloadCodec` encrypting every
   user value with AES-256-GCM, bound to its app, instance and field (a
@@ -11,9 +11,8 @@
   structlog processor and :class:`MaskingFormatter` the stdlib formatter that apply it.
 * :func:`message_problem` - identifier checks on decoded messages (the worker dead-letters
   what fails them).
-* :class:`SecurityPlan` - least-privilege RabbitMQ users (topic permissions per routing key)
-  and Redis ACL users per app ID (``flowmesh security plan|apply``); :func:`declare_topology`
-  declares the exchanges, queues and bindings with admin credentials.
+* The least-privilege plan (``flowmesh security plan|apply``) is in :mod:`flowmesh.ops`, the
+  operations layer above the transport and the store.
 * :class:`AppUsers` / :class:`SenderPolicy` - which app a broker-verified ``user_id`` is, and
   which messages it may send (``WorkerOptions.app_user_pattern``).
 * :class:`TLSConfig` - CA, client certificate and verification for ``amqps://``/``rediss://``.
@@ -30,6 +29,7 @@ from flowmesh._masking import (
     mask_url,
     mask_value,
 )
+from flowmesh._tls import TLSConfig
 from flowmesh.codec import BoundPayloadCodec, PayloadCodec, PayloadContext
 from flowmesh.security._encryption import (
     KEY_BYTES,
@@ -47,15 +47,7 @@ from flowmesh.security._keys import (
     parse_payload_keys,
     payload_codec_from_env,
 )
-from flowmesh.security._plan import (
-    SecurityPlan,
-    Topology,
-    declare_topology,
-    password_variable,
-    topology_from_sources,
-)
 from flowmesh.security._senders import DEFAULT_APP_USER_PATTERN, AppUsers, SenderPolicy
-from flowmesh.security._tls import TLSConfig
 from flowmesh.security._validation import message_problem
 
 __all__ = [
@@ -73,21 +65,16 @@ __all__ = [
     "MaskingFormatter",
     "PayloadCodec",
     "PayloadContext",
-    "SecurityPlan",
     "SenderPolicy",
     "TLSConfig",
-    "Topology",
     "allow_plaintext_from_env",
     "allow_unbound_from_env",
     "check_key_id",
-    "declare_topology",
     "mask_log_event",
     "mask_secrets",
     "mask_url",
     "mask_value",
     "message_problem",
     "parse_payload_keys",
-    "password_variable",
     "payload_codec_from_env",
-    "topology_from_sources",
 ]

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from flowmesh.model import HistoryEvent, WorkflowState, WorkflowStatus
-from flowmesh.transport._base import Outgoing
+from flowmesh.model import HistoryEvent, WorkflowState, WorkflowStatus, check_instance_id
+from flowmesh.transport import Outgoing
 
 MAX_WAITERS = 256
 """Waiters an instance keeps at most. Each client inbox waiting on it adds one (its re-asks
@@ -217,3 +217,53 @@ class WorkflowStore(Protocol):
 
     async def close(self) -> None:
         """Release connections."""
+
+
+# -- helpers both stores share, so they agree on them ------------------------------------------
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+def _epoch_ms(moment: datetime) -> int:
+    """Milliseconds since the epoch; a naive datetime is taken to be UTC (as events are)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // _MS
+
+
+def _from_epoch_ms(ms: int) -> datetime:
+    """The aware UTC datetime ``ms`` milliseconds after the epoch (exact, no float rounding)."""
+    return _EPOCH + timedelta(milliseconds=ms)
+
+
+def _lease_ms(lease: timedelta) -> int:
+    if lease < timedelta(0):
+        raise ValueError(f"a timer lease cannot be negative, got {lease}")
+    return lease // _MS
+
+
+def _check_commit(commit: Commit) -> None:
+    """Reject a malformed commit before it touches the store (a caller bug, not a conflict).
+
+    The instance ID becomes part of Redis keys and timer members, hence the syntax check; the
+    rest guards the invariants the engine relies on when it reloads what it wrote.
+    """
+    instance_id = check_instance_id(commit.instance_id)
+    if commit.expected_version < 0:
+        raise ValueError(f"expected_version must be >= 0, got {commit.expected_version}")
+    if commit.state.instance_id != instance_id:
+        raise ValueError(
+            f"commit for {instance_id!r} carries the state of {commit.state.instance_id!r}"
+        )
+    if commit.state.version != commit.expected_version + 1:
+        raise ValueError(
+            f"commit for {instance_id!r}: state.version must be expected_version + 1 "
+            f"({commit.expected_version + 1}), got {commit.state.version}"
+        )
+    items: tuple[OutboxEntry | TimerEntry, ...] = (*commit.outbox, *commit.add_timers)
+    for item in items:
+        if item.instance_id != instance_id:
+            raise ValueError(
+                f"commit for {instance_id!r} carries {type(item).__name__} of {item.instance_id!r}"
+            )

@@ -12,7 +12,7 @@ from msgpack.exceptions import UnpackException  # type: ignore[import-untyped,un
 
 from flowmesh._errors import DecodeError
 from flowmesh.model import WorkflowStatus
-from flowmesh.transport._base import Outgoing, QueueKind
+from flowmesh.transport import Outgoing, QueueKind
 
 REDIS_COMMANDS = (
     # sent by the store

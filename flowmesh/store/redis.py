@@ -47,6 +47,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from flowmesh._errors import ConfigurationError, StoreError, VersionConflictError
 from flowmesh._masking import mask_secrets
+from flowmesh._tls import TLSConfig, strip_tls_query
 from flowmesh.model import (
     HistoryEvent,
     WorkflowState,
@@ -54,7 +55,6 @@ from flowmesh.model import (
     check_app_id,
     check_instance_id,
 )
-from flowmesh.security._tls import TLSConfig, strip_tls_query
 from flowmesh.store._base import (
     MAX_WAITERS,
     Commit,
@@ -63,6 +63,10 @@ from flowmesh.store._base import (
     OutboxEntry,
     TimerEntry,
     Waiter,
+    _check_commit,
+    _epoch_ms,
+    _from_epoch_ms,
+    _lease_ms,
 )
 from flowmesh.store._redis_batch import Call, TurnBatcher
 from flowmesh.store._redis_functions import is_missing_function, library
@@ -83,7 +87,6 @@ from flowmesh.store._redis_safety import (
     info_safety_warnings,
     safety_warnings,
 )
-from flowmesh.store.memory import _check_commit, _epoch_ms, _from_epoch_ms, _lease_ms
 
 __all__ = ["REDIS_COMMANDS", "RedisStore", "RedisStoreConfig", "StoreCodec"]
 

@@ -151,7 +151,7 @@ def unbound_frame_queues(amqp: Any) -> None:
     _unbound(amqp.write_queue)
     for opened in amqp.channels.values():
         _unbound(getattr(opened, "frames", None))
-    if getattr(amqp, "_flowmesh_unbounded_channels", False):
+    if getattr(amqp, "_flowmesh_unbounded_channels", False):  # our marker, set below
         return
     open_channel = amqp.channel
 
@@ -163,13 +163,13 @@ def unbound_frame_queues(amqp: Any) -> None:
     # Per connection object, not aiormq's class: other aiormq users in the process keep
     # their defaults.
     amqp.channel = unbounded_channel
-    amqp._flowmesh_unbounded_channels = True
+    amqp._flowmesh_unbounded_channels = True  # noqa: SLF001 - our own marker on aiormq's object
 
 
 def _unbound(queue: object) -> None:
     if isinstance(queue, asyncio.Queue):
         # asyncio.Queue has no public way to change its bound.
-        queue._maxsize = 0  # type: ignore[attr-defined]
+        queue._maxsize = 0  # type: ignore[attr-defined]  # noqa: SLF001 - see unbound_frame_queues
 
 
 async def connect_buffered(

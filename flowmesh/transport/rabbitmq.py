@@ -78,7 +78,7 @@ from flowmesh._errors import (
     UnroutableError,
 )
 from flowmesh._masking import mask_secrets
-from flowmesh.security._tls import TLSConfig
+from flowmesh._tls import TLSConfig
 from flowmesh.transport._base import (
     Delivery,
     Handler,

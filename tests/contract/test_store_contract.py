@@ -37,7 +37,7 @@ from flowmesh.store import (
     Waiter,
     WorkflowStore,
 )
-from flowmesh.store._redis_functions import library
+from flowmesh.store import redis_function_library as library
 from flowmesh.store.memory import MemoryStore
 from flowmesh.store.redis import RedisStore, RedisStoreConfig
 from flowmesh.transport._base import Outgoing, QueueKind

@@ -27,15 +27,18 @@ from flowmesh._errors import (
     UnroutableError,
 )
 from flowmesh._masking import mask_secrets as _mask_url
-from flowmesh.transport import Delivery, Outgoing, QueueKind, queue_name
-from flowmesh.transport._rabbitmq_answers import ANSWERS_TYPE, unpack_answers
-from flowmesh.transport._rabbitmq_topology import (
+from flowmesh.transport import (
     APPS_EXCHANGE,
     DELIVERY_LIMIT,
     INBOX_EXCHANGE,
     LEGACY_QUEUE_ARGUMENTS,
+    Delivery,
+    Outgoing,
+    QueueKind,
+    queue_name,
     redelivery_policy,
 )
+from flowmesh.transport._rabbitmq_answers import ANSWERS_TYPE, unpack_answers
 from flowmesh.transport._rabbitmq_writes import TurnBufferedWriter
 from flowmesh.transport.rabbitmq import RabbitMQConfig, RabbitMQTransport
 
@@ -244,7 +247,7 @@ async def test_bursts_pass_aiormqs_frame_queues_in_one_turn_also_after_a_reconne
 
 def _bounded_frame_queues(transport: RabbitMQTransport) -> list[str]:
     """aiormq's frame queues of the transport's connections that still have a bound."""
-    link = transport._link
+    link = transport._link  # noqa: SLF001 - inspects aiormq's queues behind the transport
     assert link is not None
     bounded = []
     for connection in (link.publish, link.consume):
@@ -355,8 +358,10 @@ def restricted_url(amqp_url: str) -> Iterator[_Restricted]:
     """A private vhost with a restricted user (see :class:`_Restricted`)."""
     restricted = _Restricted(amqp_url)
     rabbitmqctl("add_vhost", restricted.vhost)
-    rabbitmqctl("set_permissions", "-p", restricted.vhost, restricted._admin, ".*", ".*", ".*")
-    rabbitmqctl("add_user", restricted.user, restricted._password)
+    # The helper's own credentials, used only to set it up (hence private).
+    admin, password = restricted._admin, restricted._password  # noqa: SLF001
+    rabbitmqctl("set_permissions", "-p", restricted.vhost, admin, ".*", ".*", ".*")
+    rabbitmqctl("add_user", restricted.user, password)
     try:
         yield restricted
     finally:

@@ -43,9 +43,8 @@ from flowmesh.model import (
     TimerDue,
     WorkflowState,
 )
-from flowmesh.security import SecurityPlan, declare_topology, topology_from_sources
-from flowmesh.store import Commit
-from flowmesh.store._redis_functions import FunctionLibrary
+from flowmesh.ops import SecurityPlan, declare_topology, topology_from_sources
+from flowmesh.store import Commit, FunctionLibrary
 from flowmesh.store.redis import RedisStore, RedisStoreConfig
 from flowmesh.transport import Delivery, Outgoing, QueueKind, queue_name
 from flowmesh.transport.rabbitmq import RabbitMQConfig, RabbitMQTransport
@@ -490,7 +489,10 @@ async def test_an_apps_redis_user_runs_only_flowmeshs_functions(secured: Secured
         assert await store.purge("fcall-1") is True
 
         # New code whose library the administrator has not loaded yet.
-        store._functions = FunctionLibrary("flowmesh_000000000000", "", "000000000000")
+        # Simulates a deploy whose library is not loaded yet (no public way to pin one).
+        store._functions = FunctionLibrary(  # noqa: SLF001
+            "flowmesh_000000000000", "", "000000000000"
+        )
         with pytest.raises(StoreError, match="flowmesh security apply"):
             await store.ensure_functions()
 

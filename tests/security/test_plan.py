@@ -15,8 +15,7 @@ from click.testing import CliRunner
 from flowmesh._errors import ConfigurationError
 from flowmesh.cli import main
 from flowmesh.cli._security import run_rabbitmqctl
-from flowmesh.security import SecurityPlan, password_variable, topology_from_sources
-from flowmesh.security._plan import Topology
+from flowmesh.ops import SecurityPlan, Topology, password_variable, topology_from_sources
 from tests.harness.processes import REPO
 
 

@@ -18,9 +18,9 @@ import structlog
 
 from flowmesh import Client
 from flowmesh._errors import ConfigurationError, StoreError, TransportError
+from flowmesh._tls import with_tls_query
 from flowmesh.codec import Codec
 from flowmesh.security import TLSConfig
-from flowmesh.security._tls import with_tls_query
 from flowmesh.store.redis import RedisStore, RedisStoreConfig
 from flowmesh.transport import Outgoing, QueueKind
 from flowmesh.transport.rabbitmq import RabbitMQConfig, RabbitMQTransport

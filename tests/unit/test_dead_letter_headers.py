@@ -6,7 +6,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from flowmesh.transport._rabbitmq_dead import _letter
+from flowmesh.transport.dead_letters import _letter
 
 
 def incoming(headers: dict[str, Any]) -> Any:

@@ -56,7 +56,7 @@ EVENT_NAMES = ("alpha", "beta")
 # -- the generic workflow ------------------------------------------------------------------------
 
 
-async def program_wf(ctx: WorkflowContext, program: list[list[Any]]) -> Any:
+async def program_wf(ctx: WorkflowContext, program: list[list[Any]]) -> Any:  # noqa: C901 - one case per op
     """Interpret ``program``; every failure is caught and recorded, so the run completes."""
     record: list[Any] = []
     for index, instruction in enumerate(program):

@@ -45,7 +45,7 @@ FORBIDDEN_IMPORTS = frozenset(
 FORBIDDEN_LOADED = ("asyncio", "aio_pika", "aiormq", "redis", "msgpack", "random")
 """Modules that must not be loaded at all by ``import flowmesh.engine`` (``time`` excluded)."""
 
-ALLOWED_FLOWMESH = ("flowmesh.engine", "flowmesh.model", "flowmesh._errors")
+ALLOWED_FLOWMESH = ("flowmesh.engine", "flowmesh.model", "flowmesh._errors", "flowmesh._failures")
 """The only flowmesh packages the engine may depend on."""
 
 NONDETERMINISTIC_CALLS = frozenset({"now", "utcnow", "today", "uuid1", "uuid4", "monotonic"})

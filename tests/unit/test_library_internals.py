@@ -1,0 +1,111 @@
+"""The library internals flowmesh's patches rely on are still there and behave as assumed.
+
+Each patch is kept for a measured gain (see the module named in each message); the tested
+versions are pinned in pyproject.toml. When an upgrade fails here, the message names the
+patch to revisit: re-measure its gain, then adapt it or drop it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+
+import aio_pika
+import aiormq
+import aiormq.channel
+import aiormq.connection
+import pytest
+import redis.asyncio
+import redis.asyncio.connection
+from aio_pika.abc import ConnectionParameter
+from aio_pika.robust_connection import RobustConnection
+
+from flowmesh.store.redis import RedisStore  # noqa: F401 - the patch's user imports cleanly
+from flowmesh.transport.rabbitmq import RabbitMQTransport  # noqa: F401 - same
+
+LINEAR = "linear packing (flowmesh/store/_redis_packing.py)"
+WRITER = "turn-buffered writer (flowmesh/transport/_rabbitmq_writes.py)"
+QUEUES = "unbounded frame queues (flowmesh/transport/_rabbitmq_writes.py unbound_frame_queues)"
+
+
+def _fail(patch: str, what: str) -> None:
+    pytest.fail(f"{patch}: {what} changed in the installed library; revisit the patch")
+
+
+# -- redis-py: pack_command is overridden on the connection class ------------------------------
+
+
+def test_linear_packing_redis_py_connections_pack_through_pack_command() -> None:
+    base = redis.asyncio.connection.AbstractConnection
+    pack = getattr(base, "pack_command", None)
+    if pack is None or list(inspect.signature(pack).parameters) != ["self", "args"]:
+        _fail(LINEAR, "AbstractConnection.pack_command(self, *args)")
+    if "self.pack_command(" not in inspect.getsource(base.send_command):
+        _fail(LINEAR, "send_command no longer packing through self.pack_command")
+
+
+def test_linear_packing_connections_carry_encoder_and_buffer_cutoff() -> None:
+    connection = redis.asyncio.connection.Connection()
+    encoder = getattr(connection, "encoder", None)
+    if not all(hasattr(encoder, n) for n in ("encoding", "encoding_errors", "encode")):
+        _fail(LINEAR, "Connection.encoder (encoding, encoding_errors, encode)")
+    if not isinstance(getattr(connection, "_buffer_cutoff", None), int):
+        _fail(LINEAR, "Connection._buffer_cutoff")
+
+
+def test_linear_packing_pools_open_connections_of_their_connection_class() -> None:
+    client = redis.asyncio.Redis.from_url("redis://127.0.0.1:1/0")
+    pool = client.connection_pool
+    if not isinstance(getattr(pool, "connection_class", None), type):
+        _fail(LINEAR, "ConnectionPool.connection_class")
+    if "self.connection_class(" not in inspect.getsource(type(pool)):
+        _fail(LINEAR, "ConnectionPool creating connections from self.connection_class")
+
+
+# -- aiormq / aio-pika: a transport factory and a connection class that passes it through ------
+
+
+def test_turn_buffered_writer_aiormq_transport_factory_is_an_extension_point() -> None:
+    factory: type = getattr(aiormq.connection, "TransportFactory", type(None))
+    if not inspect.iscoroutinefunction(getattr(factory, "create", None)):
+        _fail(WRITER, "aiormq.connection.TransportFactory.create")
+    for name in ("TCPTransportFactory", "TLSTransportFactory"):
+        if not issubclass(getattr(aiormq.connection, name, object), factory):
+            _fail(WRITER, f"aiormq.connection.{name}")
+    if "transport_factory" not in inspect.signature(aiormq.Connection.__init__).parameters:
+        _fail(WRITER, "aiormq.Connection(transport_factory=...)")
+
+
+def test_turn_buffered_writer_aio_pika_passes_listed_parameters_and_calls_on_connected() -> None:
+    parameters = getattr(RobustConnection, "PARAMETERS", None)
+    if not isinstance(parameters, tuple) or not all(
+        isinstance(p, ConnectionParameter) for p in parameters
+    ):
+        _fail(WRITER, "aio_pika RobustConnection.PARAMETERS")
+    if not inspect.iscoroutinefunction(getattr(RobustConnection, "_on_connected", None)):
+        _fail(WRITER, "aio_pika RobustConnection._on_connected")
+    assert aio_pika.RobustConnection is RobustConnection
+
+
+# -- aiormq's bounded frame queues, lifted by setting asyncio.Queue._maxsize -------------------
+
+
+def test_unbounded_frame_queues_aiormq_keeps_frames_in_asyncio_queues() -> None:
+    annotations = inspect.get_annotations(aiormq.Connection)
+    if annotations.get("write_queue") not in (asyncio.Queue, "asyncio.Queue"):
+        _fail(QUEUES, "aiormq.Connection.write_queue (an asyncio.Queue)")
+    if "self.frames" not in inspect.getsource(aiormq.channel.Channel.__init__):
+        _fail(QUEUES, "aiormq Channel.frames")
+    if not inspect.iscoroutinefunction(getattr(aiormq.Connection, "channel", None)):
+        _fail(QUEUES, "aiormq.Connection.channel (wrapped per connection)")
+
+
+async def test_unbounded_frame_queues_asyncio_queue_maxsize_lifts_the_bound() -> None:
+    queue: asyncio.Queue[int] = asyncio.Queue(maxsize=1)
+    queue.put_nowait(1)
+    if getattr(queue, "_maxsize", None) != 1:
+        _fail(QUEUES, "asyncio.Queue._maxsize")
+    queue._maxsize = 0  # type: ignore[attr-defined]  # noqa: SLF001 - the internal under test
+    assert not queue.full()
+    queue.put_nowait(2)  # no QueueFull: the bound is gone
+    assert queue.qsize() == 2
