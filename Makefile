@@ -12,7 +12,7 @@ demo: $(VENV)/.installed
 	$(PY) -m workers.demo
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	bash scripts/test.sh $(PY)
 	$(VENV)/bin/ruff check flowmesh workers tests bench
 	$(VENV)/bin/ruff format --check flowmesh workers tests bench
 	$(VENV)/bin/lint-imports
