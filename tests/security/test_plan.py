@@ -140,4 +140,8 @@ def test_a_password_starting_with_a_dash_is_not_taken_for_an_option(tmp_path: Pa
         Topology(frozenset({"app1"}), frozenset({"app1"}), {}, {}), vhost="v", key_prefix="fm"
     )
     run_rabbitmqctl(plan, {"fm-app1": "-dash-first"}, [str(fake)])
-    assert record.read_text().splitlines()[0] == "add_user -- fm-app1 -dash-first"
+    # Commands about different subjects run side by side; those about one user in order.
+    lines = record.read_text().splitlines()
+    about_user = [line for line in lines if " fm-app1 " in f"{line} "]
+    assert about_user[0] == "add_user -- fm-app1 -dash-first"
+    assert any(line.startswith("set_permissions") for line in about_user[1:])
