@@ -18,7 +18,7 @@ import asyncio
 import json
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,25 +35,6 @@ pytestmark = [pytest.mark.real_services, pytest.mark.slow, pytest.mark.timeout(2
 
 APPS = "tests.faults.apps"
 DELIVERY_LIMIT = 20
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    """A private, durable Redis, stopped after the test (after the workers: fixture order)."""
-    with PrivateRedis(tmp_path / "redis", appendonly=True) as server:
-        yield server
-
-
-@pytest.fixture
-async def host_store(private_redis: PrivateRedis, services: Services) -> AsyncIterator[RedisStore]:
-    """fault-host's store on the private Redis."""
-    config = RedisStoreConfig(
-        url=private_redis.url, app_id="fault-host", key_prefix=services.key_prefix
-    )
-    store = RedisStore(config, Codec())
-    await store.connect()
-    yield store
-    await store.close()
 
 
 @pytest.fixture

@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 
 from flowmesh import Client, ClientOptions, WorkflowStatus
-from flowmesh.codec import Codec
-from flowmesh.store.redis import RedisStore, RedisStoreConfig
+from flowmesh.store.redis import RedisStore
 from tests.faults.apps import chain_result
 from tests.harness.ledger import Ledger
 from tests.harness.processes import Services, WorkerProcesses
@@ -34,25 +31,6 @@ APPS = "tests.faults.apps"
 WORKFLOWS = 300
 STEPS = 3
 DOWNTIME = 3.0
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    """A private, durable Redis, stopped after the test (after the workers: fixture order)."""
-    with PrivateRedis(tmp_path / "redis", appendonly=True) as server:
-        yield server
-
-
-@pytest.fixture
-async def host_store(private_redis: PrivateRedis, services: Services) -> AsyncIterator[RedisStore]:
-    """fault-host's store on the private Redis; its client lives through the restart too."""
-    config = RedisStoreConfig(
-        url=private_redis.url, app_id="fault-host", key_prefix=services.key_prefix
-    )
-    store = RedisStore(config, Codec())
-    await store.connect()
-    yield store
-    await store.close()
 
 
 async def start_all(ledger: Ledger, client: Client, count: int) -> None:
