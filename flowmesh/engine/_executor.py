@@ -8,36 +8,23 @@ An action history does not confirm is new and becomes a command. An action that 
 history is non-determinism: the execution stalls with both sides in the reason.
 
 The module is pure: no I/O, no clock, no randomness, no asyncio. The coroutine of the
-workflow function is stepped by hand with ``send``.
+workflow function is stepped by hand with ``send`` (``_driver``); what the execution knows
+and what the runtime reads between steps is in ``_state``, how a run ends in ``_ending``.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import replace
-from datetime import UTC, datetime, timedelta
-from typing import Any, assert_never
+from collections.abc import Coroutine, Iterable
+from datetime import datetime
+from typing import assert_never
 
-from flowmesh._errors import (
-    ActivityFailedError,
-    ChildWorkflowFailedError,
-    NonDeterminismError,
-    WorkflowAlreadyExistsError,
-)
-from flowmesh.engine._actions import (
-    TaskKind,
-    describe_action,
-    describe_awaited,
-    scheduled_event,
-)
+from flowmesh._errors import NonDeterminismError
+from flowmesh.engine._actions import describe_action, scheduled_event
 from flowmesh.engine._context import ContinueAsNew, Logger, WorkflowContext
-from flowmesh.engine._mailbox import EventMailbox
+from flowmesh.engine._driver import Raised, Returned, Stall
 from flowmesh.engine._outcome import StepOutcome
-from flowmesh.engine._patches import PatchState
-from flowmesh.engine._scheduler import TaskScheduler
-from flowmesh.engine._suspension import SuspensionBuffer
-from flowmesh.engine._tasks import Task
+from flowmesh.engine._results import ResultEvent, TaskResult, task_error, task_result
+from flowmesh.engine._state import ExecutionState, WorkflowFunction, WorkflowResolver
 from flowmesh.model import (
     ActivityCompleted,
     ActivityFailed,
@@ -50,11 +37,7 @@ from flowmesh.model import (
     EventRaised,
     FailureDetails,
     HistoryEvent,
-    ParentRef,
     PatchRecorded,
-    PendingTask,
-    RetryPolicy,
-    ScheduleActivity,
     StepStarted,
     TerminateChildren,
     TimerCreated,
@@ -65,96 +48,31 @@ from flowmesh.model import (
     WorkflowStatus,
     WorkflowSuspended,
     WorkflowTerminated,
-    check_value,
 )
 
-WorkflowFunction = Callable[[WorkflowContext, Any], Coroutine[Any, Any, Any]]
-"""An ``async def workflow(ctx, input)`` function."""
-
-WorkflowResolver = Callable[[str], WorkflowFunction | None]
-"""Looks a workflow function up by its registered name."""
-
-WAITING_SHOWN = 20
-"""How many pending tasks a workflow state lists individually."""
-
-ValueCheck = Callable[[object, str], None]
-"""Raises ``SerializationError`` unless a value can be sent; the str says whose value it is."""
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-SEEN_EVENT_IDS_CARRIED = 1000
-"""How many of the latest event IDs a continued run inherits for de-duplication: enough to
-cover any redelivery of an event recorded shortly before continue-as-new."""
-
-_FLOWMESH_CAUSES: dict[str, type[Exception]] = {
-    "flowmesh.WorkflowAlreadyExistsError": WorkflowAlreadyExistsError,
-}
-"""Remote failure types re-raised as their flowmesh class (the ``__cause__`` of the task
-error), so workflow code can catch e.g. a child ID that already exists by type."""
+_APPLIED_WHILE_SUSPENDED = (
+    StepStarted
+    | WorkflowResumed
+    | WorkflowTerminated
+    | WorkflowSuspended
+    | WorkflowCompleted
+    # Scheduling events confirm what the code asked for before it was suspended.
+    | ActivityScheduled
+    | ChildWorkflowScheduled
+    | TimerCreated
+    | PatchRecorded
+)
+"""The events a suspended execution applies at once; others wait for the resume."""
 
 
-class _Stall(Exception):  # noqa: N818 - internal control flow, never escapes the executor
-    """Stops the execution: history and code disagree, or the workflow cannot run."""
-
-
-class WorkflowExecution:
+class WorkflowExecution(ExecutionState):
     """The replayed state of one workflow execution; feed it events, collect outcomes.
 
     Keep one alive between steps to apply only new events (the runtime's per-replica cache),
     or build a fresh one and replay the whole history: both give the same outcome.
     """
 
-    def __init__(
-        self,
-        resolve: WorkflowResolver,
-        *,
-        logger: Logger | None = None,
-        check_value: ValueCheck = check_value,
-    ) -> None:
-        self._resolve = resolve
-        self._logger: Logger = logger or logging.getLogger("flowmesh.workflow")
-        # Injected so the runtime can also enforce its codec's size limit at the call site,
-        # while the engine itself stays free of msgpack.
-        self.check_value = check_value
-        self.instance_id = ""
-        self.run_id = ""
-        self.app_id = ""
-        self.name = ""
-        self.input: object = None
-        self.parent: ParentRef | None = None
-        self.current_time = _EPOCH
-        self.is_replaying = True
-        self.custom_status: object = None
-        self._context: WorkflowContext | None = None
-        self._coroutine: Coroutine[Any, Any, Any] | None = None
-        self._awaiting: Task[Any] | None = None
-        self._mailbox = EventMailbox()
-        self._tasks = TaskScheduler(
-            self._mailbox, now=lambda: self.current_time, instance_id=lambda: self.instance_id
-        )
-        self._suspension = SuspensionBuffer()
-        self._refused: list[tuple[HistoryEvent | None, str]] = []
-        self._suspended = False
-        self._patches = PatchState()
-        self._completion: CompleteWorkflow | None = None
-        self._completion_recorded = False
-        self._save_events = False
-        self._stall_reason = ""
-        self._terminate_children: list[TerminateChildren] = []
-        self._pending_event: HistoryEvent | None = None  # the new event being applied
-
     # -- public driving API ----------------------------------------------------------------------
-
-    @property
-    def status(self) -> WorkflowStatus:
-        """Where the execution stands after the events fed so far."""
-        if self._stall_reason:
-            return WorkflowStatus.STALLED
-        if self._completion is not None:
-            return self._completion.status
-        if self._suspended:
-            return WorkflowStatus.SUSPENDED
-        return WorkflowStatus.RUNNING if self._coroutine is not None else WorkflowStatus.PENDING
 
     def replay(self, history: Iterable[HistoryEvent]) -> None:
         """Rebuild state from events already committed to history."""
@@ -184,8 +102,8 @@ class WorkflowExecution:
                 if not isinstance(event, StepStarted):
                     accepted.append(event)
                 continue
-            if self._completion is not None and not isinstance(event, StepStarted):
-                (accepted if self._carry_over(event) else dropped).append(event)
+            if self._ending.completion is not None and not isinstance(event, StepStarted):
+                (accepted if self._ending.carry_over(event) else dropped).append(event)
                 continue
             self._pending_event = event
             if self._guarded(event):
@@ -199,9 +117,9 @@ class WorkflowExecution:
     def _guarded(self, event: HistoryEvent) -> bool:
         try:
             return self._process(event)
-        except _Stall as stall:
+        except Stall as stall:
             self._stall_reason = str(stall)
-            self._close_coroutine()
+            self._code.close()
             return True
 
     def _process(self, event: HistoryEvent) -> bool:
@@ -214,26 +132,23 @@ class WorkflowExecution:
             and not self._mailbox.first_sight(event.event_id)
         ):
             return False
-        if (
-            self._suspended
-            and not isinstance(
-                event,
-                StepStarted
-                | WorkflowResumed
-                | WorkflowTerminated
-                | WorkflowSuspended
-                | WorkflowCompleted,
-            )
-            and not isinstance(
-                event, ActivityScheduled | ChildWorkflowScheduled | TimerCreated | PatchRecorded
-            )
+        if self._suspended and not isinstance(event, _APPLIED_WHILE_SUSPENDED):
+            return self._hold(event)
+        return self._apply(event)
+
+    def _hold(self, event: HistoryEvent) -> bool:
+        """Keep an event or result that arrived while suspended for the resume; False for a
+        result nothing waits for or that is already kept."""
+        if isinstance(event, EventRaised) or (
+            isinstance(event, ResultEvent)
+            and self._is_open(task_result(event))
+            and not self._suspension.holds_result(event)
         ):
-            if isinstance(event, EventRaised) or (
-                self._is_open_result(event) and not self._suspension.holds_result(event)
-            ):
-                self._suspension.keep(event)
-                return True
-            return False
+            self._suspension.keep(event)
+            return True
+        return False
+
+    def _apply(self, event: HistoryEvent) -> bool:
         match event:
             case StepStarted(timestamp=timestamp):
                 self.current_time = timestamp
@@ -241,68 +156,70 @@ class WorkflowExecution:
             case WorkflowStarted():
                 return self._start(event)
             case ActivityScheduled() | ChildWorkflowScheduled() | TimerCreated():
-                self._confirm(event)
+                reason = self._tasks.confirm(event)
+                if reason:
+                    raise Stall(reason)
                 return True
-            case ActivityCompleted(seq=seq, output=output):
-                return self._resolve_open(seq, TaskKind.ACTIVITY, output, None)
-            case ActivityFailed(seq=seq, failure=failure):
-                return self._resolve_open(seq, TaskKind.ACTIVITY, None, failure)
-            case ChildWorkflowCompleted(seq=seq, output=output):
-                return self._resolve_open(seq, TaskKind.CHILD_WORKFLOW, output, None)
-            case ChildWorkflowFailed(seq=seq, failure=failure):
-                return self._resolve_open(seq, TaskKind.CHILD_WORKFLOW, None, failure)
-            case TimerFired(seq=seq):
-                return self._resolve_open(seq, TaskKind.TIMER, None, None)
+            case (
+                ActivityCompleted()
+                | ActivityFailed()
+                | ChildWorkflowCompleted()
+                | ChildWorkflowFailed()
+                | TimerFired()
+            ):
+                return self._resolve_open(task_result(event))
             case EventRaised():
                 self._deliver_event(event)
                 return True
             case PatchRecorded(name=name):
                 self._patches.record(name)
                 return True
+            case WorkflowSuspended() | WorkflowResumed() | WorkflowTerminated():
+                return self._apply_control(event)
+            case WorkflowCompleted():
+                if self._ending.recorded_in_history(event):
+                    self._code.close()
+                return True
+            case _:
+                assert_never(event)
+
+    def _apply_control(
+        self, event: WorkflowSuspended | WorkflowResumed | WorkflowTerminated
+    ) -> bool:
+        """Suspend, resume or terminate; False if it changes nothing (a repeat, or too late)."""
+        match event:
             case WorkflowSuspended():
-                if self._suspended or self._completion is not None:
+                if self._suspended or self._ending.completion is not None:
                     return False
                 self._suspended = True
                 return True
             case WorkflowResumed():
                 if not self._suspended:
                     return False
-                self._suspended = False
-                self._suspension.replaying = True
-                try:
-                    for held in self._suspension.take():
-                        self._process(held)
-                finally:
-                    self._suspension.replaying = False
+                self._resume()
                 return True
             case WorkflowTerminated(reason=reason, recursive=recursive):
-                if self._completion is not None:
+                if self._ending.completion is not None:
                     return False
                 self._terminate(reason, recursive)
-                return True
-            case WorkflowCompleted(status=status, output=output, failure=failure):
-                self._completion_recorded = True
-                if self._completion is None:
-                    # History says it ended; trust it (e.g. termination replayed from an old run).
-                    self._completion = CompleteWorkflow(status, output, failure)
-                    self._close_coroutine()
                 return True
             case _:
                 assert_never(event)
 
-    def _is_open_result(self, event: HistoryEvent) -> bool:
-        match event:
-            case ActivityCompleted(seq=seq) | ActivityFailed(seq=seq):
-                return self._tasks.is_open(seq, TaskKind.ACTIVITY)
-            case ChildWorkflowCompleted(seq=seq) | ChildWorkflowFailed(seq=seq):
-                return self._tasks.is_open(seq, TaskKind.CHILD_WORKFLOW)
-            case TimerFired(seq=seq):
-                return self._tasks.is_open(seq, TaskKind.TIMER)
-            case _:
-                return False
+    def _resume(self) -> None:
+        self._suspended = False
+        self._suspension.replaying = True
+        try:
+            for held in self._suspension.take():
+                self._process(held)
+        finally:
+            self._suspension.replaying = False
+
+    def _is_open(self, result: TaskResult) -> bool:
+        return self._tasks.is_open(result.seq, result.kind)
 
     def _start(self, event: WorkflowStarted) -> bool:
-        if self._coroutine is not None or self._completion is not None:
+        if self._code.running or self._ending.completion is not None:
             return False
         self.instance_id, self.app_id, self.name = event.instance_id, event.app_id, event.name
         self.input, self.parent, self.run_id = event.input, event.parent, event.run_id
@@ -312,7 +229,7 @@ class WorkflowExecution:
         self._tasks.next_seq = event.first_seq
         function = self._resolve(event.name)
         if function is None:
-            raise _Stall(f"workflow {event.name!r} is not registered on app {event.app_id!r}")
+            raise Stall(f"workflow {event.name!r} is not registered on app {event.app_id!r}")
         self._context = WorkflowContext(self, self._logger)
         try:
             coroutine: object = function(self._context, event.input)
@@ -320,21 +237,15 @@ class WorkflowExecution:
             self._finish_failed(exc)
             return True
         if not isinstance(coroutine, Coroutine):
-            raise _Stall(f"workflow {event.name!r} must be an 'async def' function")
-        self._coroutine = coroutine
+            raise Stall(f"workflow {event.name!r} must be an 'async def' function")
+        self._code.start(event.name, coroutine)
         self._run()
         return True
 
-    def _confirm(self, event: ActivityScheduled | ChildWorkflowScheduled | TimerCreated) -> None:
-        reason = self._tasks.confirm(event)
-        if reason:
-            raise _Stall(reason)
-
-    def _resolve_open(
-        self, seq: int, kind: TaskKind, output: object, failure: FailureDetails | None
-    ) -> bool:
+    def _resolve_open(self, result: TaskResult) -> bool:
+        seq = result.seq
         open_task = self._tasks.open.get(seq)
-        if open_task is None or open_task.kind is not kind:
+        if open_task is None or open_task.kind is not result.kind:
             return False  # duplicate, late (after timeout/retry) or stray: idempotent apply
         if not open_task.dispatched:
             # Its scheduling is not committed yet, so nobody was sent the task: whoever sent
@@ -348,18 +259,11 @@ class WorkflowExecution:
             )
             return False
         del self._tasks.open[seq]
-        if failure is None:
-            open_task.task.resolve(output)
+        if result.failure is None:
+            open_task.task.resolve(result.output)
         else:
-            error_class = (
-                ChildWorkflowFailedError if kind is TaskKind.CHILD_WORKFLOW else ActivityFailedError
-            )
             what = describe_action(open_task.action)
-            error = error_class(f"{what} failed: {failure.error_type}: {failure.message}", failure)
-            cause = _FLOWMESH_CAUSES.get(failure.error_type)
-            if cause is not None:
-                error.__cause__ = cause(failure.message)
-            open_task.task.reject(error)
+            open_task.task.reject(task_error(result.kind, what, result.failure))
         self._run()
         return True
 
@@ -369,38 +273,29 @@ class WorkflowExecution:
             waiter.resolve(event.data)
             self._run()
 
-    # -- stepping the coroutine ------------------------------------------------------------------
+    # -- running the code and ending the run -----------------------------------------------------
 
     def _run(self) -> None:
-        """Resume the workflow coroutine while the task it awaits is resolved."""
-        coroutine = self._coroutine
-        if coroutine is None or self._completion is not None or self._suspended:
+        """Resume the workflow code while the task it awaits is resolved; end the run if the
+        code ended."""
+        if self._ending.completion is not None or self._suspended:
             return
-        while self._awaiting is None or self._awaiting.is_complete:
-            try:
-                yielded = coroutine.send(None)
-            except StopIteration as stop:
-                self._finish(stop.value)
+        ended = self._code.resume()
+        match ended:
+            case None:
                 return
-            except ContinueAsNew as signal:
-                self._continue_as_new(signal)
-                return
-            except _Stall:
-                raise
-            except Exception as exc:
-                self._finish_failed(exc)
-                return
-            if not isinstance(yielded, Task):
-                self._finish_failed(
-                    TypeError(
-                        f"workflow {self.name!r} awaited {describe_awaited(coroutine, yielded)}"
-                        ", which is not a flowmesh task. Workflow code is replayed and must "
-                        "only await tasks from its WorkflowContext (use ctx.create_timer instead "
-                        "of asyncio.sleep, and activities for I/O)."
-                    )
+            case Returned(value=output):
+                self._finish(output)
+            case Raised(error=error):
+                self._finish_failed(error)
+            case ContinueAsNew():
+                carried = self._mailbox.kept() if ended.save_events else []
+                self._ending.continue_as_new(
+                    ended.new_input, carried, save_events=ended.save_events
                 )
-                return
-            self._awaiting = yielded
+                self._code.close()
+            case _:
+                assert_never(ended)
 
     def _finish(self, output: object) -> None:
         try:
@@ -422,7 +317,7 @@ class WorkflowExecution:
         (the runtime's history limit). The next :meth:`step` records it and returns the
         completion command, as if the code had raised; a run that already ended is left as is.
         """
-        if self._completion is None:
+        if self._ending.completion is None:
             self._complete(CompleteWorkflow(WorkflowStatus.FAILED, None, failure))
 
     def continue_as_new_restart(
@@ -455,82 +350,18 @@ class WorkflowExecution:
         )
         return execution, execution.step(restart)
 
-    def _continue_as_new(self, signal: ContinueAsNew) -> None:
-        carried: list[EventRaised] = []
-        self._save_events = signal.save_events
-        if signal.save_events:
-            carried = self._mailbox.kept()
+    def _terminate(self, reason: str, recursive: bool) -> None:
+        terminations = self._tasks.child_terminations(reason) if recursive else []
+        self._code.close()
         self._complete(
-            CompleteWorkflow(
-                WorkflowStatus.CONTINUED_AS_NEW, signal.new_input, None, tuple(carried)
-            )
+            CompleteWorkflow(WorkflowStatus.TERMINATED, reason or "terminated"), terminations
         )
 
-    def _carry_over(self, event: HistoryEvent) -> bool:
-        """Carry an event that arrives in the very step that continued-as-new with
-        ``save_events`` into the new run, instead of dropping it."""
-        completion = self._completion
-        if (
-            not isinstance(event, EventRaised)
-            or completion is None
-            or self._completion_recorded
-            or completion.status is not WorkflowStatus.CONTINUED_AS_NEW
-            or not self._save_events
-        ):
-            return False
-        self._completion = replace(completion, carried_events=(*completion.carried_events, event))
-        return True
-
-    def _terminate(self, reason: str, recursive: bool) -> None:
-        if recursive:
-            self._terminate_children = self._tasks.child_terminations(reason)
-        self._close_coroutine()
-        self._complete(CompleteWorkflow(WorkflowStatus.TERMINATED, reason or "terminated"))
-
-    def _complete(self, completion: CompleteWorkflow) -> None:
-        self._completion = completion
-        self._close_coroutine()
-
-    def _close_coroutine(self) -> None:
-        coroutine, self._coroutine = self._coroutine, None
-        if coroutine is not None:
-            try:
-                coroutine.close()
-            except BaseException:
-                self._logger.warning("workflow code raised while being closed", exc_info=True)
-        self._awaiting = None
-
-    # -- called by WorkflowContext (see TaskScheduler) -------------------------------------------
-
-    def schedule_activity(
-        self, name: str, app_id: str, input_value: object, attempt: int, timeout: timedelta | None
-    ) -> Task[Any]:
-        """See :meth:`TaskScheduler.schedule_activity`."""
-        return self._tasks.schedule_activity(name, app_id, input_value, attempt, timeout)
-
-    def schedule_child(
-        self, name: str, app_id: str, input_value: object, instance_id: str | None, attempt: int
-    ) -> Task[Any]:
-        """See :meth:`TaskScheduler.schedule_child`."""
-        return self._tasks.schedule_child(name, app_id, input_value, instance_id, attempt)
-
-    def schedule_timer(self, fire_at: datetime) -> Task[None]:
-        """See :meth:`TaskScheduler.schedule_timer`."""
-        return self._tasks.schedule_timer(fire_at)
-
-    def wait_for_event(self, name: str, timeout: timedelta | None) -> Task[Any]:
-        """See :meth:`TaskScheduler.wait_for_event`."""
-        return self._tasks.wait_for_event(name, timeout)
-
-    def schedule_with_retry(
-        self, start_attempt: Callable[[int], Task[Any]], policy: RetryPolicy | None
-    ) -> Task[Any]:
-        """See :meth:`TaskScheduler.schedule_with_retry`."""
-        return self._tasks.schedule_with_retry(start_attempt, policy)
-
-    def is_patched(self, name: str) -> bool:
-        """See :meth:`WorkflowContext.is_patched`; decided once per execution."""
-        return self._patches.decide(name, replaying=self.is_replaying)
+    def _complete(
+        self, completion: CompleteWorkflow, terminations: Iterable[TerminateChildren] = ()
+    ) -> None:
+        self._ending.end(completion, terminations)
+        self._code.close()
 
     # -- outcome ---------------------------------------------------------------------------------
 
@@ -543,23 +374,15 @@ class WorkflowExecution:
             for action in self._tasks.take_actions():
                 append.append(scheduled_event(action))
                 commands.append(action)
-            if self._completion is not None and not self._completion_recorded:
-                # TerminateChildren belong to this completion: a replayed (already recorded)
-                # recursive terminate must not send them again.
-                commands.extend(self._terminate_children)
-                completion = self._completion
-                append.append(
-                    WorkflowCompleted(completion.status, completion.output, completion.failure)
-                )
-                commands.append(completion)
-                self._completion_recorded = True
-        self._terminate_children = []
+            ended, sent = self._ending.record()
+            append.extend(ended)
+            commands.extend(sent)
         cancelled = self._tasks.take_cancelled()
         refused = tuple((e, why) for e, why in self._refused if e is not None)
         self._refused = []
         if all(isinstance(e, StepStarted) for e in append):
             append = []
-        final = self._completion
+        final = self._ending.completion
         return StepOutcome(
             append=tuple(append),
             commands=tuple(commands),
@@ -573,38 +396,6 @@ class WorkflowExecution:
             dropped=tuple(dropped),
             refused=refused,
         )
-
-    def waiting_on(self, limit: int = WAITING_SHOWN) -> tuple[PendingTask, ...]:
-        """What the workflow waits for, for ``describe()``: the ``limit`` oldest tasks, then
-        one ``more`` entry counting the rest (a fan-out of thousands must not make every
-        step's state that large)."""
-        if self._completion is not None:
-            return ()
-        pending = self._tasks.pending(limit)
-        pending.extend(PendingTask("event", name) for name in self._mailbox.waited_for())
-        return tuple(pending)
-
-    @property
-    def recent_event_ids(self) -> tuple[str, ...]:
-        """The latest recorded event IDs (at most :data:`SEEN_EVENT_IDS_CARRIED`), oldest
-        first: what a run started by continue-as-new inherits to keep dropping duplicates."""
-        return self._mailbox.recent_ids(SEEN_EVENT_IDS_CARRIED)
-
-    @property
-    def next_seq(self) -> int:
-        """The sequence number the next task will get (a continued run starts here)."""
-        return self._tasks.next_seq
-
-    def open_activity(self, seq: int) -> ScheduleActivity | None:
-        """The scheduled activity ``seq`` if it still waits for its result, else None."""
-        open_task = self._tasks.open.get(seq)
-        if open_task is not None and isinstance(open_task.action, ScheduleActivity):
-            return open_task.action
-        return None
-
-    def child_instances(self) -> dict[str, str]:
-        """Child instance ID -> app ID of every child this execution started."""
-        return dict(self._tasks.children)
 
 
 def replay_step(
@@ -620,4 +411,10 @@ def replay_step(
     return execution.step(new_events)
 
 
-__all__ = ["NonDeterminismError", "WorkflowExecution", "WorkflowFunction", "replay_step"]
+__all__ = [
+    "NonDeterminismError",
+    "WorkflowExecution",
+    "WorkflowFunction",
+    "WorkflowResolver",
+    "replay_step",
+]

@@ -8,7 +8,9 @@ Usage::
     await store.close()
 
 or ``async with RedisStore(...) as store:``. The key layout is documented in
-``docs/redis-keys.md``.
+``docs/redis-keys.md``. This module is what is stored and where; how the store connects (URL,
+TLS, retries, function calls, the error boundary, the safety check) is its base
+:class:`~flowmesh.store._redis_connection.RedisConnection`.
 
 Round trips: ``commit`` is one ``FCALL`` (which also takes the result waiters when asked);
 ``load`` is one ``MULTI``/``EXEC`` (state and history read together, so they always belong to
@@ -30,29 +32,18 @@ retried ``purge`` may answer False for an instance it did delete.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Iterable, Sequence
 from datetime import datetime, timedelta
-from types import TracebackType
-from typing import Any, Protocol, Self, cast
-from urllib.parse import urlsplit
+from typing import Any, Protocol, cast
 
-import redis.asyncio
-import structlog
 from redis.asyncio.client import Pipeline
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
-from flowmesh._errors import ConfigurationError, StoreError, VersionConflictError
-from flowmesh._masking import mask_secrets
-from flowmesh._tls import TLSConfig, strip_tls_query
+from flowmesh._errors import VersionConflictError
 from flowmesh.model import (
     HistoryEvent,
     WorkflowState,
     WorkflowStatus,
-    check_app_id,
     check_instance_id,
 )
 from flowmesh.store._base import (
@@ -69,10 +60,9 @@ from flowmesh.store._base import (
     _lease_ms,
 )
 from flowmesh.store._redis_batch import Call, TurnBatcher
-from flowmesh.store._redis_functions import is_missing_function, library
+from flowmesh.store._redis_connection import RedisConnection, RedisStoreConfig, redis_client
 from flowmesh.store._redis_keys import (
     REDIS_COMMANDS,
-    RedisKeys,
     decode_held,
     decode_outgoing,
     encode_held,
@@ -80,17 +70,14 @@ from flowmesh.store._redis_keys import (
     parse_timer_member,
     timer_member,
 )
-from flowmesh.store._redis_packing import use_linear_packing
-from flowmesh.store._redis_safety import (
-    INFO_SECTIONS,
-    SAFETY_SETTINGS,
-    info_safety_warnings,
-    safety_warnings,
-)
 
-__all__ = ["REDIS_COMMANDS", "RedisStore", "RedisStoreConfig", "StoreCodec"]
-
-log = structlog.get_logger("flowmesh.store")
+__all__ = [
+    "REDIS_COMMANDS",
+    "RedisStore",
+    "RedisStoreConfig",
+    "StoreCodec",
+    "redis_client",
+]
 
 
 _NOT_AWAITED = tuple(status.value for status in WorkflowStatus if status.ends_waiting)
@@ -113,7 +100,6 @@ def _parse_waiters(members: Iterable[bytes]) -> list[Waiter]:
     return sorted(waiters)
 
 
-_URL_SCHEMES = ("redis", "rediss", "unix")
 _OUTBOX_CHUNK = 200
 """Instances per ``remove_outbox.lua`` call: bounds how long one call blocks the server."""
 
@@ -139,106 +125,7 @@ class StoreCodec(Protocol):
         """A workflow state from :meth:`encode_state` bytes."""
 
 
-@dataclass(frozen=True, slots=True)
-class RedisStoreConfig:
-    """Where and how one app keeps its workflows in Redis.
-
-    ``url`` is a redis-py URL (``redis://``, ``rediss://`` or ``unix://``); it is left out of
-    the repr because it may carry a password. Keys live under ``<key_prefix>:{<app_id>}:``.
-    Timeouts are in seconds; a command failing on a connection error or timeout is retried
-    ``retries`` times with jittered exponential backoff (0.1 s doubling, at most 2 s).
-    """
-
-    url: str = field(repr=False)
-    app_id: str
-    key_prefix: str = "fm"
-    socket_timeout: float = 10.0
-    connect_timeout: float = 5.0
-    retries: int = 3
-    tls: TLSConfig | None = None
-    """TLS settings for a ``rediss://`` URL. None: the URL's query parameters
-    (``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs=none``) if any, else
-    verify against the system's CAs."""
-    allow_fsync_everysec: bool = False
-    """Whether :meth:`RedisStore.check_safety` accepts ``appendfsync everysec`` (a machine
-    crash may then lose the last second of acknowledged commits); by default only ``always``."""
-
-    def __post_init__(self) -> None:
-        try:
-            check_app_id(self.app_id)
-        except ValueError as exc:
-            raise ConfigurationError(str(exc)) from exc
-        if urlsplit(self.url).scheme not in _URL_SCHEMES:
-            raise ConfigurationError(
-                f"Redis URL {mask_secrets(self.url)!r} must start with redis://, rediss:// or unix://"
-            )
-        if self.tls is not None and urlsplit(self.url).scheme != "rediss":
-            raise ConfigurationError(
-                f"TLS settings need a rediss:// URL, not {mask_secrets(self.url)!r}"
-            )
-        if not self.key_prefix or any(c in self.key_prefix for c in "{} \t\r\n"):
-            raise ConfigurationError(
-                f"key_prefix {self.key_prefix!r} must be non-empty, without braces or spaces "
-                "(braces would change the Redis Cluster hash tag)"
-            )
-        if self.socket_timeout <= 0 or self.connect_timeout <= 0:
-            raise ConfigurationError("socket_timeout and connect_timeout must be positive")
-        if self.retries < 0:
-            raise ConfigurationError(f"retries must be >= 0, got {self.retries}")
-
-    @property
-    def masked_url(self) -> str:
-        """``url`` with its password replaced by ``***``."""
-        return mask_secrets(self.url)
-
-    @property
-    def effective_tls(self) -> TLSConfig | None:
-        """The TLS settings in force: ``tls``, else the URL's, else defaults for rediss://."""
-        if urlsplit(self.url).scheme != "rediss":
-            return None
-        return self.tls or TLSConfig.from_redis_query(self.url) or TLSConfig()
-
-
-def redis_client(config: RedisStoreConfig) -> redis.asyncio.Redis:
-    """A redis-py client for ``config`` (timeouts, retries, TLS); it connects lazily.
-
-    Raises :class:`ConfigurationError` for unreadable TLS files.
-    """
-    url = config.url
-    tls_options: dict[str, Any] = {}
-    tls = config.effective_tls
-    if tls is not None:
-        tls.ssl_context()  # fails early, as a ConfigurationError, on unreadable files
-        if not tls.verify:
-            log.warning(
-                "store.tls_verification_disabled",
-                url=config.masked_url,
-                detail="the Redis server's certificate is not checked: anyone on the path "
-                "can impersonate it (development only)",
-            )
-        # The URL's own TLS parameters would override these keyword arguments.
-        url = strip_tls_query(url, redis=True)
-        tls_options = {
-            "ssl_ca_certs": tls.ca_file,
-            "ssl_certfile": tls.cert_file,
-            "ssl_keyfile": tls.key_file,
-            "ssl_cert_reqs": "required" if tls.verify else "none",
-            "ssl_check_hostname": tls.verify,
-        }
-    client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
-        url,
-        socket_timeout=config.socket_timeout,
-        socket_connect_timeout=config.connect_timeout,
-        # redis-py's default backoff waits up to 14 s over three retries; a worker would
-        # rather fail the step quickly and let the message be redelivered.
-        retry=Retry(ExponentialWithJitterBackoff(cap=2.0, base=0.1), config.retries),
-        **tls_options,
-    )
-    use_linear_packing(client)
-    return client
-
-
-class RedisStore:
+class RedisStore(RedisConnection):
     """Workflow store of one app on a standalone Redis (the key layout is Cluster-ready).
 
     The constructor does no I/O; call :meth:`connect` (or use ``async with``) first. Redis
@@ -246,125 +133,9 @@ class RedisStore:
     """
 
     def __init__(self, config: RedisStoreConfig, codec: StoreCodec) -> None:
-        self.config = config
+        super().__init__(config)
         self._codec = codec
-        self._keys = RedisKeys(config.key_prefix, config.app_id)
-        self._client: redis.asyncio.Redis | None = None
-        self._functions = library()
         self._commits = TurnBatcher(self._send_commits)
-
-    def __repr__(self) -> str:
-        return f"RedisStore({self.config.masked_url!r}, app_id={self.config.app_id!r})"
-
-    async def __aenter__(self) -> Self:
-        await self.connect()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    async def connect(self) -> None:
-        """Create the client and check that the server answers (idempotent)."""
-        if self._client is not None:
-            return
-        client = redis_client(self.config)
-        try:
-            with self._translating("connect"):
-                await client.ping()
-        except StoreError:
-            await client.aclose()
-            raise
-        self._client = client
-
-    async def close(self) -> None:
-        """Close the connection pool (idempotent)."""
-        client, self._client = self._client, None
-        if client is not None:
-            with self._translating("close"):
-                await client.aclose()
-
-    @property
-    def _redis(self) -> redis.asyncio.Redis:
-        if self._client is None:
-            raise StoreError(f"{self!r} is not connected; call connect() first")
-        return self._client
-
-    async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """``FCALL`` flowmesh's function ``name``; if this version's library is not loaded
-        (a new deploy, a Redis without persistence that restarted), load it and retry once.
-        """
-        client, function = self._redis, self._functions.function(name)
-        try:
-            return await cast("Awaitable[Any]", client.fcall(function, len(keys), *keys, *args))
-        except ResponseError as exc:
-            if not is_missing_function(exc):
-                raise
-        await self._load_functions()
-        return await cast("Awaitable[Any]", client.fcall(function, len(keys), *keys, *args))
-
-    async def _run_pipelined(self, name: str, calls: Sequence[Call]) -> list[Any]:
-        """:meth:`_run` for several calls in one pipeline (no transaction: one round trip).
-
-        Returns one result per call; a call that failed on its own (a function's
-        ``error_reply``) gets its exception object instead. If the library was missing, it
-        is loaded and only the calls that failed for that are sent again: they did not run.
-        """
-        client, function = self._redis, self._functions.function(name)
-        results: list[Any] = [None] * len(calls)
-        todo = list(range(len(calls)))
-        for attempt in (1, 2):
-            pipe: Pipeline
-            async with client.pipeline(transaction=False) as pipe:
-                for index in todo:
-                    keys, args = calls[index]
-                    pipe.fcall(function, len(keys), *keys, *args)
-                replies = await pipe.execute(raise_on_error=False)
-            for index, reply in zip(todo, replies, strict=True):
-                results[index] = reply
-            todo = [
-                i
-                for i in todo
-                if isinstance(results[i], ResponseError) and is_missing_function(results[i])
-            ]
-            if not todo or attempt == 2:
-                break
-            await self._load_functions()
-        return results
-
-    async def _load_functions(self) -> None:
-        """``FUNCTION LOAD`` this version's library (development: a user that may).
-
-        An app's least-privilege user may not: then the administrator has not run ``flowmesh
-        security apply`` with this flowmesh version, which is what the error says.
-        """
-        library = self._functions
-        try:
-            await cast("Awaitable[Any]", self._redis.function_load(library.code, replace=True))
-        except ResponseError as exc:
-            if "noperm" not in str(exc).lower() and "no permissions" not in str(exc).lower():
-                raise
-            raise StoreError(
-                f"Redis at {self.config.masked_url} has no function library {library.name!r} "
-                "(this flowmesh version's server-side code) and this Redis user may not load "
-                "it: run `flowmesh security apply` with this flowmesh version (it runs FUNCTION "
-                f"LOAD as an administrator): {exc}"
-            ) from exc
-        log.info("store.functions_loaded", app_id=self.config.app_id, library=library.name)
-
-    async def ensure_functions(self) -> None:
-        """Check (once, at start) that this version's library is callable, loading it where
-        this user may; raise :class:`~flowmesh.StoreError` saying what to run otherwise.
-
-        Calls ``claim_timers`` with a limit of 0 (reads nothing, writes nothing) rather than
-        ``FUNCTION LIST``, which an app's user may not run.
-        """
-        with self._translating("check the function library"):
-            await self._run("claim_timers", [self._keys.timers], [0, 0, 0])
 
     async def _send_commits(self, calls: list[Call]) -> list[Any]:
         """Commit scripts gathered by the :class:`TurnBatcher`, in one round trip; a script
@@ -375,21 +146,6 @@ class RedisStore:
             except ResponseError as exc:
                 return [exc]
         return await self._run_pipelined("commit", calls)
-
-    @contextmanager
-    def _translating(self, action: str) -> Iterator[None]:
-        """Turn redis-py errors into StoreError, never leaking the URL's password."""
-        try:
-            yield
-        except RedisError as exc:
-            detail = str(exc)
-            password = urlsplit(self.config.url).password
-            if password:
-                detail = detail.replace(password, "***")
-            raise StoreError(
-                f"Redis store at {self.config.masked_url} (app {self.config.app_id!r}): "
-                f"{action} failed: {type(exc).__name__}: {detail}"
-            ) from exc
 
     def _decode_state(self, blob: bytes, instance_id: str) -> WorkflowState:
         # The store's app and the instance key: values are bound to where they are kept.
@@ -703,45 +459,7 @@ class RedisStore:
             if blob is not None
         ]
 
-    async def check_safety(self) -> list[str]:
-        """Reasons the Redis server may lose data: eviction, no or weak persistence
-        (``appendfsync`` other than ``always``, unless ``allow_fsync_everysec``).
-
-        If the server refuses ``CONFIG`` (an ACL user of ``flowmesh security plan``, a managed
-        Redis), reads what ``INFO persistence`` and ``INFO memory`` show instead (AOF on or off,
-        the eviction policy); if those are refused too, says so instead of failing.
-        """
-        pipe: Pipeline
-        with self._translating("check safety"):
-            try:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for name in SAFETY_SETTINGS:
-                        pipe.config_get(name)
-                    replies = await pipe.execute()
-            except ResponseError as config_refused:  # NOPERM, or CONFIG renamed away
-                try:
-                    sections = {name: await self._redis.info(name) for name in INFO_SECTIONS}
-                except ResponseError as exc:
-                    return [
-                        f"could not check the Redis server's persistence and eviction settings "
-                        f"(CONFIG GET refused: {config_refused}; INFO refused: {exc}); make "
-                        "sure maxmemory-policy is noeviction and AOF persistence (appendonly "
-                        "yes) is on"
-                    ]
-                log.info(
-                    "store.safety_checked_with_info",
-                    app_id=self.config.app_id,
-                    detail="CONFIG GET refused; appendfsync and save could not be checked",
-                )
-                return info_safety_warnings(sections)
-        settings = {_text(name): _text(value) for reply in replies for name, value in reply.items()}
-        return safety_warnings(settings, allow_everysec=self.config.allow_fsync_everysec)
-
 
 def _held_message(entry: bytes) -> HeldMessage:
     held_ms, user_id, message_id, body = decode_held(entry)
     return HeldMessage(body, _from_epoch_ms(held_ms), user_id, message_id)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

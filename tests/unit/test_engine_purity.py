@@ -148,13 +148,27 @@ def test_importing_flowmesh_does_not_load_broker_or_store_clients() -> None:
 
 
 def test_history_helpers_import_no_io_modules() -> None:
-    """``flowmesh.testing.history`` drives the engine without an event loop or any I/O."""
-    path = REPO_ROOT / "flowmesh" / "testing" / "history.py"
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    offending = [
-        f"history.py:{line} imports {name}"
-        for name, line in imported_names(tree)
-        if name.split(".")[0] in FORBIDDEN_IMPORTS
-        or name.startswith(("flowmesh.runtime", "flowmesh.transport", "flowmesh.store"))
-    ]
+    """``flowmesh.testing.history`` drives the engine without an event loop or any I/O.
+
+    ``history.py`` re-exports from private ``flowmesh.testing`` modules; those are checked too.
+    """
+    testing_dir = REPO_ROOT / "flowmesh" / "testing"
+    todo = ["history"]
+    seen: set[str] = set()
+    offending: list[str] = []
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        path = testing_dir / f"{module}.py"
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for name, line in imported_names(tree):
+            if name.startswith("flowmesh.testing._"):
+                todo.append(name.split(".")[2])
+            if name.split(".")[0] in FORBIDDEN_IMPORTS or name.startswith(
+                ("flowmesh.runtime", "flowmesh.transport", "flowmesh.store")
+            ):
+                offending.append(f"{module}.py:{line} imports {name}")
+    assert seen > {"history"}, seen  # the re-exports were followed
     assert not offending, offending
