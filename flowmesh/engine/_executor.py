@@ -26,6 +26,7 @@ from flowmesh._errors import (
     WorkflowAlreadyExistsError,
 )
 from flowmesh.engine._actions import (
+    RecordedAction,
     TaskKind,
     describe_action,
     describe_awaited,
@@ -48,6 +49,7 @@ from flowmesh.model import (
     Command,
     CompleteWorkflow,
     EventRaised,
+    EventSent,
     FailureDetails,
     HistoryEvent,
     ParentRef,
@@ -56,6 +58,7 @@ from flowmesh.model import (
     RetryPolicy,
     ScheduleActivity,
     StepStarted,
+    TaskCancelled,
     TerminateChildren,
     TimerCreated,
     TimerFired,
@@ -224,9 +227,7 @@ class WorkflowExecution:
                 | WorkflowSuspended
                 | WorkflowCompleted,
             )
-            and not isinstance(
-                event, ActivityScheduled | ChildWorkflowScheduled | TimerCreated | PatchRecorded
-            )
+            and not isinstance(event, RecordedAction | PatchRecorded)
         ):
             if isinstance(event, EventRaised) or (
                 self._is_open_result(event) and not self._suspension.holds_result(event)
@@ -240,7 +241,13 @@ class WorkflowExecution:
                 return True
             case WorkflowStarted():
                 return self._start(event)
-            case ActivityScheduled() | ChildWorkflowScheduled() | TimerCreated():
+            case (
+                ActivityScheduled()
+                | ChildWorkflowScheduled()
+                | TimerCreated()
+                | EventSent()
+                | TaskCancelled()
+            ):
                 self._confirm(event)
                 return True
             case ActivityCompleted(seq=seq, output=output):
@@ -325,7 +332,7 @@ class WorkflowExecution:
         self._run()
         return True
 
-    def _confirm(self, event: ActivityScheduled | ChildWorkflowScheduled | TimerCreated) -> None:
+    def _confirm(self, event: RecordedAction) -> None:
         reason = self._tasks.confirm(event)
         if reason:
             raise _Stall(reason)
@@ -521,6 +528,10 @@ class WorkflowExecution:
     def wait_for_event(self, name: str, timeout: timedelta | None) -> Task[Any]:
         """See :meth:`TaskScheduler.wait_for_event`."""
         return self._tasks.wait_for_event(name, timeout)
+
+    def send_event(self, instance_id: str, app_id: str, name: str, data: object) -> None:
+        """See :meth:`TaskScheduler.send_event`."""
+        self._tasks.send_event(instance_id, app_id, name, data)
 
     def schedule_with_retry(
         self, start_attempt: Callable[[int], Task[Any]], policy: RetryPolicy | None

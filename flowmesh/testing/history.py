@@ -60,6 +60,7 @@ from flowmesh.model import (
     ChildWorkflowScheduled,
     Command,
     EventRaised,
+    EventSent,
     FailureDetails,
     HistoryEvent,
     ParentRef,
@@ -68,6 +69,7 @@ from flowmesh.model import (
     ScheduleChildWorkflow,
     StartTimer,
     StepStarted,
+    TaskCancelled,
     TimerCreated,
     TimerFired,
     WorkflowCompleted,
@@ -97,6 +99,7 @@ __all__ = [
     "child_failed",
     "child_scheduled",
     "event_raised",
+    "event_sent",
     "failure",
     "patch_recorded",
     "replay_history",
@@ -107,6 +110,7 @@ __all__ = [
     "started",
     "step",
     "suspended",
+    "task_cancelled",
     "terminated",
     "timer_created",
     "timer_fired",
@@ -245,6 +249,16 @@ def timer_fired(seq: int) -> TimerFired:
 def event_raised(name: str, data: object = None) -> EventRaised:
     """External event ``name`` arrived carrying ``data``."""
     return EventRaised(name, data)
+
+
+def event_sent(seq: int, instance_id: str, name: str, *, app_id: str = DEFAULT_APP_ID) -> EventSent:
+    """The workflow sent event ``name`` (task ``seq``) to ``instance_id`` on ``app_id``."""
+    return EventSent(seq, instance_id, app_id, name)
+
+
+def task_cancelled(seq: int) -> TaskCancelled:
+    """The workflow cancelled dispatched activity or child workflow ``seq``."""
+    return TaskCancelled(seq)
 
 
 def patch_recorded(name: str) -> PatchRecorded:
