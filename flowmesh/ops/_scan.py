@@ -19,8 +19,8 @@ def topology_from_sources(paths: Iterable[Path]) -> Topology:
 
     Finds ``App("<id>")`` definitions, functions decorated with ``@<app>.workflow`` and, in
     them, ``call_activity(..., app_id="<literal>")``, ``call_child_workflow(...)`` and
-    ``send_event(...)`` calls. A call without ``app_id`` targets the workflow's own app. A non-literal ``app_id`` cannot be
-    resolved and is reported in :attr:`Topology.unresolved`.
+    ``send_event(...)`` calls. A call without ``app_id`` targets the workflow's own app. A
+    non-literal ``app_id`` cannot be resolved and is reported in :attr:`Topology.unresolved`.
     """
     apps: set[str] = set()
     hosts: set[str] = set()

@@ -28,8 +28,8 @@ anything                                  R's own user (its replicas, its timer 
 
 So an app allowed (by the security plan's topic permissions) to return results to R cannot
 forge results of tasks R sent elsewhere, fire R's timers, raise events under another app's
-event IDs, or terminate R's workflows; a client cannot forge results or child starts. A refused message is dead-lettered
-with the reason. The checks are off unless a pattern is configured
+event IDs, or terminate R's workflows; a client cannot forge results or child starts. A
+refused message is dead-lettered with the reason. The checks are off unless a pattern is configured
 (``WorkerOptions.app_user_pattern``, ``flowmesh worker --app-user-pattern``).
 """
 

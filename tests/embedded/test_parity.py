@@ -4,6 +4,7 @@ through the real runtime (outbox, store, timers, activity worker) in one process
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from datetime import timedelta
@@ -52,10 +53,8 @@ async def cancel_activity(ctx: WorkflowContext, kind: str) -> object:
     task = ctx.call_activity(kind, app_id="p-billing")
     await ctx.wait_for_external_event("stop")
     task.cancel()
-    try:
+    with contextlib.suppress(TaskCancelledError):
         await task
-    except TaskCancelledError:
-        pass
     return await ctx.wait_for_external_event("done")
 
 
@@ -157,9 +156,7 @@ async def test_a_cancelled_timer_never_fires_and_leaves_the_store() -> None:
 async def test_a_cancelled_async_activity_is_cancelled_on_its_replica_and_recorded() -> None:
     seen.clear()
     async with TestEnvironment(APPS, time_skipping=False) as env:
-        handle = await env.client.start_workflow(
-            "cancel_activity", "slow_async", app_id="p-orders"
-        )
+        handle = await env.client.start_workflow("cancel_activity", "slow_async", app_id="p-orders")
         await until(lambda: seen.get("async started"))
         await handle.raise_event("stop")
         await until(lambda: "async cancelled" in seen)
