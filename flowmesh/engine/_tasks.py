@@ -31,7 +31,7 @@ class Task(Generic[T]):
         self._result: Any = None
         self._exception: BaseException | None = None
         self._listeners: list[Callable[[Task[Any]], None]] = []
-        self._canceller: Callable[[], None] | None = None
+        self._canceller: Callable[[], object] | None = None
 
     @property
     def is_complete(self) -> bool:
@@ -101,7 +101,7 @@ class Task(Generic[T]):
         self._exception = exception
         self._notify()
 
-    def set_canceller(self, canceller: Callable[[], None]) -> None:
+    def set_canceller(self, canceller: Callable[[], object]) -> None:
         """Call ``canceller()`` when the task is cancelled (the engine: release a timer, an
         event wait, an activity or child workflow, or the parts of a composite task)."""
         self._canceller = canceller
