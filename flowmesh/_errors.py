@@ -19,6 +19,7 @@ Every error flowmesh raises derives from :class:`FlowmeshError`::
     │   ├── ActivityFailedError
     │   │   └── ActivityTimeoutError  (also a TimeoutError)
     │   └── ChildWorkflowFailedError
+    ├── TaskCancelledError          a task the workflow cancelled (``Task.cancel()``)
     ├── NonRetryableError           raised by an activity to stop retries
     ├── StoreError                  the workflow store failed
     │   └── VersionConflictError    another writer committed first (single-writer check)
@@ -115,6 +116,11 @@ class ActivityTimeoutError(ActivityFailedError, TimeoutError):
 
 class ChildWorkflowFailedError(TaskFailedError):
     """A child workflow failed or was terminated."""
+
+
+class TaskCancelledError(FlowmeshError):
+    """The task was cancelled by the workflow's own code (``Task.cancel()``): awaiting it
+    raises this error."""
 
 
 class WorkflowFailedError(FlowmeshError):

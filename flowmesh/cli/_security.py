@@ -155,6 +155,12 @@ def _plan_options(command: F) -> F:
             help="PARENT's workflows start child workflows hosted by these apps (repeat).",
         ),
         click.option(
+            "--events",
+            multiple=True,
+            metavar="HOST=APP[,APP]",
+            help="HOST's workflows send events (send_event) to workflows of these apps (repeat).",
+        ),
+        click.option(
             "--client",
             "clients",
             multiple=True,
@@ -188,6 +194,7 @@ def _build_plan(
     hosts: tuple[str, ...],
     calls: tuple[str, ...],
     children: tuple[str, ...],
+    events: tuple[str, ...],
     clients: tuple[str, ...],
     vhost: str,
     key_prefix: str,
@@ -195,10 +202,11 @@ def _build_plan(
 ) -> SecurityPlan:
     calls_map = _pairs(calls, "--calls")
     children_map = _pairs(children, "--children")
+    events_map = _pairs(events, "--events")
     unresolved: tuple[str, ...] = ()
     apps = list(app_ids)
     hosting = list(hosts)
-    if workers_dir is None and not (app_ids or calls or children):
+    if workers_dir is None and not (app_ids or calls or children or events):
         workers_dir = Path("workers")
     if workers_dir is not None:
         sources = [
@@ -215,6 +223,8 @@ def _build_plan(
             calls_map.setdefault(host, []).extend(targets)
         for parent, child_apps in topology.children.items():
             children_map.setdefault(parent, []).extend(child_apps)
+        for sender, receivers in topology.events.items():
+            events_map.setdefault(sender, []).extend(receivers)
         unresolved = topology.unresolved
     try:
         return SecurityPlan.build(
@@ -222,6 +232,7 @@ def _build_plan(
             hosts=hosting,
             calls=calls_map,
             children=children_map,
+            events=events_map,
             clients=_pairs(clients, "--client"),
             vhost=vhost,
             key_prefix=key_prefix,

@@ -12,15 +12,25 @@ from typing import Any, assert_never
 from flowmesh.engine._tasks import Task
 from flowmesh.model import (
     ActivityScheduled,
+    CancelActivity,
+    CancelChildWorkflow,
     ChildWorkflowScheduled,
     Command,
+    EventSent,
     HistoryEvent,
     PendingTask,
     ScheduleActivity,
     ScheduleChildWorkflow,
+    SendEvent,
     StartTimer,
+    TaskCancelled,
     TimerCreated,
 )
+
+RecordedAction = (
+    ActivityScheduled | ChildWorkflowScheduled | TimerCreated | EventSent | TaskCancelled
+)
+"""History events that record an action of the workflow code (confirmed on replay)."""
 
 
 class TaskKind(enum.Enum):
@@ -56,6 +66,17 @@ def describe_action(action: Command | HistoryEvent) -> str:
             return f"child workflow {name!r} on app {app!r}"
         case StartTimer() | TimerCreated():
             return "a durable timer"
+        case (
+            SendEvent(name=name, instance_id=target, app_id=app)
+            | EventSent(name=name, instance_id=target, app_id=app)
+        ):
+            return f"event {name!r} sent to instance {target!r} on app {app!r}"
+        case CancelActivity(name=name, app_id=app):
+            return f"the cancellation of activity {name!r} on app {app!r}"
+        case CancelChildWorkflow(name=name, app_id=app):
+            return f"the cancellation of child workflow {name!r} on app {app!r}"
+        case TaskCancelled():
+            return "the cancellation of this task"
         case _:
             return type(action).__name__
 
@@ -94,6 +115,14 @@ def matches(action: Command, event: HistoryEvent) -> bool:
             )
         case StartTimer(), TimerCreated():
             return True
+        case SendEvent(), EventSent():
+            return (action.instance_id, action.app_id, action.name) == (
+                event.instance_id,
+                event.app_id,
+                event.name,
+            )
+        case CancelActivity() | CancelChildWorkflow(), TaskCancelled():
+            return True
         case _:
             return False
 
@@ -110,6 +139,10 @@ def scheduled_event(action: Command) -> HistoryEvent:
             )
         case StartTimer():
             return TimerCreated(action.seq, action.fire_at)
+        case SendEvent():
+            return EventSent(action.seq, action.instance_id, action.app_id, action.name)
+        case CancelActivity() | CancelChildWorkflow():
+            return TaskCancelled(action.seq)
         case _:
             raise AssertionError(f"{action!r} is not a schedulable action")
 

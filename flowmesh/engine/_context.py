@@ -11,8 +11,9 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, NoReturn, Protocol
 
+from flowmesh._errors import ValidationError
 from flowmesh.engine._tasks import Task, WhenAllTask, WhenAnyTask
-from flowmesh.model import RetryPolicy, check_instance_id
+from flowmesh.model import RetryPolicy, check_app_id, check_instance_id
 
 
 class Execution(Protocol):
@@ -52,6 +53,9 @@ class Execution(Protocol):
 
     def wait_for_event(self, name: str, timeout: timedelta | None) -> Task[Any]:
         """The next external event ``name`` (buffered ones first)."""
+
+    def send_event(self, instance_id: str, app_id: str, name: str, data: object) -> None:
+        """Send event ``name`` to instance ``instance_id`` on ``app_id`` (durably)."""
 
     def is_patched(self, name: str) -> bool:
         """Whether this execution takes the code path guarded by patch ``name``."""
@@ -244,12 +248,40 @@ class WorkflowContext:
         """
         return self._execution.wait_for_event(name, timeout)
 
+    def send_event(
+        self, instance_id: str, name: str, data: object = None, *, app_id: str | None = None
+    ) -> None:
+        """Raise external event ``name`` with ``data`` on workflow ``instance_id`` hosted by
+        ``app_id`` (default: this workflow's app); nothing to await.
+
+        Sent durably once this step commits (recorded in history, so a replay does not send
+        it again), with an event ID that lets the receiver record it once. An instance that
+        does not exist yet gets it when it is created, within the receiving worker's
+        ``hold_unknown_for``; after that the event is dead-lettered with the reason.
+        """
+        check_instance_id(instance_id)
+        if not isinstance(name, str) or not name:
+            raise ValidationError(f"send_event needs a non-empty event name, got {name!r}")
+        target = self.app_id if app_id is None else check_app_id(app_id)
+        self._execution.check_value(data, f"data of event {name!r} sent to {instance_id!r}")
+        self._execution.send_event(instance_id, target, name, data)
+
     def when_all(self, tasks: Sequence[Task[Any]]) -> Task[list[Any]]:
-        """A task completing with all results (in order) or failing with the first failure."""
+        """A task completing with all results (in order) or failing with the first failure.
+
+        The others are not cancelled when one fails; ``.cancel()`` on the ``when_all`` task
+        cancels every unfinished one.
+        """
         return WhenAllTask(tasks)
 
     def when_any(self, tasks: Sequence[Task[Any]]) -> Task[Task[Any]]:
-        """A task completing with the first of ``tasks`` to finish (which may have failed)."""
+        """A task completing with the first of ``tasks`` to finish (which may have failed).
+
+        The losers are not cancelled: code may still await them. Until then a losing event
+        wait still consumes the next event of its name and a losing timer still fires into
+        the workflow (ignored if nobody awaits it); call ``.cancel()`` on the losers that are
+        no longer wanted, or on the ``when_any`` task itself to cancel them all.
+        """
         return WhenAnyTask(tasks)
 
     def continue_as_new(self, input: object = None, *, save_events: bool = False) -> NoReturn:

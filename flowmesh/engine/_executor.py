@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import assert_never
 
 from flowmesh._errors import NonDeterminismError
-from flowmesh.engine._actions import describe_action, scheduled_event
+from flowmesh.engine._actions import RecordedAction, describe_action, scheduled_event
 from flowmesh.engine._context import ContinueAsNew, Logger, WorkflowContext
 from flowmesh.engine._driver import Raised, Returned, Stall
 from flowmesh.engine._outcome import StepOutcome
@@ -35,10 +35,12 @@ from flowmesh.model import (
     Command,
     CompleteWorkflow,
     EventRaised,
+    EventSent,
     FailureDetails,
     HistoryEvent,
     PatchRecorded,
     StepStarted,
+    TaskCancelled,
     TerminateChildren,
     TimerCreated,
     TimerFired,
@@ -57,9 +59,7 @@ _APPLIED_WHILE_SUSPENDED = (
     | WorkflowSuspended
     | WorkflowCompleted
     # Scheduling events confirm what the code asked for before it was suspended.
-    | ActivityScheduled
-    | ChildWorkflowScheduled
-    | TimerCreated
+    | RecordedAction
     | PatchRecorded
 )
 """The events a suspended execution applies at once; others wait for the resume."""
@@ -155,7 +155,13 @@ class WorkflowExecution(ExecutionState):
                 return True
             case WorkflowStarted():
                 return self._start(event)
-            case ActivityScheduled() | ChildWorkflowScheduled() | TimerCreated():
+            case (
+                ActivityScheduled()
+                | ChildWorkflowScheduled()
+                | TimerCreated()
+                | EventSent()
+                | TaskCancelled()
+            ):
                 reason = self._tasks.confirm(event)
                 if reason:
                     raise Stall(reason)

@@ -1,6 +1,6 @@
 """The tasks an execution has scheduled: sequence numbers, actions not yet confirmed by
-history, open tasks waiting for their results, and the durable combinators built on them
-(retries with backoff timers, timeouts raced against timers)."""
+history, open tasks waiting for their results, cancellations, and the durable combinators
+built on them (retries with backoff timers, timeouts raced against timers)."""
 
 from __future__ import annotations
 
@@ -9,29 +9,35 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from flowmesh._errors import ActivityTimeoutError
+from flowmesh._errors import ActivityTimeoutError, TaskCancelledError
 from flowmesh.engine._actions import (
     OpenTask,
+    RecordedAction,
     TaskKind,
     describe_action,
     matches,
     pending_task,
 )
 from flowmesh.engine._mailbox import EventMailbox
-from flowmesh.engine._tasks import Task
+from flowmesh.engine._tasks import Task, cancel_all
 from flowmesh.model import (
-    ActivityScheduled,
-    ChildWorkflowScheduled,
+    CancelActivity,
+    CancelChildWorkflow,
     Command,
+    EventSent,
     FailureDetails,
     PendingTask,
     RetryPolicy,
     ScheduleActivity,
     ScheduleChildWorkflow,
+    SendEvent,
     StartTimer,
+    TaskCancelled,
     TerminateChildren,
-    TimerCreated,
 )
+
+_VERBS: dict[type, str] = {EventSent: "send", TaskCancelled: "cancel"}
+"""What the code did not do, by the event history has instead (default: schedule)."""
 
 
 class TaskScheduler:
@@ -46,7 +52,9 @@ class TaskScheduler:
         self._instance_id = instance_id
         self.next_seq = 0
         self.actions: dict[int, Command] = {}
-        """Scheduled by code, not yet confirmed by history (new: they become commands)."""
+        """Scheduled (or sent, or cancelled) by code, not yet confirmed by history (new: they
+        become commands). A cancellation takes the seq of its task, whose own action was
+        confirmed before."""
         self.open: dict[int, OpenTask] = {}
         """Tasks waiting for their result event, by seq."""
         self.cancelled_timers: list[int] = []
@@ -65,17 +73,18 @@ class TaskScheduler:
         task: Task[Any] = Task()
         self.actions[seq] = action
         self.open[seq] = OpenTask(kind, action, task, self._now())
+        task.set_canceller(lambda: self.cancel(seq))
         return task
 
-    def confirm(self, event: ActivityScheduled | ChildWorkflowScheduled | TimerCreated) -> str:
-        """Match a replayed scheduling event with the action the code asked for at its seq;
-        returns the non-determinism found ("" if they agree)."""
+    def confirm(self, event: RecordedAction) -> str:
+        """Match a replayed event recording an action with the action the code asked for at
+        its seq; returns the non-determinism found ("" if they agree)."""
         action = self.actions.pop(event.seq, None)
         if action is None:
             return (
                 f"non-determinism at seq {event.seq}: history has {describe_action(event)} "
-                "but the workflow code did not schedule it (code changed? guard new code "
-                "with ctx.is_patched())"
+                f"but the workflow code did not {_VERBS.get(type(event), 'schedule')} it "
+                "(code changed? guard new code with ctx.is_patched())"
             )
         if not matches(action, event):
             return (
@@ -110,8 +119,42 @@ class TaskScheduler:
         return cancelled
 
     def cancel_timer(self, seq: int) -> None:
+        """Stop timer ``seq`` of a race that was decided (an event arrived, a task finished):
+        its store entry is removed, a late firing is dropped."""
         if self.open.pop(seq, None) is not None:
             self.cancelled_timers.append(seq)
+
+    def cancel(self, seq: int) -> None:
+        """Release task ``seq`` the workflow cancelled (:meth:`Task.cancel`).
+
+        A task not dispatched yet (scheduled in this very step) is forgotten: nothing is sent
+        or recorded. A timer is removed from the store. An activity or child workflow gets a
+        cancellation action: recorded as ``TaskCancelled``, sent as a cancel message or a
+        terminate. Either way a late result is stray and dropped.
+        """
+        open_task = self.open.pop(seq, None)
+        if open_task is None:
+            return
+        action = open_task.action
+        if self.actions.get(seq) is action:
+            del self.actions[seq]
+            if isinstance(action, ScheduleChildWorkflow):
+                self.children.pop(action.instance_id, None)
+            return
+        match action:
+            case StartTimer():
+                self.cancelled_timers.append(seq)
+            case ScheduleActivity(name=name, app_id=app_id, attempt=attempt):
+                self.actions[seq] = CancelActivity(seq, name, app_id, attempt)
+            case ScheduleChildWorkflow(name=name, app_id=app_id, instance_id=child):
+                reason = f"cancelled by parent {self._instance_id()}"
+                self.actions[seq] = CancelChildWorkflow(seq, name, app_id, child, reason)
+
+    def send_event(self, instance_id: str, app_id: str, name: str, data: object) -> None:
+        """Allocate a seq for an event sent to another instance (recorded as ``EventSent``)."""
+        seq = self.next_seq
+        self.next_seq += 1
+        self.actions[seq] = SendEvent(seq, instance_id, app_id, name, data)
 
     def child_terminations(self, reason: str) -> list[TerminateChildren]:
         """Terminate commands for every open child (a recursive terminate)."""
@@ -172,11 +215,13 @@ class TaskScheduler:
             task.resolve(kept.data)
             return task
         self._mailbox.wait(key, task)
+        task.set_canceller(lambda: self._mailbox.stop_waiting(key, task))
         if timeout is None:
             return task
         timer = self.schedule_timer(self._now() + timeout)
         result: Task[Any] = Task()
         timer_seq = self.next_seq - 1
+        result.set_canceller(lambda: cancel_all((task, timer)))
 
         def on_event(done: Task[Any]) -> None:
             if not result.is_complete:
@@ -202,8 +247,13 @@ class TaskScheduler:
         if policy is None:
             return first
         result: Task[Any] = Task()
+        first_start = self._now()
+        current = [first]  # the running attempt or the backoff timer: what a cancel stops
+        result.set_canceller(lambda: current[0].cancel())  # noqa: PLW0108 - current[0] changes
 
         def attempt_done(attempt: int, done: Task[Any]) -> None:
+            if result.is_complete:
+                return
             error = done.get_exception()
             if error is None:
                 result.resolve(done.get_result())
@@ -211,15 +261,19 @@ class TaskScheduler:
             failure = getattr(error, "failure", None)
             if not isinstance(failure, FailureDetails):
                 failure = FailureDetails.from_exception(error)
-            delay = policy.next_delay(attempt, failure)
-            if delay is None:
+            delay = policy.next_delay(attempt, failure, elapsed=self._now() - first_start)
+            if delay is None or isinstance(error, TaskCancelledError):
                 result.reject(error)
                 return
             timer = self.schedule_timer(self._now() + delay)
+            current[0] = timer
             timer.add_done_callback(lambda _: start(attempt + 1))
 
         def start(attempt: int) -> None:
+            if result.is_complete:
+                return
             task = first if attempt == 1 else start_attempt(attempt)
+            current[0] = task
             task.add_done_callback(lambda done: attempt_done(attempt, done))
 
         start(1)
@@ -230,6 +284,7 @@ class TaskScheduler:
     ) -> Task[Any]:
         timer_seq = self.next_seq - 1
         result: Task[Any] = Task()
+        result.set_canceller(lambda: cancel_all((task, timer)))
 
         def on_task(done: Task[Any]) -> None:
             if result.is_complete:

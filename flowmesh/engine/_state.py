@@ -120,6 +120,10 @@ class ExecutionState:
         """See :meth:`TaskScheduler.wait_for_event`."""
         return self._tasks.wait_for_event(name, timeout)
 
+    def send_event(self, instance_id: str, app_id: str, name: str, data: object) -> None:
+        """See :meth:`TaskScheduler.send_event`."""
+        self._tasks.send_event(instance_id, app_id, name, data)
+
     def schedule_with_retry(
         self, start_attempt: Callable[[int], Task[Any]], policy: RetryPolicy | None
     ) -> Task[Any]:

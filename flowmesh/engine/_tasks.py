@@ -4,6 +4,11 @@ A task is resolved by the executor when the history event that completes it is r
 arrives. Awaiting an unresolved task suspends the workflow coroutine (it yields the task to
 the executor); awaiting a resolved one returns at once. Composite tasks (``when_all``,
 ``when_any``) and retrying tasks resolve from their children.
+
+:meth:`Task.cancel` fails a pending task with :class:`~flowmesh.TaskCancelledError` and runs
+the canceller the engine installed, which releases what the task holds (its timer, its place
+among an event's waiters, its activity or child workflow); a composite task cancels its
+unfinished children.
 """
 
 from __future__ import annotations
@@ -11,19 +16,22 @@ from __future__ import annotations
 from collections.abc import Callable, Generator, Sequence
 from typing import Any, Generic, TypeVar
 
+from flowmesh._errors import TaskCancelledError
+
 T = TypeVar("T")
 
 
 class Task(Generic[T]):
     """A durable unit of work a workflow can await: activity, child workflow, timer, event."""
 
-    __slots__ = ("_exception", "_is_complete", "_listeners", "_result")
+    __slots__ = ("_canceller", "_exception", "_is_complete", "_listeners", "_result")
 
     def __init__(self) -> None:
         self._is_complete = False
         self._result: Any = None
         self._exception: BaseException | None = None
         self._listeners: list[Callable[[Task[Any]], None]] = []
+        self._canceller: Callable[[], object] | None = None
 
     @property
     def is_complete(self) -> bool:
@@ -46,6 +54,26 @@ class Task(Generic[T]):
     def get_exception(self) -> BaseException | None:
         """The error the task failed with, or None."""
         return self._exception
+
+    def cancel(self) -> bool:
+        """Cancel the task; False if it has already completed (nothing changes then).
+
+        Awaiting a cancelled task raises :class:`~flowmesh.TaskCancelledError`. What the task
+        held is released: a timer never fires, an event wait never consumes a later event, a
+        composite task cancels its unfinished children, a retrying task its current attempt
+        or backoff timer. An activity or child workflow already sent is cancelled best effort
+        (the child is terminated; the activity's app is told, see ``ActivityContext``) and
+        the cancellation is recorded in history; its late result is dropped.
+        """
+        if self._is_complete:
+            return False
+        # Complete first: listeners (a when_any, a retry) then see the task done and do not
+        # react to the failures of the parts the canceller releases.
+        self.reject(TaskCancelledError("the task was cancelled by the workflow"))
+        canceller, self._canceller = self._canceller, None
+        if canceller is not None:
+            canceller()
+        return True
 
     def __await__(self) -> Generator[Task[Any], None, T]:
         if not self._is_complete:
@@ -73,6 +101,11 @@ class Task(Generic[T]):
         self._exception = exception
         self._notify()
 
+    def set_canceller(self, canceller: Callable[[], object]) -> None:
+        """Call ``canceller()`` when the task is cancelled (the engine: release a timer, an
+        event wait, an activity or child workflow, or the parts of a composite task)."""
+        self._canceller = canceller
+
     def add_done_callback(self, listener: Callable[[Task[Any]], None]) -> None:
         """Call ``listener(task)`` once the task completes (at once if it has): how composite,
         retrying and timed tasks are built from their parts."""
@@ -87,6 +120,12 @@ class Task(Generic[T]):
             listener(self)
 
 
+def cancel_all(tasks: Sequence[Task[Any]]) -> None:
+    """Cancel every task of ``tasks`` that has not completed."""
+    for task in tasks:
+        task.cancel()
+
+
 class WhenAllTask(Task[list[Any]]):
     """Completes with every child's result in order; fails as soon as one child fails."""
 
@@ -96,6 +135,7 @@ class WhenAllTask(Task[list[Any]]):
         super().__init__()
         self._children = tuple(children)
         self._remaining = len(self._children)
+        self.set_canceller(lambda: cancel_all(self._children))
         if not self._children:
             self.resolve([])
         for child in self._children:
@@ -114,7 +154,8 @@ class WhenAllTask(Task[list[Any]]):
 
 
 class WhenAnyTask(Task[Task[Any]]):
-    """Completes with the first child to finish (succeeded or failed); never fails itself."""
+    """Completes with the first child to finish (succeeded or failed); never fails itself
+    (unless cancelled). The other children go on: cancel them to release them."""
 
     __slots__ = ()
 
@@ -122,6 +163,8 @@ class WhenAnyTask(Task[Task[Any]]):
         super().__init__()
         if not children:
             raise ValueError("when_any needs at least one task")
+        pending = tuple(children)
+        self.set_canceller(lambda: cancel_all(pending))
         for child in children:
             child.add_done_callback(self._child_done)
 

@@ -47,6 +47,41 @@ class StartTimer:
 
 
 @dataclass(frozen=True, slots=True)
+class SendEvent:
+    """Raise event ``name`` with ``data`` on instance ``instance_id`` of app ``app_id``
+    (``ctx.send_event``); the message's event ID derives from the sender and ``seq``."""
+
+    seq: int
+    instance_id: str
+    app_id: str
+    name: str
+    data: object = None
+
+
+@dataclass(frozen=True, slots=True)
+class CancelActivity:
+    """Tell ``app_id`` that activity task ``seq`` (attempt ``attempt``) was cancelled; best
+    effort: a replica running it sets ``ActivityContext.is_cancelled``."""
+
+    seq: int
+    name: str
+    app_id: str
+    attempt: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class CancelChildWorkflow:
+    """Terminate child workflow ``instance_id`` on ``app_id`` (task ``seq``), cancelled by
+    its parent."""
+
+    seq: int
+    name: str
+    app_id: str
+    instance_id: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class CompleteWorkflow:
     """End this execution.
 
@@ -70,6 +105,13 @@ class TerminateChildren:
 
 
 Command = (
-    ScheduleActivity | ScheduleChildWorkflow | StartTimer | CompleteWorkflow | TerminateChildren
+    ScheduleActivity
+    | ScheduleChildWorkflow
+    | StartTimer
+    | SendEvent
+    | CancelActivity
+    | CancelChildWorkflow
+    | CompleteWorkflow
+    | TerminateChildren
 )
 """Anything a replay step can ask the runtime to do."""

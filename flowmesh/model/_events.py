@@ -171,6 +171,31 @@ class EventRaised:
 
 
 @dataclass(frozen=True, slots=True)
+class EventSent:
+    """The workflow sent event ``name`` to instance ``instance_id`` on app ``app_id``
+    (``ctx.send_event``); the data travels in the message only."""
+
+    seq: int
+    instance_id: str
+    app_id: str
+    name: str
+
+    def __post_init__(self) -> None:
+        check_seq(self, "seq", self.seq)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskCancelled:
+    """The workflow cancelled dispatched activity or child workflow ``seq`` (``Task.cancel()``);
+    a later result for it is dropped."""
+
+    seq: int
+
+    def __post_init__(self) -> None:
+        check_seq(self, "seq", self.seq)
+
+
+@dataclass(frozen=True, slots=True)
 class PatchRecorded:
     """First execution of code guarded by ``ctx.is_patched(name)`` took the new path."""
 
@@ -220,6 +245,8 @@ HistoryEvent = (
     | TimerCreated
     | TimerFired
     | EventRaised
+    | EventSent
+    | TaskCancelled
     | PatchRecorded
     | WorkflowSuspended
     | WorkflowResumed
@@ -240,6 +267,8 @@ HISTORY_EVENT_TYPES: tuple[type[HistoryEvent], ...] = (
     TimerCreated,
     TimerFired,
     EventRaised,
+    EventSent,
+    TaskCancelled,
     PatchRecorded,
     WorkflowSuspended,
     WorkflowResumed,

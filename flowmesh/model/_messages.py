@@ -1,7 +1,8 @@
 """Wire messages exchanged over the broker (see docs/protocol.md).
 
 Each message is a frozen dataclass; the codec wraps it in a versioned envelope that names its
-kind. Work queues (``fm.<app>.work``) carry :class:`StartWorkflow` and :class:`ActivityTask`;
+kind. Work queues (``fm.<app>.work``) carry :class:`StartWorkflow`, :class:`ActivityTask` and
+:class:`ActivityCancel`;
 reply queues (``fm.<app>.reply``) carry everything that advances or inspects a workflow hosted
 by that app.
 """
@@ -47,6 +48,28 @@ class ActivityTask:
     input: object = None
     run_id: str = ""
     """The run of the instance that scheduled the task; results carry it back."""
+
+    def __post_init__(self) -> None:
+        check_seq(self, "seq", self.seq)
+        check_attempt(self, "attempt", self.attempt)
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityCancel:
+    """The workflow cancelled activity task ``(instance_id, seq, attempt)`` of ``run_id``.
+
+    Sent to ``app_id``'s work queue; best effort: the replica that receives it marks the
+    task cancelled if it is running there (``ActivityContext.is_cancelled``, an async
+    activity's coroutine is cancelled), and otherwise ignores it. The host records the
+    cancellation either way and drops the task's late result.
+    """
+
+    instance_id: str
+    host_app_id: str
+    app_id: str
+    seq: int
+    attempt: int
+    run_id: str = ""
 
     def __post_init__(self) -> None:
         check_seq(self, "seq", self.seq)
@@ -206,6 +229,7 @@ class StateReply:
 Message = (
     StartWorkflow
     | ActivityTask
+    | ActivityCancel
     | ActivityResult
     | ActivityLease
     | TaskNote
@@ -222,6 +246,7 @@ Message = (
 MESSAGE_TYPES: tuple[type[Message], ...] = (
     StartWorkflow,
     ActivityTask,
+    ActivityCancel,
     ActivityResult,
     ActivityLease,
     TaskNote,

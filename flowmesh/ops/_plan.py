@@ -5,6 +5,7 @@
     plan = SecurityPlan.build(
         calls={"app1": ["app2", "app3"]},          # app1's workflows run activities there
         children={"app1": ["gpu-trainer"]},         # ... and child workflows there
+        events={"app1": ["billing"]},               # ... and send events to billing's workflows
         clients={"fmc-ops": ["app1"]},              # who may start/control app1's workflows
         vhost="prod", key_prefix="fm",
     )
@@ -19,6 +20,7 @@ What each user gets follows from who sends what where (``docs/protocol.md``):
   republished), ``X.quarantine`` (tasks in flight when a worker died) and ``X.dead``,
   ``X.reply`` if it hosts (its timers), ``T.work`` for every app T it calls,
   ``C.work`` and ``C.reply`` for every app C hosting its children (start, terminate, purge),
+  ``E.reply`` for every app E hosting workflows its workflows send events to (``send_event``),
   ``H.reply`` for every app H that calls it or hosts its parent (results, leases, notes, child
   results). A hosting app also answers clients' inboxes (``fm.inbox``). Nothing else: no
   default exchange, no bindings, no other app's queues.
@@ -155,6 +157,8 @@ class Topology:
     """Hosting app -> apps hosting its child workflows."""
     unresolved: tuple[str, ...] = ()
     """Call sites whose target app could not be read (from :func:`topology_from_sources`)."""
+    events: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    """Hosting app -> other apps hosting workflows its workflows send events to."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +180,7 @@ class SecurityPlan:
         hosts: Iterable[str] = (),
         calls: Mapping[str, Iterable[str]] | None = None,
         children: Mapping[str, Iterable[str]] | None = None,
+        events: Mapping[str, Iterable[str]] | None = None,
         clients: Mapping[str, Iterable[str]] | None = None,
         vhost: str = "/",
         key_prefix: str = "fm",
@@ -189,8 +194,15 @@ class SecurityPlan:
         children_map = {
             check_app_id(p): frozenset(map(check_app_id, c)) for p, c in (children or {}).items()
         }
-        hosting = set(map(check_app_id, hosts)) | set(calls_map) | set(children_map)
-        for targets in children_map.values():
+        events_map = {
+            check_app_id(h): frozenset(map(check_app_id, t)) - {h}
+            for h, t in (events or {}).items()
+        }
+        events_map = {h: t for h, t in events_map.items() if t}
+        hosting = (
+            set(map(check_app_id, hosts)) | set(calls_map) | set(children_map) | set(events_map)
+        )
+        for targets in (*children_map.values(), *events_map.values()):
             hosting |= targets
         every = set(map(check_app_id, apps)) | hosting
         for targets in calls_map.values():
@@ -218,7 +230,12 @@ class SecurityPlan:
         if not key_prefix or any(c in key_prefix for c in "{} \t\r\n"):
             raise ConfigurationError(f"invalid key prefix {key_prefix!r}")
         topology = Topology(
-            frozenset(every), frozenset(hosting), calls_map, children_map, tuple(unresolved)
+            frozenset(every),
+            frozenset(hosting),
+            calls_map,
+            children_map,
+            tuple(unresolved),
+            events_map,
         )
         return cls(topology, client_map, vhost, key_prefix, users)
 
@@ -250,6 +267,8 @@ class SecurityPlan:
                 routing_key(child_app, QueueKind.WORK),
                 routing_key(child_app, QueueKind.REPLY),
             }
+        for receiver in t.events.get(app_id, ()):
+            keys.add(routing_key(receiver, QueueKind.REPLY))
         for host, targets in t.calls.items():
             if app_id in targets:
                 keys.add(routing_key(host, QueueKind.REPLY))

@@ -126,6 +126,8 @@ def _topology_lines(plan: SecurityPlan) -> list[str]:
             parts.append("runs activities on " + ", ".join(sorted(t.calls[app_id])))
         if t.children.get(app_id):
             parts.append("starts child workflows on " + ", ".join(sorted(t.children[app_id])))
+        if t.events.get(app_id):
+            parts.append("sends events to workflows on " + ", ".join(sorted(t.events[app_id])))
         out.append(f"#   {app_id}: {'; '.join(parts)}")
     for client, managed in sorted(plan.clients.items()):
         apps = ", ".join(sorted(managed))

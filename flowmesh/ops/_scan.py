@@ -10,19 +10,23 @@ from flowmesh.ops._plan import Topology
 
 __all__ = ["topology_from_sources"]
 
+_EDGES = {"call_activity": "calls", "call_child_workflow": "children", "send_event": "events"}
+"""WorkflowContext methods that reach another app, and the kind of edge each makes."""
+
 
 def topology_from_sources(paths: Iterable[Path]) -> Topology:
     """Read which apps call which from app modules, without importing them.
 
     Finds ``App("<id>")`` definitions, functions decorated with ``@<app>.workflow`` and, in
-    them, ``call_activity(..., app_id="<literal>")`` and ``call_child_workflow(...)`` calls.
-    A call without ``app_id`` targets the workflow's own app. A non-literal ``app_id`` cannot be
-    resolved and is reported in :attr:`Topology.unresolved`.
+    them, ``call_activity(..., app_id="<literal>")``, ``call_child_workflow(...)`` and
+    ``send_event(...)`` calls. A call without ``app_id`` targets the workflow's own app. A
+    non-literal ``app_id`` cannot be resolved and is reported in :attr:`Topology.unresolved`.
     """
     apps: set[str] = set()
     hosts: set[str] = set()
     calls: dict[str, set[str]] = {}
     children: dict[str, set[str]] = {}
+    events: dict[str, set[str]] = {}
     unresolved: list[str] = []
     for path in sorted(paths):
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
@@ -39,23 +43,26 @@ def topology_from_sources(paths: Iterable[Path]) -> Topology:
                 if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Attribute):
                     continue
                 method = call.func.attr
-                if method not in ("call_activity", "call_child_workflow"):
+                edges = _EDGES.get(method)
+                if edges is None:
                     continue
                 target = _literal_app_id(call, host)
                 if target is None:
                     unresolved.append(f"{path.name}:{call.lineno} {method} in {node.name}")
                     continue
-                (calls if method == "call_activity" else children).setdefault(host, set()).add(
-                    target
-                )
-    for host, targets in calls.items():
-        targets.discard(host)  # the own app's activities need nothing extra
+                {"calls": calls, "children": children, "events": events}[edges].setdefault(
+                    host, set()
+                ).add(target)
+    for edge in (calls, events):
+        for host, targets in edge.items():
+            targets.discard(host)  # the own app's activities and workflows need nothing extra
     return Topology(
         frozenset(apps | hosts),
         frozenset(hosts),
         {h: frozenset(t) for h, t in calls.items() if t},
         {p: frozenset(c) for p, c in children.items() if c},
         tuple(unresolved),
+        {h: frozenset(t) for h, t in events.items() if t},
     )
 
 

@@ -22,9 +22,20 @@ from typing import Any
 import structlog
 
 from flowmesh._app import App
-from flowmesh._errors import FlowmeshError, NonRetryableError, SerializationError
+from flowmesh._errors import (
+    FlowmeshError,
+    NonRetryableError,
+    SerializationError,
+    TaskCancelledError,
+)
 from flowmesh.codec import Codec
-from flowmesh.model import ActivityLease, ActivityResult, ActivityTask, FailureDetails
+from flowmesh.model import (
+    ActivityCancel,
+    ActivityLease,
+    ActivityResult,
+    ActivityTask,
+    FailureDetails,
+)
 from flowmesh.runtime._activity_context import ActivityContext
 from flowmesh.runtime._clock import Clock
 from flowmesh.runtime._deployment_wait import DeploymentWait
@@ -45,6 +56,19 @@ class _Lease:
     sleeping: bool = False
     renewed_at: float = 0.0
     """``time.monotonic()`` of the last confirmed lease (0.0: none yet)."""
+
+
+@dataclass(slots=True)
+class _Running:
+    """An activity running in this process, as a cancel message finds it."""
+
+    context: ActivityContext
+    coroutine: asyncio.Task[Any] | None = None
+    """The task running an ``async def`` activity (cancelled with it); None for a sync one."""
+
+
+def _task_key(task: ActivityTask | ActivityCancel) -> tuple[str, str, str, int, int]:
+    return (task.host_app_id, task.instance_id, task.run_id, task.seq, task.attempt)
 
 
 class ActivityRunner:
@@ -73,6 +97,8 @@ class ActivityRunner:
         self._log = log
         self._running = 0
         self.completed = 0
+        self._active: dict[tuple[str, str, str, int, int], _Running] = {}
+        """Tasks running here by (host app, instance, run, seq, attempt): what a cancel finds."""
         self._waiting = DeploymentWait(
             app, transport=transport, codec=codec, clock=clock, options=options, log=log
         )
@@ -81,6 +107,22 @@ class ActivityRunner:
     def busy(self) -> bool:
         """True while an activity runs."""
         return self._running > 0
+
+    async def cancel(self, delivery: Delivery, message: ActivityCancel) -> None:
+        """Mark the task ``message`` names cancelled if it runs here, then ack (best effort:
+        a task running elsewhere, finished or not started yet is not affected)."""
+        running = self._active.get(_task_key(message))
+        if running is not None:
+            running.context.mark_cancelled()
+            if running.coroutine is not None:
+                running.coroutine.cancel()
+            self._log.info(
+                "activity cancelled by its workflow",
+                instance_id=message.instance_id,
+                seq=message.seq,
+                attempt=message.attempt,
+            )
+        await delivery.ack()
 
     async def handle(
         self, delivery: Delivery, task: ActivityTask, *, quarantined: bool = False
@@ -277,9 +319,19 @@ class ActivityRunner:
             run_id=task.run_id,
             heartbeat_sink=self._heartbeat_sink(task),
         )
+        running = _Running(context)
+        key = _task_key(task)
+        self._active[key] = running
         try:
             if inspect.iscoroutinefunction(function):
-                output = await function(context, task.input)
+                # Its own asyncio task, so a cancel message can cancel the activity alone.
+                running.coroutine = asyncio.ensure_future(function(context, task.input))
+                try:
+                    output = await running.coroutine
+                except asyncio.CancelledError:
+                    if not (context.is_cancelled and running.coroutine.cancelled()):
+                        raise  # this worker is being stopped, not the task cancelled
+                    raise TaskCancelledError("the activity was cancelled by its workflow") from None
             else:
                 loop = asyncio.get_running_loop()
                 call = functools.partial(
@@ -296,6 +348,9 @@ class ActivityRunner:
                 error = f"{error}: {exc}"
             self._log.info("activity raised", error=error)
             return None, FailureDetails.from_exception(exc, app_id=self._app.app_id)
+        finally:
+            if self._active.get(key) is running:
+                del self._active[key]
         return output, None
 
     async def _reply(

@@ -14,6 +14,7 @@ class ActivityContext:
     """
 
     __slots__ = (
+        "_cancelled",
         "_heartbeat_sink",
         "app_id",
         "attempt",
@@ -46,6 +47,23 @@ class ActivityContext:
         """The run of the workflow instance that scheduled this task (a reused instance ID
         gets a new run, and so new idempotency keys)."""
         self._heartbeat_sink = heartbeat_sink
+        self._cancelled = False
+
+    @property
+    def is_cancelled(self) -> bool:
+        """True once the workflow cancelled this task (``Task.cancel()``) while it runs here.
+
+        Best effort: the cancel message reaches the replica that runs the task only if it is
+        delivered there (a cancel that finds every slot of ``--concurrency`` busy waits in the
+        queue like any task). A long sync activity can poll this and stop early; an
+        ``async def`` activity is also cancelled (``asyncio.CancelledError`` at its current
+        ``await``). Whatever it returns then is dropped by the workflow.
+        """
+        return self._cancelled
+
+    def mark_cancelled(self) -> None:
+        """Set :attr:`is_cancelled` (the worker, when a cancel message for the task arrives)."""
+        self._cancelled = True
 
     @property
     def task_id(self) -> str:

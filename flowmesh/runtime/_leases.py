@@ -27,6 +27,7 @@ from flowmesh.model import (
     Message,
     PendingTask,
     ScheduleActivity,
+    TaskCancelled,
     TaskNote,
     TimerDue,
 )
@@ -124,9 +125,12 @@ def apply_bookkeeping(
 def lease_timers_done(
     append: Iterable[HistoryEvent], history: Iterable[HistoryEvent], *, ended: bool
 ) -> list[int]:
-    """Lease timers no longer needed: results arrived, or the workflow ended."""
+    """Lease timers no longer needed: results arrived, tasks were cancelled, or the workflow
+    ended."""
     done = [
-        lease_timer_seq(e.seq) for e in append if isinstance(e, ActivityCompleted | ActivityFailed)
+        lease_timer_seq(e.seq)
+        for e in append
+        if isinstance(e, ActivityCompleted | ActivityFailed | TaskCancelled)
     ]
     if ended:
         done += [

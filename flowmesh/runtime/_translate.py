@@ -11,10 +11,13 @@ from typing import Protocol
 
 from flowmesh.engine import StepOutcome
 from flowmesh.model import (
+    ActivityCancel,
     ActivityCompleted,
     ActivityFailed,
     ActivityResult,
     ActivityTask,
+    CancelActivity,
+    CancelChildWorkflow,
     ChildResult,
     ChildWorkflowCompleted,
     ChildWorkflowFailed,
@@ -31,6 +34,7 @@ from flowmesh.model import (
     RaiseEvent,
     ScheduleActivity,
     ScheduleChildWorkflow,
+    SendEvent,
     StartTimer,
     StartWorkflow,
     TerminateChildren,
@@ -106,9 +110,28 @@ def command_messages(
                     child, name, target, command.input, ParentRef(instance_id, app_id, seq, run_id)
                 )
                 out.append(Outgoing(target, QueueKind.WORK, encode(start), f"start:{child}"))
-            case TerminateChildren(instance_id=child, app_id=target, reason=reason):
+            case (
+                TerminateChildren(instance_id=child, app_id=target, reason=reason)
+                | CancelChildWorkflow(instance_id=child, app_id=target, reason=reason)
+            ):
                 control = Control(child, ControlAction.TERMINATE, reason, recursive=True)
                 out.append(Outgoing(target, QueueKind.REPLY, encode(control)))
+            case CancelActivity(seq=seq, app_id=target, attempt=attempt):
+                cancel = ActivityCancel(instance_id, app_id, target, seq, attempt, run_id)
+                out.append(
+                    Outgoing(
+                        target,
+                        QueueKind.WORK,
+                        encode(cancel),
+                        f"cancel:{instance_id}#{seq}/{attempt}",
+                    )
+                )
+            case SendEvent(seq=seq, instance_id=receiver, app_id=target, name=name, data=data):
+                event_id = sent_event_id(app_id, instance_id, run_id, seq)
+                raised = RaiseEvent(receiver, name, data, event_id)
+                # Its data belongs to the receiving workflow's app (payload binding).
+                body = encode(raised, app_id=target)
+                out.append(Outgoing(target, QueueKind.REPLY, body, f"event:{event_id}"))
             case CompleteWorkflow(status=status, output=output, failure=failure) if (
                 parent is not None and status.is_terminal
             ):
@@ -122,6 +145,12 @@ def command_messages(
             case StartTimer() | CompleteWorkflow():
                 pass
     return out
+
+
+def sent_event_id(app_id: str, instance_id: str, run_id: str, seq: int) -> str:
+    """The ``event_id`` of the event task ``seq`` of a workflow sends (``ctx.send_event``):
+    the same on every republish of the outbox, unique across senders and runs."""
+    return f"{app_id}/{instance_id}/{run_id}#{seq}"
 
 
 def child_result(

@@ -16,6 +16,7 @@ from flowmesh._app import App
 from flowmesh._errors import ConfigurationError, DecodeError
 from flowmesh.codec import Codec
 from flowmesh.model import (
+    ActivityCancel,
     ActivityLease,
     ActivityResult,
     ActivityTask,
@@ -283,6 +284,11 @@ class Worker:
             self._crash("after_receive")
             if isinstance(message, ActivityTask) and self._activities is not None:
                 await self._activities.handle(delivery, message)
+            elif isinstance(message, ActivityCancel):
+                if self._activities is not None:
+                    await self._activities.cancel(delivery, message)
+                else:
+                    await delivery.ack()  # nothing runs here to cancel
             elif isinstance(message, StartWorkflow) and self._orchestrator is not None:
                 await self._orchestrator.handle(delivery, message)
             elif isinstance(message, StartWorkflow):

@@ -13,20 +13,23 @@ Message                                   Accepted from
 ========================================  ==================================================
 anything                                  R's own user (its replicas, its timer poller)
 ``ActivityTask`` (work queue)             the app named in ``host_app_id``
+``ActivityCancel`` (work queue)           the app named in ``host_app_id``
 ``StartWorkflow`` with a parent           the parent's app (``parent.app_id``)
 ``StartWorkflow`` without a parent        clients
 ``ActivityResult``/``Lease``/``TaskNote`` the app the task was sent to (checked against R's
                                           history: the open task ``seq``'s app)
 ``ChildResult``                           the app hosting the child at ``seq`` (history)
 ``Control``                               clients; the parent's app for a child instance
-``RaiseEvent``, ``Describe``              clients
+``RaiseEvent``                            clients; an app X (a workflow's ``ctx.send_event``)
+                                          if its ``event_id`` starts with ``X/``
+``Describe``                              clients
 ``TimerDue``                              R only
 ========================================  ==================================================
 
 So an app allowed (by the security plan's topic permissions) to return results to R cannot
-forge results of tasks R sent elsewhere, fire R's timers, raise events, or terminate R's
-workflows; a client cannot forge results or child starts. A refused message is dead-lettered
-with the reason. The checks are off unless a pattern is configured
+forge results of tasks R sent elsewhere, fire R's timers, raise events under another app's
+event IDs, or terminate R's workflows; a client cannot forge results or child starts. A
+refused message is dead-lettered with the reason. The checks are off unless a pattern is configured
 (``WorkerOptions.app_user_pattern``, ``flowmesh worker --app-user-pattern``).
 """
 
@@ -37,6 +40,7 @@ from dataclasses import dataclass
 
 from flowmesh._errors import ConfigurationError
 from flowmesh.model import (
+    ActivityCancel,
     ActivityLease,
     ActivityResult,
     ActivityTask,
@@ -125,8 +129,10 @@ class SenderPolicy:
             return None
         who = f"user {user_id!r}" + (f" (app {sender!r})" if sender else " (a client)")
         match message:
-            case ActivityTask(host_app_id=host) if sender != host:
-                return f"ActivityTask claims host app {host!r} but comes from {who}"
+            case ActivityTask(host_app_id=host) | ActivityCancel(host_app_id=host) if (
+                sender != host
+            ):
+                return f"{type(message).__name__} claims host app {host!r} but comes from {who}"
             case StartWorkflow(parent=ParentRef(app_id=parent)) if sender != parent:
                 return f"child StartWorkflow claims parent app {parent!r} but comes from {who}"
             case StartWorkflow(parent=None) if sender is not None:
@@ -138,8 +144,18 @@ class SenderPolicy:
                 return f"{type(message).__name__} from {who}: only apps send results"
             case TimerDue():
                 return f"TimerDue from {who}: only app {self.app_id!r} fires its own timers"
-            case RaiseEvent() | Describe() if sender is not None:
-                return f"{type(message).__name__} from {who}: only clients send it"
+            case RaiseEvent(event_id=event_id) if sender is not None and not event_id.startswith(
+                f"{sender}/"
+            ):
+                # An app's workflow sends events (ctx.send_event) with IDs it cannot choose
+                # freely: "<its app>/<instance>/<run>#<seq>", so it never records-once away
+                # another sender's event.
+                return (
+                    f"RaiseEvent from {who} with event ID {event_id!r}: an app's events carry "
+                    f"IDs starting with {sender + '/'!r}"
+                )
+            case Describe() if sender is not None:
+                return f"Describe from {who}: only clients send it"
         return None
 
     def refuse_for_instance(

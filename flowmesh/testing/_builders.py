@@ -15,11 +15,13 @@ from flowmesh.model import (
     ChildWorkflowFailed,
     ChildWorkflowScheduled,
     EventRaised,
+    EventSent,
     FailureDetails,
     HistoryEvent,
     ParentRef,
     PatchRecorded,
     StepStarted,
+    TaskCancelled,
     TimerCreated,
     TimerFired,
     WorkflowCompleted,
@@ -149,6 +151,16 @@ def timer_fired(seq: int) -> TimerFired:
 def event_raised(name: str, data: object = None) -> EventRaised:
     """External event ``name`` arrived carrying ``data``."""
     return EventRaised(name, data)
+
+
+def event_sent(seq: int, instance_id: str, name: str, *, app_id: str = DEFAULT_APP_ID) -> EventSent:
+    """The workflow sent event ``name`` (task ``seq``) to ``instance_id`` on ``app_id``."""
+    return EventSent(seq, instance_id, app_id, name)
+
+
+def task_cancelled(seq: int) -> TaskCancelled:
+    """The workflow cancelled dispatched activity or child workflow ``seq``."""
+    return TaskCancelled(seq)
 
 
 def patch_recorded(name: str) -> PatchRecorded:

@@ -115,6 +115,7 @@ async def run_scenarios(client: Client) -> None:
     await finish("patched", None, "patched-1")
     await finish("failing", "order-9", "failing-1")
     await finish("deterministic", None, "deterministic-1")
+    await finish("cancellations", None, "cancellations-1")
     # Left waiting for an event, suspended while waiting, and terminated while waiting.
     for instance_id in ("waiting-1", "suspended-1", "terminated-1"):
         await client.start_workflow("wait_for_go", None, app_id=app_id, instance_id=instance_id)

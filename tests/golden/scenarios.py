@@ -116,3 +116,23 @@ async def deterministic(ctx: WorkflowContext, _: Any) -> dict[str, str]:
     first = ctx.new_uuid()
     await ctx.create_timer(timedelta(days=30))
     return {"first": first, "second": ctx.new_uuid(), "at": ctx.current_utc_datetime.isoformat()}
+
+
+@app.workflow
+async def cancellations(ctx: WorkflowContext, _: Any) -> dict[str, Any]:
+    """Task.cancel() of a losing event wait, a timer and a child; an event sent to itself;
+    a retry within a budget (``retry_timeout``)."""
+    never = ctx.wait_for_external_event("never")
+    await ctx.when_any([never, ctx.create_timer(timedelta(minutes=1))])
+    never.cancel()
+    timer = ctx.create_timer(timedelta(hours=1))
+    echoed = await ctx.when_any([ctx.call_activity(echo, "first"), timer])
+    timer.cancel()
+    child = ctx.call_child_workflow(wait_for_go, instance_id="cancelled-child-1")
+    await ctx.create_timer(timedelta(minutes=1))
+    child.cancel()
+    ctx.send_event(ctx.instance_id, "ping", "pong")
+    ping = await ctx.wait_for_external_event("ping")
+    budget = RetryPolicy(max_attempts=5, retry_timeout=timedelta(minutes=1))
+    doubled = await ctx.call_activity(flaky, 21, retry=budget)
+    return {"echoed": echoed.get_result(), "ping": ping, "doubled": doubled}

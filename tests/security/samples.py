@@ -6,6 +6,7 @@ import os
 from datetime import UTC, datetime, timedelta
 
 from flowmesh.model import (
+    ActivityCancel,
     ActivityCompleted,
     ActivityFailed,
     ActivityLease,
@@ -20,6 +21,7 @@ from flowmesh.model import (
     ControlAction,
     Describe,
     EventRaised,
+    EventSent,
     FailureDetails,
     ParentRef,
     PatchRecorded,
@@ -29,6 +31,7 @@ from flowmesh.model import (
     StartWorkflow,
     StateReply,
     StepStarted,
+    TaskCancelled,
     TaskNote,
     TimerCreated,
     TimerDue,
@@ -92,6 +95,7 @@ MESSAGES = [
     StartAck("order-17", created=False, error="already exists", code="exists"),
     StateReply("order-17", STATE),
     StateReply("nope", None, error="not found"),
+    ActivityCancel("order-17", "orders", "payments", 3, 2, "run-1"),
 ]
 
 EVENTS = [
@@ -107,6 +111,8 @@ EVENTS = [
     TimerCreated(6, NOW + timedelta(hours=1)),
     TimerFired(6),
     EventRaised("approved", {"by": SECRET}, "ev-1"),
+    EventSent(7, "order-18", "orders", "approved"),
+    TaskCancelled(3),
     PatchRecorded("use-new-pricing"),
     WorkflowSuspended("maintenance"),
     WorkflowResumed(),

@@ -56,6 +56,41 @@ def test_non_literal_targets_are_reported(tmp_path: Path) -> None:
     assert "call_activity" in topology.unresolved[0]
 
 
+def test_send_event_edges_are_read_and_granted(tmp_path: Path) -> None:
+    """``ctx.send_event(..., app_id="billing")`` lets the sender publish to billing's reply
+    queue, and makes billing a hosting app; an event to the own app needs nothing extra."""
+    (tmp_path / "notify.py").write_text(
+        textwrap.dedent(
+            """
+            from flowmesh import App
+            app = App("orders")
+
+            @app.workflow
+            async def w(ctx, target):
+                ctx.send_event(target, "paid", 1, app_id="billing")
+                ctx.send_event(target, "self")
+                ctx.send_event(target, "who", app_id=target)
+            """
+        )
+    )
+    topology = topology_from_sources([tmp_path / "notify.py"])
+    assert topology.events == {"orders": {"billing"}}
+    assert len(topology.unresolved) == 1 and "send_event" in topology.unresolved[0]
+    plan = SecurityPlan.build(events=topology.events)
+    assert plan.hosts("billing")
+    assert "billing.reply" in plan.publishes("orders")
+    assert "orders.reply" not in plan.publishes("billing")
+
+    code, out = run("plan", "--events", "orders=billing")
+    assert code == 0, out
+    assert "sends events to workflows on billing" in out
+    assert any(
+        line.startswith("rabbitmqctl set_topic_permissions -p / fm-orders fm.apps")
+        and r"billing\.reply" in line
+        for line in out.splitlines()
+    ), out
+
+
 def test_plan_from_flags_renders_rabbitmqctl_and_redis_lines() -> None:
     code, out = run(
         "plan",

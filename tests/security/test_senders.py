@@ -17,6 +17,7 @@ from flowmesh import ActivityContext, App, Client, ClientOptions, WorkflowContex
 from flowmesh._errors import ConfigurationError
 from flowmesh.codec import Codec
 from flowmesh.model import (
+    ActivityCancel,
     ActivityCompleted,
     ActivityLease,
     ActivityResult,
@@ -94,7 +95,13 @@ PARENT = ParentRef("root-1", "app0", 3)
         ("ops", TimerDue("i", 1), True),
         ("", RaiseEvent("i", "go"), True),  # no user_id at all
         ("ops", RaiseEvent("i", "go"), False),
-        ("fm-app2", RaiseEvent("i", "go"), True),
+        ("fm-app2", RaiseEvent("i", "go"), True),  # an app's event needs an ID of its own
+        ("fm-app2", RaiseEvent("i", "go", event_id="app2/wf-1/r1#3"), False),  # send_event
+        ("fm-app2", RaiseEvent("i", "go", event_id="app3/wf-1/r1#3"), True),  # another's ID
+        ("fm-app2", RaiseEvent("i", "go", event_id="app2x/wf-1/r1#3"), True),
+        ("fm-app0", ActivityCancel("i", "app0", "app1", 1, 1), False),
+        ("fm-app2", ActivityCancel("i", "app0", "app1", 1, 1), True),
+        ("ops", ActivityCancel("i", "app0", "app1", 1, 1), True),
         ("fm-app2", Describe("i"), True),
         ("ops", Describe("i"), False),
         ("ops", StartWorkflow("i", "wf", "app1"), False),

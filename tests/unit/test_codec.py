@@ -30,6 +30,7 @@ from flowmesh.model import (
     MAX_VALUE_DEPTH,
     MESSAGE_TYPES,
     MIN_TIME,
+    ActivityCancel,
     ActivityCompleted,
     ActivityFailed,
     ActivityLease,
@@ -45,6 +46,7 @@ from flowmesh.model import (
     ControlAction,
     Describe,
     EventRaised,
+    EventSent,
     FailureDetails,
     FieldRangeError,
     ParentRef,
@@ -56,6 +58,7 @@ from flowmesh.model import (
     StartWorkflow,
     StateReply,
     StepStarted,
+    TaskCancelled,
     TaskNote,
     TimerCreated,
     TimerDue,
@@ -105,6 +108,7 @@ MESSAGES = [
     StartWorkflow("order-17", "process_order", "orders", {"order": 17}, PARENT),
     StartWorkflow("order-18", "process_order", "orders"),
     ActivityTask("order-17", "orders", "payments", 3, 2, "charge", [1, 2.5, "x", None, True]),
+    ActivityCancel("order-17", "orders", "payments", 3, 2, "run-1"),
     ActivityResult("order-17", 3, 2, output={"receipt": "r-1"}),
     ActivityResult("order-17", 3, 2, failure=FAILURE),
     ActivityLease("order-17", 3, 2, 300.0, "gpu-trainer/1234"),
@@ -133,6 +137,8 @@ EVENTS = [
     TimerCreated(6, NOW + timedelta(hours=1)),
     TimerFired(6),
     EventRaised("approved", {"by": "alice"}),
+    EventSent(7, "order-18", "orders", "approved"),
+    TaskCancelled(3),
     PatchRecorded("use-new-pricing"),
     WorkflowSuspended("maintenance"),
     WorkflowResumed(),
@@ -994,6 +1000,7 @@ def test_converter_handles_timedelta_float_and_tuple_of_str_fields() -> None:
         "backoff_coefficient": 1.5,
         "max_interval": 120_000_000,
         "non_retryable_errors": ["a.B", "C"],
+        "retry_timeout": None,
     }
     assert converter.decode(wire) == policy
     assert converter.decode({**wire, "backoff_coefficient": 2}).backoff_coefficient == 2.0

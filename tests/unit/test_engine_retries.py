@@ -6,6 +6,8 @@ import contextlib
 from datetime import timedelta
 from typing import Any
 
+import pytest
+
 from flowmesh._errors import ActivityFailedError, NonRetryableError
 from flowmesh.engine import WorkflowContext, replay_step
 from flowmesh.model import (
@@ -231,3 +233,45 @@ def test_activity_timeout_with_retry_retries_the_timed_out_attempt() -> None:
     attempts = [c.attempt for c in result.commands if isinstance(c, ScheduleActivity)]
     assert attempts == [1, 2]
     assert not any(isinstance(e, ActivityFailed) for e in result.history)
+
+
+# -- retry budget (RetryPolicy.retry_timeout) ----------------------------------------------------
+
+BUDGET = RetryPolicy(
+    max_attempts=100,
+    initial_interval=timedelta(seconds=10),
+    backoff_coefficient=1,
+    retry_timeout=timedelta(seconds=35),
+)
+
+
+async def budget_wf(ctx: WorkflowContext, _: Any) -> Any:
+    return await ctx.call_activity("flaky", app_id="svc", retry=BUDGET)
+
+
+def test_retry_timeout_stops_retries_once_the_next_attempt_would_start_too_late() -> None:
+    """Attempts start at 0s, 10s, 20s, 30s; the next would start at 40s > 35s: give up."""
+    replayer = WorkflowReplayer(budget_wf, activities=lambda _: Reply.error("Boom"))
+    run = replayer.run(budget_wf)
+    assert run.status is WorkflowStatus.FAILED
+    attempts = [c for c in run.commands if isinstance(c, ScheduleActivity)]
+    assert [c.attempt for c in attempts] == [1, 2, 3, 4]
+    assert replayer.now == T0 + timedelta(seconds=30)
+
+
+def test_retry_timeout_counts_from_the_first_attempt_in_workflow_time() -> None:
+    """A slow failure uses up the budget too: the first attempt fails after 30s, so the
+    retry (at 40s) would start after the 35s budget."""
+    replayer = WorkflowReplayer(
+        budget_wf, activities=lambda _: Reply.error("Boom", after=timedelta(seconds=30))
+    )
+    run = replayer.run(budget_wf)
+    assert run.status is WorkflowStatus.FAILED
+    assert [c.attempt for c in run.commands if isinstance(c, ScheduleActivity)] == [1]
+
+
+def test_retry_timeout_is_validated_like_the_other_durations() -> None:
+    with pytest.raises(ValueError, match="retry_timeout"):
+        RetryPolicy(retry_timeout=timedelta(0))
+    with pytest.raises(ValueError, match="retry_timeout"):
+        RetryPolicy(retry_timeout=timedelta(days=40_000))

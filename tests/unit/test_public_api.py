@@ -19,7 +19,8 @@ DOCUMENTED = {
     "DecodeError", "RegistrationError", "UnknownNameError", "ValidationError",
     "InvalidInstanceIdError", "WorkflowAlreadyExistsError", "WorkflowNotFoundError",
     "NonDeterminismError", "WorkflowFailedError", "TaskFailedError", "ActivityFailedError",
-    "ActivityTimeoutError", "ChildWorkflowFailedError", "NonRetryableError", "StoreError",
+    "ActivityTimeoutError", "ChildWorkflowFailedError", "TaskCancelledError", "NonRetryableError",
+    "StoreError",
     "VersionConflictError", "TransportError", "PublishTimeoutError", "UnroutableError",
     "AppUnavailableError",
 }  # fmt: skip
