@@ -81,7 +81,7 @@ class Translating:
 
     def translate(self, exc: Exception) -> FlowmeshError:
         """The flowmesh error for ``exc`` (see the table in the module's docstring)."""
-        cannot, detail = f"cannot {self._action}", describe(exc)
+        cannot = f"cannot {self._action}"
         match exc:
             case TimeoutError() if self._timeout:  # an OSError too: matched before those
                 return PublishTimeoutError(f"{cannot}: {self._timeout}")
@@ -95,31 +95,33 @@ class Translating:
                 return TransportError(f"{cannot}: RabbitMQ refused the message (nack)")
             case aiormq.exceptions.ChannelAccessRefused():
                 return TransportError(
-                    f"{cannot}: RabbitMQ user {self._user!r} may not (ACCESS_REFUSED): {detail}"
+                    f"{cannot}: RabbitMQ user {self._user!r} lacks the permission "
+                    f"(ACCESS_REFUSED): {describe(exc)}"
                 )
             case aiormq.exceptions.ChannelPreconditionFailed() if self._topology:
                 return ConfigurationError(
                     f"{cannot}: it exists with other settings than flowmesh's; delete or "
-                    f"migrate it (PRECONDITION_FAILED): {detail}"
+                    f"migrate it (PRECONDITION_FAILED): {describe(exc)}"
                 )
             case aiormq.exceptions.ChannelPreconditionFailed():
                 return TransportError(
                     f"{cannot}: RabbitMQ refused it (PRECONDITION_FAILED, e.g. a message whose "
-                    f"user_id is not the connection's user): {detail}"
+                    f"user_id is not the connection's user): {describe(exc)}"
                 )
             case aiormq.exceptions.ChannelNotFoundEntity() if self._topology:
                 return ConfigurationError(
                     f"{cannot}: it does not exist and RabbitMQ user {self._user!r} may not "
                     f"declare it: apply the security plan first (flowmesh security apply): "
-                    f"{detail}"
+                    f"{describe(exc)}"
                 )
             case aiormq.exceptions.ChannelNotFoundEntity():
                 return TransportError(
                     f"{cannot}: it does not exist (NOT_FOUND) and this RabbitMQ user may not "
-                    f"declare it; apply the security plan (flowmesh security apply): {detail}"
+                    "declare it; apply the security plan (flowmesh security apply): "
+                    f"{describe(exc)}"
                 )
             case _:
-                return TransportError(f"{cannot}: {detail}")
+                return TransportError(f"{cannot}: {describe(exc)}")
 
 
 def refused(error: BaseException | None) -> bool:
