@@ -33,6 +33,7 @@ from flowmesh._errors import (
     VersionConflictError,
     WorkflowAlreadyExistsError,
     WorkflowFailedError,
+    WorkflowNotFinishedError,
     WorkflowNotFoundError,
 )
 from flowmesh.client import Client, ClientOptions, WorkflowHandle
@@ -78,6 +79,7 @@ __all__ = [
     "WorkflowContext",
     "WorkflowFailedError",
     "WorkflowHandle",
+    "WorkflowNotFinishedError",
     "WorkflowNotFoundError",
     "WorkflowState",
     "WorkflowStatus",

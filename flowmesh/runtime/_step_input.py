@@ -8,6 +8,7 @@ step's refusals. What remains becomes history events for the engine.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from flowmesh.runtime._admission import Existing, decide_start
 from flowmesh.runtime._clock import Clock
 from flowmesh.runtime._leases import TaskBookkeeping
 from flowmesh.runtime._live import Inbound, Live, StaleCache
+from flowmesh.runtime._restart import decide_restart
 from flowmesh.runtime._translate import message_to_event
 from flowmesh.security import SenderPolicy
 from flowmesh.store import HeldMessage, WorkflowStore
@@ -52,6 +54,8 @@ class StepInput:
     book: TaskBookkeeping = field(default_factory=TaskBookkeeping)
     controls: list[Delivery] = field(default_factory=list)
     """Controls sent with ``reply_to``: answered with the state the step leaves."""
+    new_run: bool = False
+    """A restart under the same ID starts a new run, which replaces the history."""
 
 
 class StepSorter:
@@ -98,6 +102,11 @@ class StepSorter:
         for item in checked:
             message = item.message
             step.to_ack.append(item.delivery)
+            if isinstance(message, Control) and message.action is ControlAction.RESTART:
+                restarted = self._restart(message, item, live, step)
+                if restarted is not None:
+                    started, run_id = restarted, restarted.run_id
+                continue
             if isinstance(message, Control) and item.delivery.reply_to:
                 step.controls.append(item.delivery)
             if isinstance(message, StartWorkflow):
@@ -170,6 +179,35 @@ class StepSorter:
             step.replies.append((item.delivery, decision.reply))
         if decision.send is not None:
             step.send_now.append(decision.send)
+        return decision.started
+
+    def _restart(
+        self, message: Control, item: Inbound, live: Live | None, step: StepInput
+    ) -> WorkflowStarted | None:
+        """Decide a restart (``_restart.decide_restart``); the new run's ``WorkflowStarted``
+        if it restarts the instance under its own ID."""
+        decision = decide_restart(
+            message,
+            item.delivery,
+            live=live,
+            app_id=self._app_id,
+            run_id=uuid.uuid4().hex,
+            new_run_started=step.new_run,
+            encode=self._codec.encode_message,
+            now=time.time(),
+        )
+        if decision.refused:
+            self._log.warning("restart refused", reason=decision.refused)
+        if decision.started is not None:
+            # What came before it in the batch was for the finished run: dropped, as it was.
+            del step.events[1:]
+            step.events.append(decision.started)
+            step.new_run = True
+            self._log.info("instance restarted", new_run=decision.started.run_id)
+        if decision.forward is not None:
+            step.send_now.append(decision.forward)
+        if decision.reply is not None and item.delivery.reply_to:
+            step.replies.append((item.delivery, decision.reply))
         return decision.started
 
     @staticmethod

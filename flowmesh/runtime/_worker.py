@@ -22,6 +22,7 @@ from flowmesh.model import (
     ChildResult,
     Control,
     Describe,
+    HistoryRequest,
     Message,
     RaiseEvent,
     StartWorkflow,
@@ -50,6 +51,7 @@ _REPLY_KINDS = (
     RaiseEvent,
     Control,
     Describe,
+    HistoryRequest,
 )
 
 

@@ -19,7 +19,7 @@ anything                                  R's own user (its replicas, its timer 
                                           history: the open task ``seq``'s app)
 ``ChildResult``                           the app hosting the child at ``seq`` (history)
 ``Control``                               clients; the parent's app for a child instance
-``RaiseEvent``, ``Describe``              clients
+``RaiseEvent``, ``Describe``              clients (also ``HistoryRequest``)
 ``TimerDue``                              R only
 ========================================  ==================================================
 
@@ -43,6 +43,7 @@ from flowmesh.model import (
     ChildResult,
     Control,
     Describe,
+    HistoryRequest,
     Message,
     ParentRef,
     RaiseEvent,
@@ -138,7 +139,7 @@ class SenderPolicy:
                 return f"{type(message).__name__} from {who}: only apps send results"
             case TimerDue():
                 return f"TimerDue from {who}: only app {self.app_id!r} fires its own timers"
-            case RaiseEvent() | Describe() if sender is not None:
+            case RaiseEvent() | Describe() | HistoryRequest() if sender is not None:
                 return f"{type(message).__name__} from {who}: only clients send it"
         return None
 
