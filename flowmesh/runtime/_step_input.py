@@ -95,17 +95,12 @@ class StepSorter:
         """Turn a batch's messages into the step's events, answers and side work."""
         started: WorkflowStarted | None = None
         run_id = live.state.run_id if live is not None else ""
-        terminated_early = next(
-            (m for m in held if isinstance(m, Control) and m.action is ControlAction.TERMINATE),
-            None,
-        )
+        terminated_early = _held_terminate(held)
         for item in checked:
             message = item.message
             step.to_ack.append(item.delivery)
             if isinstance(message, Control) and message.action is ControlAction.RESTART:
-                restarted = self._restart(message, item, live, step)
-                if restarted is not None:
-                    started, run_id = restarted, restarted.run_id
+                started, run_id = self._restart(message, item, live, step, (started, run_id))
                 continue
             if isinstance(message, Control) and item.delivery.reply_to:
                 step.controls.append(item.delivery)
@@ -182,10 +177,16 @@ class StepSorter:
         return decision.started
 
     def _restart(
-        self, message: Control, item: Inbound, live: Live | None, step: StepInput
-    ) -> WorkflowStarted | None:
-        """Decide a restart (``_restart.decide_restart``); the new run's ``WorkflowStarted``
-        if it restarts the instance under its own ID."""
+        self,
+        message: Control,
+        item: Inbound,
+        live: Live | None,
+        step: StepInput,
+        current: tuple[WorkflowStarted | None, str],
+    ) -> tuple[WorkflowStarted | None, str]:
+        """Decide a restart (``_restart.decide_restart``); returns the run that later messages
+        of the batch belong to: the new one if it restarts the instance under its own ID,
+        else ``current`` (the ``WorkflowStarted`` of a run this batch created, and the run)."""
         decision = decide_restart(
             message,
             item.delivery,
@@ -208,7 +209,9 @@ class StepSorter:
             step.send_now.append(decision.forward)
         if decision.reply is not None and item.delivery.reply_to:
             step.replies.append((item.delivery, decision.reply))
-        return decision.started
+        if decision.started is None:
+            return current
+        return decision.started, decision.started.run_id
 
     @staticmethod
     def _answered_stop(
@@ -352,6 +355,14 @@ def _stop_answer(
     else:
         return None
     return TaskNote(note.instance_id, note.seq, note.attempt, why, note.run_id)
+
+
+def _held_terminate(held: list[Message]) -> Control | None:
+    """A terminate held before the instance existed (it refuses the start), if any."""
+    return next(
+        (m for m in held if isinstance(m, Control) and m.action is ControlAction.TERMINATE),
+        None,
+    )
 
 
 def _wrong_attempt(live: Live | None, result: ActivityResult) -> bool:
