@@ -283,7 +283,12 @@ def status(instance_id: str, app_id: str, amqp_url: str) -> None:
 @click.argument("instance_id")
 @app_option
 @amqp_option
-def history(instance_id: str, app_id: str, amqp_url: str) -> None:
+# Accepted and ignored, so scripts written when history read Redis keep working.
+@click.option("--redis-url", "_redis_url", default=None, hidden=True)
+@click.option("--key-prefix", "_key_prefix", default=None, hidden=True)
+def history(
+    instance_id: str, app_id: str, amqp_url: str, _redis_url: str | None, _key_prefix: str | None
+) -> None:
     """Print an instance's state and history as a table (asks the hosting app's replicas)."""
 
     async def action(client: Any) -> None:
