@@ -34,6 +34,7 @@ from flowmesh._errors import (
     VersionConflictError,
     WorkflowAlreadyExistsError,
     WorkflowFailedError,
+    WorkflowNotFinishedError,
     WorkflowNotFoundError,
 )
 from flowmesh.client import Client, ClientOptions, WorkflowHandle
@@ -80,6 +81,7 @@ __all__ = [
     "WorkflowContext",
     "WorkflowFailedError",
     "WorkflowHandle",
+    "WorkflowNotFinishedError",
     "WorkflowNotFoundError",
     "WorkflowState",
     "WorkflowStatus",

@@ -13,6 +13,7 @@ Every error flowmesh raises derives from :class:`FlowmeshError`::
     │   └── InvalidInstanceIdError  a malformed instance ID
     ├── WorkflowAlreadyExistsError  starting an instance ID that already exists
     ├── WorkflowNotFoundError       no such instance
+    ├── WorkflowNotFinishedError    purge or same-ID restart of an instance still running
     ├── NonDeterminismError         replay diverged from history (both sides in the message)
     ├── WorkflowFailedError         a workflow's result was requested and it failed
     ├── TaskFailedError             base of errors a workflow sees from its tasks
@@ -82,6 +83,11 @@ class WorkflowAlreadyExistsError(FlowmeshError):
 
 class WorkflowNotFoundError(FlowmeshError):
     """No workflow instance with this ID exists on the app asked."""
+
+
+class WorkflowNotFinishedError(FlowmeshError):
+    """The instance has not finished (it runs, waits or is suspended), so it cannot be purged
+    or restarted under its own ID: terminate it first, or restart it under a new ID."""
 
 
 class NonDeterminismError(FlowmeshError):

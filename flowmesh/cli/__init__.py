@@ -282,27 +282,49 @@ def status(instance_id: str, app_id: str, amqp_url: str) -> None:
 @main.command()
 @click.argument("instance_id")
 @app_option
-@redis_option
-@prefix_option
-def history(instance_id: str, app_id: str, redis_url: str, key_prefix: str) -> None:
-    """Print an instance's history as a table (reads the hosting app's Redis)."""
-    from flowmesh.store.redis import RedisStore, RedisStoreConfig
+@amqp_option
+# Accepted and ignored, so scripts written when history read Redis keep working.
+@click.option("--redis-url", "_redis_url", default=None, hidden=True)
+@click.option("--key-prefix", "_key_prefix", default=None, hidden=True)
+def history(
+    instance_id: str, app_id: str, amqp_url: str, _redis_url: str | None, _key_prefix: str | None
+) -> None:
+    """Print an instance's state and history as a table (asks the hosting app's replicas)."""
 
-    async def action() -> None:
-        config = RedisStoreConfig(url=redis_url, app_id=app_id, key_prefix=key_prefix)
-        store = RedisStore(config, build_codec())
-        await store.connect()
-        try:
-            record = await store.load(instance_id)
-        finally:
-            await store.close()
-        if record is None:
-            raise click.ClickException(f"no workflow {instance_id!r} on app {app_id!r}")
-        click.echo(state_text(record.state))
+    async def action(client: Any) -> None:
+        handle = client.get_workflow(instance_id, app_id=app_id)
+        state = await handle.describe()
+        events = await handle.history()
+        click.echo(state_text(state))
         click.echo()
-        click.echo(history_table(record.history))
+        click.echo(history_table(events))
 
-    _run(action())
+    _run(_with_client(amqp_url, action))
+
+
+@main.command()
+@click.argument("instance_id")
+@app_option
+@click.option("--new-instance-id", default=None, help="Restart under this new instance ID.")
+@click.option("--new", "new_random", is_flag=True, help="Restart under a new random ID.")
+@amqp_option
+def restart(
+    instance_id: str, app_id: str, new_instance_id: str | None, new_random: bool, amqp_url: str
+) -> None:
+    """Start an instance's workflow again with the same input.
+
+    Under the same ID (the default) once it has finished, replacing its history; or under
+    a new ID.
+    """
+    if new_instance_id is not None and new_random:
+        raise click.UsageError("pass at most one of --new-instance-id and --new")
+    target: bool | str = new_instance_id if new_instance_id is not None else new_random
+
+    async def action(client: Any) -> None:
+        handle = await client.restart_workflow(instance_id, app_id=app_id, new_instance_id=target)
+        click.echo(f"restarted {instance_id} as {handle.instance_id} on {app_id}")
+
+    _run(_with_client(amqp_url, action))
 
 
 @main.command("raise-event")
@@ -351,17 +373,16 @@ def _control(verb: str, doc: str, *, recursive_flag: bool, reason_flag: bool) ->
                 return await handle.purge(recursive=recursive, wait=wait)
             return await getattr(handle, verb)(reason, wait=wait)
 
-        state = _run(_with_client(amqp_url, action))
+        outcome = _run(_with_client(amqp_url, action))
         if not wait:
             click.echo(f"{verb} sent to {instance_id}")
-        elif verb == "purge" and state is not None:
-            raise click.ClickException(
-                f"purge refused: {instance_id} has not finished (status {state.status.value})"
-            )
         elif verb == "purge":
-            click.echo(f"{instance_id} purged")
+            plural = "" if outcome == 1 else "s"
+            click.echo(f"{instance_id} purged: {outcome} instance{plural} deleted")
+            for note in outcome.not_purged:
+                click.echo(f"  not purged: {note}", err=True)
         else:
-            click.echo(f"{verb}: {instance_id} is {state.status.value}")
+            click.echo(f"{verb}: {instance_id} is {outcome.status.value}")
 
 
 _control(

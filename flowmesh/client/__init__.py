@@ -1,6 +1,6 @@
 """The client: start and control workflows through the broker only."""
 
 from flowmesh.client._client import Client, ClientOptions
-from flowmesh.client._handle import WorkflowHandle
+from flowmesh.client._handle import PurgeCount, WorkflowHandle
 
-__all__ = ["Client", "ClientOptions", "WorkflowHandle"]
+__all__ = ["Client", "ClientOptions", "PurgeCount", "WorkflowHandle"]

@@ -9,12 +9,21 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from flowmesh._errors import ConfigurationError, UnknownNameError, WorkflowAlreadyExistsError
+from flowmesh._errors import (
+    ConfigurationError,
+    DecodeError,
+    UnknownNameError,
+    WorkflowAlreadyExistsError,
+    WorkflowNotFinishedError,
+    WorkflowNotFoundError,
+)
 from flowmesh.client._handle import WorkflowHandle
 from flowmesh.client._requests import Requests
 from flowmesh.codec import Codec
 from flowmesh.engine import task_name
 from flowmesh.model import (
+    Control,
+    ControlAction,
     StartAck,
     StartWorkflow,
     check_app_id,
@@ -40,6 +49,9 @@ class ClientOptions:
     """How long start_workflow() waits for the app to confirm (the start is durable anyway)."""
     wait_poll_interval: float = 5.0
     """How often result() re-asks, in case a completion notice was lost."""
+    history_page_bytes: int = 1024 * 1024
+    """How many bytes of events history() asks for per answer (the host sends at most what
+    fits in one message, and at least one event)."""
     app_user_pattern: str | None = None
     """Per-app broker user names, e.g. ``fm-{app}``: accept answers about app X's workflows
     only from X's user (every hosting app may write to every inbox). None (the default) takes
@@ -78,6 +90,7 @@ class Client:
             users,
             request_timeout=self.options.request_timeout,
             wait_poll_interval=self.options.wait_poll_interval,
+            history_page_bytes=self.options.history_page_bytes,
         )
 
     async def __aenter__(self) -> Client:
@@ -151,6 +164,49 @@ class Client:
             required=False,
             correlation_id=request_id,  # one ID per start request
         )
+        return self._started(reply, instance_id, app_id)
+
+    async def restart_workflow(
+        self, instance_id: str, *, app_id: str, new_instance_id: bool | str = False
+    ) -> WorkflowHandle:
+        """Start ``instance_id``'s workflow again with the same input; returns the new handle.
+
+        ``new_instance_id=False`` restarts it under the same ID, which needs the instance to
+        have finished (else :class:`WorkflowNotFinishedError`): a new run (new ``run_id``)
+        replaces its history in one atomic step. ``True`` restarts it under a new random ID,
+        a string under that ID (whatever the source's status; a taken ID raises
+        :class:`WorkflowAlreadyExistsError`). The host reads the name and input from the
+        instance's stored history, so the input never travels through the client. Raises
+        :class:`WorkflowNotFoundError` for an unknown instance, and
+        :class:`AppUnavailableError` if no replica answers within ``request_timeout``.
+        """
+        source = check_instance_id(instance_id)
+        check_app_id(app_id)
+        if isinstance(new_instance_id, bool):
+            target = uuid.uuid4().hex if new_instance_id else ""
+        else:
+            target = check_instance_id(new_instance_id)
+        target = "" if target == source else target
+        request_id = self._requests.new_request_id()
+        message = Control(source, ControlAction.RESTART, new_instance_id=target)
+        reply = await self._requests.request(
+            app_id,
+            QueueKind.REPLY,
+            self._codec.encode_message(message),
+            self.options.request_timeout,
+            required=True,
+            correlation_id=request_id,
+        )
+        if not isinstance(reply, StartAck):
+            raise DecodeError(f"app {app_id!r} answered a restart with {type(reply).__name__}")
+        if reply.code == "not_found":
+            raise WorkflowNotFoundError(reply.error)
+        if reply.code == "not_finished":
+            raise WorkflowNotFinishedError(reply.error)
+        return self._started(reply, target or source, app_id)
+
+    def _started(self, reply: object, instance_id: str, app_id: str) -> WorkflowHandle:
+        """The handle of a start (or restart) given the host's answer (None: none came)."""
         if isinstance(reply, StartAck) and not reply.created:
             if reply.code == "waiting_for_deployment":
                 # Durable and kept for a replica that registers the workflow (a rolling

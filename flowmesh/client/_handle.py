@@ -4,18 +4,33 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Literal, overload
 
-from flowmesh._errors import WorkflowFailedError, WorkflowNotFoundError
+from flowmesh._errors import WorkflowFailedError, WorkflowNotFinishedError, WorkflowNotFoundError
 from flowmesh.client._requests import Requests
 from flowmesh.model import (
     Control,
     ControlAction,
     Describe,
+    HistoryEvent,
     RaiseEvent,
     WorkflowState,
     WorkflowStatus,
     check_value,
 )
+
+
+class PurgeCount(int):
+    """How many instances a purge deleted (an ``int``), and ``not_purged``: the children it
+    did not delete and why (not finished, or their app did not answer in time; such a
+    child's purge stays queued for its app and applies when a replica of it runs)."""
+
+    not_purged: tuple[str, ...]
+
+    def __new__(cls, count: int, not_purged: tuple[str, ...] = ()) -> PurgeCount:
+        self = super().__new__(cls, count)
+        self.not_purged = not_purged
+        return self
 
 
 class WorkflowHandle:
@@ -114,16 +129,48 @@ class WorkflowHandle:
         message = Control(self.instance_id, ControlAction.TERMINATE, reason, recursive)
         return await self._control(message, wait)
 
-    async def purge(self, *, recursive: bool = True, wait: bool = True) -> WorkflowState | None:
-        """Delete a finished instance's history and state (and its children's).
+    @overload
+    async def purge(self, *, recursive: bool = ..., wait: Literal[True] = ...) -> PurgeCount: ...
+    @overload
+    async def purge(self, *, recursive: bool = ..., wait: Literal[False]) -> None: ...
+    @overload
+    async def purge(self, *, recursive: bool = ..., wait: bool) -> PurgeCount | None: ...
+    async def purge(self, *, recursive: bool = True, wait: bool = True) -> PurgeCount | None:
+        """Delete a finished instance's history and state, and with ``recursive`` its
+        children's on any app; returns how many instances were deleted (0 if there was no
+        such instance).
 
-        Returns None once it is gone (or if it never existed), and the instance's state if
-        the host refused because it has not finished. Children are purged after this
-        returns. With ``wait=False`` it only sends the command and returns None.
+        Raises :class:`WorkflowNotFinishedError` if the instance has not finished (it is
+        left as it is). The host purges the instance, then waits for the children's apps to
+        confirm theirs, within this client's ``request_timeout``: a child whose app does not
+        answer in time (it is down) is not counted and is listed in the result's
+        ``not_purged``; its purge stays queued for that app and applies when a replica of it
+        runs. With ``wait=False`` it only sends the command and returns None.
         """
         message = Control(self.instance_id, ControlAction.PURGE, "", recursive)
         reply = await self._requests.control(self.app_id, message, wait=wait)
-        return reply.state if reply else None
+        if reply is None:
+            return None
+        if reply.state is not None:
+            raise WorkflowNotFinishedError(
+                f"cannot purge workflow {self.instance_id!r} on app {self.app_id!r}: it has not "
+                f"finished (status {reply.state.status.value}); terminate it first"
+            )
+        return PurgeCount(reply.purged, reply.not_purged)
+
+    async def history(self) -> list[HistoryEvent]:
+        """The history events of the instance's current run, oldest first.
+
+        Read from the hosting app's store by any of its replicas, in pages (each answer
+        stays far below the broker's message size limit, however long the history), so no
+        store access is needed. Raises :class:`WorkflowNotFoundError` if there is no such
+        instance. A run started by continue-as-new has a history of its own: this is the
+        latest run's.
+        """
+        events = await self._requests.history(self.app_id, self.instance_id)
+        if events is None:
+            raise WorkflowNotFoundError(f"no workflow {self.instance_id!r} on app {self.app_id!r}")
+        return events
 
     async def _control(self, message: Control, wait: bool) -> WorkflowState | None:
         reply = await self._requests.control(self.app_id, message, wait=wait)

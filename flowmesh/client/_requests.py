@@ -13,7 +13,16 @@ import secrets
 
 from flowmesh._errors import AppUnavailableError, ConfigurationError, DecodeError
 from flowmesh.codec import Codec
-from flowmesh.model import Control, Describe, Message, StateReply, WorkflowState
+from flowmesh.model import (
+    Control,
+    Describe,
+    HistoryEvent,
+    HistoryPage,
+    HistoryRequest,
+    Message,
+    StateReply,
+    WorkflowState,
+)
 from flowmesh.security import AppUsers
 from flowmesh.transport import Inbox, Outgoing, QueueKind, Transport
 
@@ -29,6 +38,7 @@ class Requests:
         "_codec",
         "_users",
         "_wait_key",
+        "history_page_bytes",
         "inbox",
         "request_timeout",
         "transport",
@@ -42,6 +52,7 @@ class Requests:
         *,
         request_timeout: float,
         wait_poll_interval: float,
+        history_page_bytes: int = 1024 * 1024,
     ) -> None:
         self._codec = codec
         self._users = users
@@ -49,6 +60,8 @@ class Requests:
         """How long describe() and the control commands wait for an answer."""
         self.wait_poll_interval = wait_poll_interval
         """How often a handle's wait() re-asks, in case a completion notice was lost."""
+        self.history_page_bytes = history_page_bytes
+        """Bytes of history events asked for per answer."""
         self.transport: Transport | None = None
         self.inbox: Inbox | None = None
         # Completion notices of wait() carry an ID derived from this key, see wait_id.
@@ -170,3 +183,46 @@ class Requests:
         if not isinstance(reply, StateReply):
             raise DecodeError(f"app {app_id!r} answered a control with {type(reply).__name__}")
         return reply
+
+    async def history(self, app_id: str, instance_id: str) -> list[HistoryEvent] | None:
+        """The history of ``instance_id``'s current run, page by page (None if there is no
+        such instance). If the run changes between two pages (continue-as-new, a restart),
+        it starts over, at most :data:`_HISTORY_RESTARTS` times."""
+        events: list[HistoryEvent] = []
+        run_id: str | None = None
+        restarts = 0
+        while True:
+            request = HistoryRequest(instance_id, len(events), self.history_page_bytes)
+            body = self._codec.encode_message(request)
+            page = await self.request(
+                app_id, QueueKind.REPLY, body, self.request_timeout, required=True
+            )
+            if not isinstance(page, HistoryPage) or page.instance_id != instance_id:
+                raise DecodeError(f"app {app_id!r} answered a history request with {page!r:.200}")
+            if not page.found:
+                return None
+            if run_id is not None and page.run_id != run_id:
+                restarts += 1
+                if restarts > _HISTORY_RESTARTS:
+                    raise DecodeError(
+                        f"the history of {instance_id!r} on app {app_id!r} changed run "
+                        f"{restarts} times while it was read; try again"
+                    )
+                events, run_id = [], None
+                continue
+            if page.start != len(events) or (page.more and not page.events):
+                raise DecodeError(
+                    f"app {app_id!r} answered for events from {page.start} with "
+                    f"{len(page.events)} events, asked from {len(events)}"
+                )
+            run_id = page.run_id
+            events.extend(
+                self._codec.decode_event(blob, app_id=app_id, instance_id=instance_id)
+                for blob in page.events
+            )
+            if not page.more:
+                return events
+
+
+_HISTORY_RESTARTS = 5
+"""How often :meth:`Requests.history` starts over because the run changed meanwhile."""

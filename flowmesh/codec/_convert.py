@@ -1,15 +1,13 @@
 """Generic conversion between the model's frozen dataclasses and msgpack-native primitives.
 
-A :class:`ClassConverter` is built once per dataclass from ``dataclasses.fields`` and
-``typing.get_type_hints``: every field gets a pair of small functions chosen from its declared
-type, so encoding and decoding a message is a loop over precomputed closures with no type
-introspection on the hot path.
+A :class:`ClassConverter` is built once per dataclass from its fields and type hints: every
+field gets a pair of small functions chosen from its declared type, so encoding and decoding
+is a loop over precomputed closures with no type introspection on the hot path.
 
-Wire forms (see docs/protocol-codec.md): dataclass -> map of field name to value (all init
-fields, declaration order); ``datetime`` -> int microseconds since the Unix epoch (UTC);
-``timedelta`` -> int microseconds; enum -> its value; ``tuple[X, ...]`` -> array; ``X | None``
--> nil or X; ``object`` (user values) -> the value itself, checked by
-:func:`flowmesh.model.check_value`.
+Wire forms (docs/protocol-codec.md): dataclass -> map of field name to value (init fields, in
+order); ``datetime`` -> int microseconds since the Unix epoch (UTC); ``timedelta`` -> int
+microseconds; ``bytes`` -> bin; enum -> its value; ``tuple[X, ...]`` -> array; ``X | None`` ->
+nil or X; ``object`` (user values) -> the value itself, checked by ``model.check_value``.
 """
 
 from __future__ import annotations
@@ -316,6 +314,13 @@ def _decode_datetime(value: object) -> object:
         raise ConversionError(f"{value} microseconds is outside the datetime range") from None
 
 
+def _bytes(value: object) -> object:
+    """Both ways: a bytes field is a bin on the wire (nothing else is taken for it)."""
+    if type(value) is bytes:
+        return value
+    raise ConversionError(f"expected bytes (bin), got {wire_name(value)}")
+
+
 def _encode_timedelta(value: object) -> object:
     if isinstance(value, timedelta):
         return value // _MICROSECOND
@@ -336,6 +341,7 @@ _SIMPLE: Final[dict[object, tuple[Encoder, Decoder]]] = {
     int: (_encode_int, _decode_int),
     float: (_encode_float, _decode_float),
     bool: (_encode_bool, _decode_bool),
+    bytes: (_bytes, _bytes),
     datetime: (_encode_datetime, _decode_datetime),
     timedelta: (_encode_timedelta, _decode_timedelta),
 }

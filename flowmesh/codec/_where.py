@@ -22,6 +22,8 @@ from flowmesh.model import (
     Control,
     Describe,
     EventRaised,
+    HistoryPage,
+    HistoryRequest,
     RaiseEvent,
     StartAck,
     StartWorkflow,
@@ -77,7 +79,7 @@ def _parts(obj: object) -> tuple[str | None, str]:  # noqa: C901 - one case per 
             return "state", f"instance {_s(obj.instance_id)}"
         case TimerDue():
             return None, f"TimerDue of timer seq {_s(obj.seq)} of instance {_s(obj.instance_id)}"
-        case Control() | Describe() | StartAck():
+        case Control() | Describe() | StartAck() | HistoryRequest() | HistoryPage():
             return None, f"{type(obj).__name__} for instance {_s(obj.instance_id)}"
         # The state.
         case WorkflowState():

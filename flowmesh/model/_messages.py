@@ -14,7 +14,13 @@ from enum import StrEnum
 
 from flowmesh._failures import FailureDetails
 from flowmesh.model._events import ParentRef
-from flowmesh.model._ranges import check_attempt, check_lease_seconds, check_seq, check_timer_seq
+from flowmesh.model._ranges import (
+    check_attempt,
+    check_lease_seconds,
+    check_page_bytes,
+    check_seq,
+    check_timer_seq,
+)
 from flowmesh.model._state import WorkflowState
 
 
@@ -180,11 +186,13 @@ class ControlAction(StrEnum):
     RESUME = "resume"
     TERMINATE = "terminate"
     PURGE = "purge"
+    RESTART = "restart"
 
 
 @dataclass(frozen=True, slots=True)
 class Control:
-    """Suspend, resume, terminate or purge ``instance_id`` (children too when ``recursive``)."""
+    """Suspend, resume, terminate, purge or restart ``instance_id`` (children too when
+    ``recursive``: terminate and purge)."""
 
     instance_id: str
     action: ControlAction
@@ -192,6 +200,8 @@ class Control:
     recursive: bool = False
     run_id: str = ""
     """Only this run ('' = whichever run the instance ID has)."""
+    new_instance_id: str = ""
+    """Restart only: the ID of the new instance ('' = the same ID, once it has finished)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +217,38 @@ class Describe:
 
 
 @dataclass(frozen=True, slots=True)
+class HistoryRequest:
+    """Ask for the history events of ``instance_id`` from index ``start`` on, at most about
+    ``max_bytes`` of them per answer (:class:`HistoryPage`, on the reply-to address)."""
+
+    instance_id: str
+    start: int = 0
+    max_bytes: int = 1024 * 1024
+
+    def __post_init__(self) -> None:
+        check_seq(self, "start", self.start)
+        check_page_bytes(self, "max_bytes", self.max_bytes)
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """Answer to :class:`HistoryRequest`: events ``start``, ``start + 1``, ... of the run
+    ``run_id``, each an encoded history event (``Codec.encode_event`` for the hosting app and
+    the instance); ``more`` if the history has events after them; ``found`` False if there is
+    no such instance."""
+
+    instance_id: str
+    found: bool = False
+    run_id: str = ""
+    start: int = 0
+    events: tuple[bytes, ...] = ()
+    more: bool = False
+
+    def __post_init__(self) -> None:
+        check_seq(self, "start", self.start)
+
+
+@dataclass(frozen=True, slots=True)
 class StartAck:
     """Answer to a :class:`StartWorkflow` that carried a reply-to address."""
 
@@ -214,16 +256,25 @@ class StartAck:
     created: bool
     error: str = ""
     code: str = ""
-    """Why it was not created: ``"exists"`` or ``"unknown_workflow"``."""
+    """Why it was not created: ``"exists"``, ``"terminated"``, ``"waiting_for_deployment"``;
+    for a restart also ``"not_found"`` and ``"not_finished"``."""
 
 
 @dataclass(frozen=True, slots=True)
 class StateReply:
-    """Answer to :class:`Describe` (``state`` is None when the instance does not exist)."""
+    """Answer to :class:`Describe` (``state`` is None when the instance does not exist), and
+    to a :class:`Control` with a reply-to address."""
 
     instance_id: str
     state: WorkflowState | None = None
     error: str = ""
+    purged: int = 0
+    """Purge only: how many instances it deleted (this one and, recursively, its children)."""
+    not_purged: tuple[str, ...] = ()
+    """Purge only: children it did not delete, and why (not finished, no answer in time)."""
+
+    def __post_init__(self) -> None:
+        check_seq(self, "purged", self.purged)
 
 
 Message = (
@@ -238,6 +289,8 @@ Message = (
     | RaiseEvent
     | Control
     | Describe
+    | HistoryRequest
+    | HistoryPage
     | StartAck
     | StateReply
 )
@@ -255,6 +308,8 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (
     RaiseEvent,
     Control,
     Describe,
+    HistoryRequest,
+    HistoryPage,
     StartAck,
     StateReply,
 )

@@ -72,6 +72,17 @@ def check_timer_seq(owner: object, field: str, value: int) -> None:
         raise FieldRangeError(owner, field, f"must be between {-MAX_SEQ - 1} and {MAX_SEQ}", value)
 
 
+MAX_PAGE_BYTES: Final = 1 << 30
+"""Largest page of history a ``HistoryRequest`` may ask for (the host sends at most what fits
+in one message anyway)."""
+
+
+def check_page_bytes(owner: object, field: str, value: int) -> None:
+    """Refuse a page size outside ``1 .. MAX_PAGE_BYTES`` bytes."""
+    if isinstance(value, int) and not 1 <= value <= MAX_PAGE_BYTES:
+        raise FieldRangeError(owner, field, f"must be between 1 and {MAX_PAGE_BYTES}", value)
+
+
 def check_attempt(owner: object, field: str, value: int) -> None:
     """Refuse an attempt number outside ``1 .. MAX_SEQ`` (attempts are 1-based)."""
     if isinstance(value, int) and not 1 <= value <= MAX_SEQ:

@@ -21,7 +21,7 @@ from datetime import timedelta
 from typing import Any
 
 from flowmesh._errors import FlowmeshError, StoreError, TransportError, VersionConflictError
-from flowmesh.model import Message, StartAck, StartWorkflow
+from flowmesh.model import FailureDetails, Message, StartAck, StartWorkflow, WorkflowState
 from flowmesh.runtime._clock import Clock
 from flowmesh.runtime._live import Inbound, NotHere
 from flowmesh.runtime._options import WorkerOptions
@@ -32,6 +32,36 @@ from flowmesh.transport import Delivery, QueueKind, Transport
 
 REFUSALS_KEPT = 10
 """Refused messages an instance's state lists (``WorkflowState.refusals``), latest last."""
+
+HISTORY_LIMIT_ERROR = "flowmesh.HistoryLimitExceeded"
+"""``FailureDetails.error_type`` of a run failed for reaching ``max_history_events``."""
+
+
+def history_full(
+    state: WorkflowState, *, limit: int, app_id: str, log: Any
+) -> FailureDetails | None:
+    """The failure that ends a run whose history reached ``limit`` events
+    (``WorkerOptions.max_history_events``; checked before a step, so a history exceeds the
+    limit by at most one step's events), else None.
+
+    Failing, not stalling: a longer history is not fixed by deploying other code, and the
+    parent and waiting clients must learn the outcome. The message names the way out.
+    """
+    count = state.history_length
+    if count < limit or state.status.is_terminal:
+        return None
+    log.error(
+        "workflow history limit reached", instance_id=state.instance_id, events=count, limit=limit
+    )
+    return FailureDetails(
+        HISTORY_LIMIT_ERROR,
+        f"the history of {state.instance_id!r} has {count} events, the limit is {limit} "
+        "(WorkerOptions.max_history_events): a workflow that runs indefinitely must call "
+        "ctx.continue_as_new(...) to start a fresh history, or split its work into child "
+        "workflows",
+        non_retryable=True,
+        app_id=app_id,
+    )
 
 
 class StepFailures:

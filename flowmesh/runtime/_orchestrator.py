@@ -29,6 +29,7 @@ from flowmesh.model import (
     Command,
     Describe,
     FailureDetails,
+    HistoryRequest,
     Message,
     ParentRef,
     StartAck,
@@ -37,7 +38,8 @@ from flowmesh.model import (
     WorkflowState,
 )
 from flowmesh.runtime._clock import Clock
-from flowmesh.runtime._failures import REFUSALS_KEPT, StepFailures
+from flowmesh.runtime._failures import REFUSALS_KEPT, StepFailures, history_full
+from flowmesh.runtime._history_pages import HistoryPages
 from flowmesh.runtime._leases import (
     BookkeepingEffects,
     apply_bookkeeping,
@@ -47,8 +49,9 @@ from flowmesh.runtime._live import Inbound, Live, NotHere, StaleCache
 from flowmesh.runtime._log import get_logger, log_transition
 from flowmesh.runtime._options import WorkerOptions
 from flowmesh.runtime._outbox import OutboxClearer, publish_outbox
-from flowmesh.runtime._purge import purge_instance
+from flowmesh.runtime._purge import Purger, purge_replies
 from flowmesh.runtime._replies import Replies, state_replies
+from flowmesh.runtime._restart import new_run_base
 from flowmesh.runtime._step_input import StepInput, StepSorter
 from flowmesh.runtime._translate import (
     blank_state,
@@ -62,9 +65,6 @@ from flowmesh.runtime._translate import (
 from flowmesh.security import SenderPolicy
 from flowmesh.store import WorkflowStore
 from flowmesh.transport import Delivery, Outgoing, Transport
-
-HISTORY_LIMIT_ERROR = "flowmesh.HistoryLimitExceeded"
-"""``FailureDetails.error_type`` of a run failed for reaching ``max_history_events``."""
 
 
 class Orchestrator:
@@ -100,6 +100,15 @@ class Orchestrator:
         self._cache: OrderedDict[str, Live] = OrderedDict()
         self._log = get_logger(app_id=app.app_id)
         self._replies = Replies(app.app_id, store=store, transport=transport, codec=codec)
+        self._pages = HistoryPages(app.app_id, store=store, transport=transport, codec=codec)
+        self._purger = Purger(
+            app.app_id,
+            store=store,
+            transport=transport,
+            codec=codec,
+            users=senders.users if senders else None,
+            log=self._log,
+        )
         self._sorter = StepSorter(
             app.app_id,
             store=store,
@@ -133,6 +142,9 @@ class Orchestrator:
         """Process one decoded message for a hosted instance; returns once it is settled."""
         if isinstance(message, Describe):
             await self._replies.describe(delivery, message)
+            return
+        if isinstance(message, HistoryRequest):
+            await self._pages.answer(delivery, message)
             return
         if isinstance(message, StartWorkflow) and message.name not in self._app.workflows:
             # A replica of a newer (or older) deployment may have the workflow: the start
@@ -282,20 +294,9 @@ class Orchestrator:
             # of any commit: publish them (confirmed) before the start is acked.
             await self._transport.publish(send_now)
         if purge is not None:
-            purged = await purge_instance(
-                instance_id,
-                live,
-                purge,
-                store=self._store,
-                transport=self._transport,
-                codec=self._codec,
-                log=self._log,
-            )
-            if purged:
-                self._cache.pop(instance_id, None)
-            # Only a finished instance is purged; any other keeps its state.
-            kept = live.state if live and not live.state.status.is_terminal else None
-            await self._replies.send(state_replies(step.controls, instance_id, kept))
+            purged = await self._purger.purge(instance_id, live, purge, step.controls)
+            self._cache.pop(instance_id, None)
+            await self._replies.send(purge_replies(step.controls, instance_id, purged))
             return to_ack
         if len(events) == 1 and (not book or live is None):
             answers = state_replies(step.controls, instance_id, live.state if live else None)
@@ -305,7 +306,16 @@ class Orchestrator:
         if live is None:
             blank = blank_state(instance_id, self._app.app_id, base_version)
             live = Live(self._new_execution(), blank)
-        elif (full := self._history_full(live)) is not None:
+        elif step.new_run:
+            live = Live(self._new_execution(), new_run_base(live.state))
+        elif (
+            full := history_full(
+                live.state,
+                limit=self._options.max_history_events,
+                app_id=self._app.app_id,
+                log=self._log,
+            )
+        ) is not None:
             # The batch is not applied (its deliveries are acked with the failure committed).
             live.execution.fail(full)
             events = [StepStarted(now)]
@@ -318,7 +328,14 @@ class Orchestrator:
         refused_now = self._sorter.refused(outcome, origins, refusals, to_ack)
         state = (
             await self._commit(
-                instance_id, live, outcome, now, effects, refused=refused_now, take_held=len(held)
+                instance_id,
+                live,
+                outcome,
+                now,
+                effects,
+                refused=refused_now,
+                take_held=len(held),
+                new_run=step.new_run,
             )
             if outcome.changed or effects or refused_now
             else live.state
@@ -337,11 +354,13 @@ class Orchestrator:
         *,
         refused: tuple[str, ...] = (),
         take_held: int = 0,
+        new_run: bool = False,
     ) -> WorkflowState:
-        """Commit the step and publish its outbox; returns the committed state."""
+        """Commit the step and publish its outbox; returns the committed state. A
+        ``new_run`` (a restart) replaces the history."""
         execution = live.execution
         history = live.history
-        replace = False
+        replace = new_run
         commands = list(outcome.commands)
         continued = continued_as_new(commands)
         cancel = timers_to_cancel(
@@ -429,32 +448,6 @@ class Orchestrator:
         except SerializationError as exc:
             # Defensive: the engine checks values at the call site, so this means a size limit.
             raise FlowmeshError(f"cannot encode a message of {instance_id}: {exc}") from exc
-
-    def _history_full(self, live: Live) -> FailureDetails | None:
-        """The failure that ends a run whose history reached ``max_history_events`` (checked
-        before a step, so a history exceeds the limit by at most one step's events), else None.
-
-        Failing, not stalling: a longer history is not fixed by deploying other code, and the
-        parent and waiting clients must learn the outcome. The message names the way out.
-        """
-        count, limit = live.state.history_length, self._options.max_history_events
-        if count < limit or live.state.status.is_terminal:
-            return None
-        self._log.error(
-            "workflow history limit reached",
-            instance_id=live.state.instance_id,
-            events=count,
-            limit=limit,
-        )
-        return FailureDetails(
-            HISTORY_LIMIT_ERROR,
-            f"the history of {live.state.instance_id!r} has {count} events, the limit is {limit} "
-            "(WorkerOptions.max_history_events): a workflow that runs indefinitely must call "
-            "ctx.continue_as_new(...) to start a fresh history, or split its work into child "
-            "workflows",
-            non_retryable=True,
-            app_id=self._app.app_id,
-        )
 
     # -- loading and caching ---------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ step's refusals. What remains becomes history events for the engine.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from flowmesh.runtime._admission import Existing, decide_start
 from flowmesh.runtime._clock import Clock
 from flowmesh.runtime._leases import TaskBookkeeping
 from flowmesh.runtime._live import Inbound, Live, StaleCache
+from flowmesh.runtime._restart import decide_restart
 from flowmesh.runtime._translate import message_to_event
 from flowmesh.security import SenderPolicy
 from flowmesh.store import HeldMessage, WorkflowStore
@@ -52,6 +54,8 @@ class StepInput:
     book: TaskBookkeeping = field(default_factory=TaskBookkeeping)
     controls: list[Delivery] = field(default_factory=list)
     """Controls sent with ``reply_to``: answered with the state the step leaves."""
+    new_run: bool = False
+    """A restart under the same ID starts a new run, which replaces the history."""
 
 
 class StepSorter:
@@ -91,13 +95,13 @@ class StepSorter:
         """Turn a batch's messages into the step's events, answers and side work."""
         started: WorkflowStarted | None = None
         run_id = live.state.run_id if live is not None else ""
-        terminated_early = next(
-            (m for m in held if isinstance(m, Control) and m.action is ControlAction.TERMINATE),
-            None,
-        )
+        terminated_early = _held_terminate(held)
         for item in checked:
             message = item.message
             step.to_ack.append(item.delivery)
+            if isinstance(message, Control) and message.action is ControlAction.RESTART:
+                started, run_id = self._restart(message, item, live, step, (started, run_id))
+                continue
             if isinstance(message, Control) and item.delivery.reply_to:
                 step.controls.append(item.delivery)
             if isinstance(message, StartWorkflow):
@@ -171,6 +175,43 @@ class StepSorter:
         if decision.send is not None:
             step.send_now.append(decision.send)
         return decision.started
+
+    def _restart(
+        self,
+        message: Control,
+        item: Inbound,
+        live: Live | None,
+        step: StepInput,
+        current: tuple[WorkflowStarted | None, str],
+    ) -> tuple[WorkflowStarted | None, str]:
+        """Decide a restart (``_restart.decide_restart``); returns the run that later messages
+        of the batch belong to: the new one if it restarts the instance under its own ID,
+        else ``current`` (the ``WorkflowStarted`` of a run this batch created, and the run)."""
+        decision = decide_restart(
+            message,
+            item.delivery,
+            live=live,
+            app_id=self._app_id,
+            run_id=uuid.uuid4().hex,
+            new_run_started=step.new_run,
+            encode=self._codec.encode_message,
+            now=time.time(),
+        )
+        if decision.refused:
+            self._log.warning("restart refused", reason=decision.refused)
+        if decision.started is not None:
+            # What came before it in the batch was for the finished run: dropped, as it was.
+            del step.events[1:]
+            step.events.append(decision.started)
+            step.new_run = True
+            self._log.info("instance restarted", new_run=decision.started.run_id)
+        if decision.forward is not None:
+            step.send_now.append(decision.forward)
+        if decision.reply is not None and item.delivery.reply_to:
+            step.replies.append((item.delivery, decision.reply))
+        if decision.started is None:
+            return current
+        return decision.started, decision.started.run_id
 
     @staticmethod
     def _answered_stop(
@@ -314,6 +355,14 @@ def _stop_answer(
     else:
         return None
     return TaskNote(note.instance_id, note.seq, note.attempt, why, note.run_id)
+
+
+def _held_terminate(held: list[Message]) -> Control | None:
+    """A terminate held before the instance existed (it refuses the start), if any."""
+    return next(
+        (m for m in held if isinstance(m, Control) and m.action is ControlAction.TERMINATE),
+        None,
+    )
 
 
 def _wrong_attempt(live: Live | None, result: ActivityResult) -> bool:

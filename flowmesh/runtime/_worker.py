@@ -23,6 +23,7 @@ from flowmesh.model import (
     ChildResult,
     Control,
     Describe,
+    HistoryRequest,
     Message,
     RaiseEvent,
     StartWorkflow,
@@ -51,6 +52,7 @@ _REPLY_KINDS = (
     RaiseEvent,
     Control,
     Describe,
+    HistoryRequest,
 )
 
 

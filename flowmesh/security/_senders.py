@@ -22,7 +22,7 @@ anything                                  R's own user (its replicas, its timer 
 ``Control``                               clients; the parent's app for a child instance
 ``RaiseEvent``                            clients; an app X (a workflow's ``ctx.send_event``)
                                           if its ``event_id`` starts with ``X/``
-``Describe``                              clients
+``Describe``, ``HistoryRequest``          clients
 ``TimerDue``                              R only
 ========================================  ==================================================
 
@@ -47,6 +47,7 @@ from flowmesh.model import (
     ChildResult,
     Control,
     Describe,
+    HistoryRequest,
     Message,
     ParentRef,
     RaiseEvent,
@@ -154,8 +155,8 @@ class SenderPolicy:
                     f"RaiseEvent from {who} with event ID {event_id!r}: an app's events carry "
                     f"IDs starting with {sender + '/'!r}"
                 )
-            case Describe() if sender is not None:
-                return f"Describe from {who}: only clients send it"
+            case Describe() | HistoryRequest() if sender is not None:
+                return f"{type(message).__name__} from {who}: only clients send it"
         return None
 
     def refuse_for_instance(

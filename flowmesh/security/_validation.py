@@ -12,6 +12,7 @@ from flowmesh._errors import ValidationError
 from flowmesh.model import (
     ActivityTask,
     ChildResult,
+    Control,
     Message,
     StartWorkflow,
     check_app_id,
@@ -49,3 +50,5 @@ def _check(message: Message) -> None:
             check_app_id(message.host_app_id)
         case ChildResult():
             check_instance_id(message.child_instance_id)
+        case Control(new_instance_id=new_id) if new_id:
+            check_instance_id(new_id)

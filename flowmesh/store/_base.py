@@ -81,6 +81,16 @@ class InstanceRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class HistorySlice:
+    """Part of an instance's history (:meth:`WorkflowStore.load_history`)."""
+
+    run_id: str
+    events: tuple[HistoryEvent, ...]
+    more: bool
+    """Whether the history has events after these."""
+
+
+@dataclass(frozen=True, slots=True)
 class Commit:
     """One atomic step of one instance.
 
@@ -121,6 +131,10 @@ class WorkflowStore(Protocol):
 
     async def load_state(self, instance_id: str) -> WorkflowState | None:
         """The instance's state without its history (cheap), or None."""
+
+    async def load_history(self, instance_id: str, start: int, limit: int) -> HistorySlice | None:
+        """Events ``start`` to ``start + limit - 1`` of the instance's history and its run,
+        read together (one round trip), or None if the instance does not exist."""
 
     async def commit(self, commit: Commit) -> list[Waiter]:
         """Apply ``commit`` atomically or raise :class:`~flowmesh.VersionConflictError`.
@@ -235,6 +249,14 @@ def _epoch_ms(moment: datetime) -> int:
 def _from_epoch_ms(ms: int) -> datetime:
     """The aware UTC datetime ``ms`` milliseconds after the epoch (exact, no float rounding)."""
     return _EPOCH + timedelta(milliseconds=ms)
+
+
+def _due_ms(moment: datetime) -> int:
+    """A timer's due time in milliseconds since the epoch, rounded *up*: a timer may fire late
+    by less than a millisecond, never early (its ``fire_at`` in history keeps microseconds)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return -((_EPOCH - moment) // _MS)
 
 
 def _lease_ms(lease: timedelta) -> int:

@@ -29,11 +29,13 @@ from flowmesh.store._base import (
     MAX_WAITERS,
     Commit,
     HeldMessage,
+    HistorySlice,
     InstanceRecord,
     OutboxEntry,
     TimerEntry,
     Waiter,
     _check_commit,
+    _due_ms,
     _epoch_ms,
     _from_epoch_ms,
     _lease_ms,
@@ -105,6 +107,14 @@ class MemoryStore:
         found = self._instances.get(instance_id)
         return None if found is None else found.state
 
+    async def load_history(self, instance_id: str, start: int, limit: int) -> HistorySlice | None:
+        """Events ``start`` to ``start + limit - 1`` and the run, or None."""
+        found = self._instances.get(instance_id)
+        if found is None:
+            return None
+        events = tuple(found.history[start : start + limit])
+        return HistorySlice(found.state.run_id, events, len(found.history) > start + limit)
+
     async def commit(self, commit: Commit) -> list[Waiter]:
         """Apply ``commit`` atomically or raise :class:`~flowmesh.VersionConflictError`.
 
@@ -132,7 +142,7 @@ class MemoryStore:
                 stored_version=stored_version,
             )
         # Validate everything that can fail before mutating, so a failure writes nothing.
-        fire_times = [(timer.seq, _epoch_ms(timer.fire_at)) for timer in commit.add_timers]
+        fire_times = [(timer.seq, _due_ms(timer.fire_at)) for timer in commit.add_timers]
 
         if found is None:
             found = _Instance(state=commit.state, history=[], created_seq=self._next_seq())

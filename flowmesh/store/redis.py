@@ -50,11 +50,13 @@ from flowmesh.store._base import (
     MAX_WAITERS,
     Commit,
     HeldMessage,
+    HistorySlice,
     InstanceRecord,
     OutboxEntry,
     TimerEntry,
     Waiter,
     _check_commit,
+    _due_ms,
     _epoch_ms,
     _from_epoch_ms,
     _lease_ms,
@@ -169,6 +171,21 @@ class RedisStore(RedisConnection):
             ),
         )
 
+    async def load_history(self, instance_id: str, start: int, limit: int) -> HistorySlice | None:
+        """Events ``start`` to ``start + limit - 1`` and the run (one MULTI/EXEC), or None."""
+        pipe: Pipeline
+        with self._translating(f"load history of {instance_id!r}"):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hget(self._keys.instance(instance_id), "status")  # gone with a purge
+                pipe.hget(self._keys.instance(instance_id), "r")
+                pipe.lrange(self._keys.history(instance_id), start, start + limit)  # one more
+                status, run_id, blobs = await pipe.execute()
+        if status is None:
+            return None
+        app_id, decode_event = self.config.app_id, self._codec.decode_event
+        events = [decode_event(e, app_id=app_id, instance_id=instance_id) for e in blobs[:limit]]
+        return HistorySlice(run_id.decode() if run_id else "", tuple(events), len(blobs) > limit)
+
     async def load_state(self, instance_id: str) -> WorkflowState | None:
         """The instance's state without its history, or None."""
         with self._translating(f"load state of {instance_id!r}"):
@@ -216,7 +233,7 @@ class RedisStore(RedisConnection):
             args += (entry.entry_id, encode_outgoing(entry.message, (state.version, position)))
         args += (len(commit.cancel_timers), *commit.cancel_timers, len(commit.add_timers))
         for timer in commit.add_timers:
-            fire_ms = _epoch_ms(timer.fire_at)
+            fire_ms = _due_ms(timer.fire_at)
             member = timer_member(instance_id, timer.run_id, timer.seq, fire_ms)
             args += (timer.seq, member, fire_ms)
         args += (len(commit.clear_outbox), *commit.clear_outbox, 1 if commit.take_waiters else 0)

@@ -360,13 +360,53 @@ async def test_next_timer_at_is_the_earliest_claimable_time(store: WorkflowStore
     assert await store.next_timer_at() is None
 
 
-async def test_timer_fire_times_are_kept_to_the_millisecond(store: WorkflowStore) -> None:
+async def test_timer_due_times_are_rounded_up_to_the_millisecond(store: WorkflowStore) -> None:
+    """A timer fires late by less than a millisecond, never early: the store keeps its due
+    time as fire_at rounded up to the millisecond (history keeps the microseconds)."""
     precise = T0 + timedelta(microseconds=123_456)
     await store.commit(step("wf-1", 0, add_timers=(timer("wf-1", 1, precise),)))
-    assert await store.next_timer_at() == T0 + timedelta(milliseconds=123)
-    [claimed] = await store.claim_due_timers(precise, LEASE)
-    assert claimed.fire_at == T0 + timedelta(milliseconds=123)
+    assert await store.next_timer_at() == T0 + timedelta(milliseconds=124)
+    assert await store.claim_due_timers(precise, LEASE) == []
+    [claimed] = await store.claim_due_timers(T0 + timedelta(milliseconds=124), LEASE)
+    assert claimed.fire_at == T0 + timedelta(milliseconds=124)
     assert claimed.fire_at.tzinfo is not None
+
+
+async def test_a_400_day_timer_is_stored_exactly_and_fires_only_when_due(
+    store: WorkflowStore,
+) -> None:
+    """Nothing in the store limits a timer's length: one 400 days (and a few ms) ahead keeps
+    its exact millisecond (a Redis score is a double, exact for integers below 2^53 ms, i.e.
+    beyond the model's year-9000 bound) and is claimed then, not a millisecond before."""
+    fire_at = T0 + timedelta(days=400, milliseconds=7)
+    await store.commit(step("wf-1", 0, add_timers=(timer("wf-1", 1, fire_at),)))
+    assert await store.next_timer_at() == fire_at
+    assert await store.claim_due_timers(fire_at - timedelta(milliseconds=1), LEASE) == []
+    assert await store.claim_due_timers(fire_at, LEASE) == [timer("wf-1", 1, fire_at)]
+    far = datetime(8999, 12, 31, 23, 59, 59, 999_000, tzinfo=UTC)  # just below the bound
+    await store.commit(step("wf-1", 1, cancel_timers=(1,)))
+    await store.commit(step("wf-2", 0, add_timers=(timer("wf-2", 1, far),)))
+    assert await store.claim_due_timers(far - timedelta(milliseconds=1), LEASE) == []
+    assert await store.claim_due_timers(far, LEASE) == [timer("wf-2", 1, far)]
+
+
+async def test_load_history_reads_a_slice_with_its_run_and_whether_more_follow(
+    store: WorkflowStore,
+) -> None:
+    """load_history(start, limit) returns events start..start+limit-1, the run, and ``more``
+    when the history goes on; None for an unknown (or purged) instance."""
+    events = [StepStarted(T0 + timedelta(seconds=i)) for i in range(5)]
+    await store.commit(Commit("wf-1", 0, state("wf-1", 1, run_id="run-a"), append=tuple(events)))
+    first = await store.load_history("wf-1", 0, 2)
+    assert first is not None
+    assert (first.run_id, first.events, first.more) == ("run-a", tuple(events[:2]), True)
+    last = await store.load_history("wf-1", 3, 2)
+    assert last is not None and (last.events, last.more) == (tuple(events[3:]), False)
+    beyond = await store.load_history("wf-1", 9, 2)
+    assert beyond is not None and (beyond.events, beyond.more) == ((), False)
+    assert await store.load_history("nobody", 0, 2) is None
+    await store.purge("wf-1")
+    assert await store.load_history("wf-1", 0, 2) is None
 
 
 async def test_replicas_claiming_concurrently_never_get_the_same_timer_within_the_lease(

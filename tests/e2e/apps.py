@@ -62,3 +62,32 @@ async def wait_forever(ctx: WorkflowContext, _: object) -> str:
     """Wait for an event nobody sends."""
     await ctx.wait_for_external_event("never")
     return "unreachable"
+
+
+@host.workflow
+async def parent_of_finisher(ctx: WorkflowContext, value: object) -> object:
+    """Start a child on e2e-child that finishes at once."""
+    return await ctx.call_child_workflow(
+        "finish", value, app_id="e2e-child", instance_id=f"{ctx.instance_id}-child"
+    )
+
+
+@child_host.workflow
+async def finish(ctx: WorkflowContext, value: object) -> object:
+    """Return the input."""
+    return {"child": value}
+
+
+@host.workflow
+async def stamped(ctx: WorkflowContext, value: object) -> object:
+    """One activity on e2e-crunch; the output carries the input and the workflow's run."""
+    await ctx.call_activity("whoami", 0, app_id="e2e-crunch")
+    return {"value": value, "at": ctx.current_utc_datetime.isoformat()}
+
+
+@host.workflow
+async def chatty(ctx: WorkflowContext, count: int) -> int:
+    """``count`` activities one after the other: a long history."""
+    for index in range(count):
+        await ctx.call_activity("whoami", index, app_id="e2e-crunch")
+    return count

@@ -38,7 +38,8 @@ def flowmesh(
 def test_operator_commands_start_inspect_and_control_workflows(
     services: Services, workers: WorkerProcesses
 ) -> None:
-    """start --wait, status, history, raise-event, terminate, purge and apps all work."""
+    """start --wait, status, history (through the broker only), restart, purge and apps
+    all work."""
     for app_id in ("app1", "app2", "app3"):
         workers.start(app_id)
     done = flowmesh(
@@ -64,9 +65,17 @@ def test_operator_commands_start_inspect_and_control_workflows(
     assert rows["app2"][2] == "1"  # one consumer (replica) on app2's work queue
     assert rows["app1"][4] == "1"  # app1 hosts workflows: one consumer on its reply queue
 
+    restart = flowmesh(
+        services, "restart", "cli-1", "--app-id", "app1", "--new-instance-id", "cli-2"
+    )
+    assert restart.returncode == 0, restart.stderr
+    assert "restarted cli-1 as cli-2 on app1" in restart.stdout
+    refused = flowmesh(services, "restart", "nobody", "--app-id", "app1")
+    assert refused.returncode == 1 and "WorkflowNotFoundError" in refused.stderr
+
     purge = flowmesh(services, "purge", "cli-1", "--app-id", "app1")
     assert purge.returncode == 0, purge.stderr
-    assert "cli-1 purged" in purge.stdout  # waited for the host: gone now
+    assert "cli-1 purged: 1 instance deleted" in purge.stdout  # waited for the host: gone now
     gone = flowmesh(services, "status", "cli-1", "--app-id", "app1")
     assert "WorkflowNotFoundError" in gone.stderr
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from flowmesh import App, Client, WorkflowContext, WorkflowStatus
-from flowmesh._errors import WorkflowNotFoundError
+from flowmesh._errors import WorkflowNotFinishedError, WorkflowNotFoundError
 from flowmesh.store import Commit
 from flowmesh.store.memory import MemoryStore
 from flowmesh.testing import TestEnvironment
@@ -52,21 +52,23 @@ async def test_a_resume_issued_after_suspend_returned_applies_after_it() -> None
 
 
 async def test_control_answers_report_unknown_refused_and_ignored_commands() -> None:
-    """Unknown instance: WorkflowNotFoundError. Purging a running instance is refused (its
-    state comes back); suspending a finished one changes nothing. ``wait=False`` only sends."""
+    """Unknown instance: WorkflowNotFoundError (a purge of it deletes 0 instances). Purging a
+    running instance is refused with WorkflowNotFinishedError; suspending a finished one
+    changes nothing. ``wait=False`` only sends."""
     async with TestEnvironment([app], time_skipping=False) as env:
         with pytest.raises(WorkflowNotFoundError):
             await env.client.get_workflow("nobody", app_id="ctl").suspend()
-        assert await env.client.get_workflow("nobody", app_id="ctl").purge() is None
+        assert await env.client.get_workflow("nobody", app_id="ctl").purge() == 0
 
         handle = await env.client.start_workflow(hold, None, app_id="ctl")
-        refused = await handle.purge()
-        assert refused is not None and refused.status is WorkflowStatus.RUNNING
+        with pytest.raises(WorkflowNotFinishedError, match="status RUNNING"):
+            await handle.purge()
+        assert (await handle.describe()).status is WorkflowStatus.RUNNING
         assert await handle.suspend(wait=False) is None
         terminated = await handle.terminate("over")
         assert terminated is not None and terminated.status is WorkflowStatus.TERMINATED
         unchanged = await handle.suspend()
         assert unchanged is not None and unchanged.status is WorkflowStatus.TERMINATED
-        assert await handle.purge() is None
+        assert await handle.purge() == 1
         with pytest.raises(WorkflowNotFoundError):
             await handle.describe()

@@ -1043,8 +1043,7 @@ async def test_rabbitmq_and_redis_only_ever_hold_ciphertext_of_user_data(
     assert E2E_SECRET in shown.stdout and "COMPLETED" in shown.stdout
     history = run_cli(
         [
-            "history", "sec-1", "--app-id", "sec-host", "--redis-url", services.redis_url,
-            "--key-prefix", services.key_prefix,
+            "history", "sec-1", "--app-id", "sec-host", "--amqp-url", services.amqp_url,
         ],
         payload_env,
     )  # fmt: skip

@@ -299,9 +299,9 @@ async def test_passwords_never_appear_in_worker_logs_or_cli_output(
     )  # fmt: skip
     outputs["status"] = run_cli("status", "mask-1", "--app-id", "secm-host", env=env_urls)
     outputs["apps"] = run_cli("apps", "secm-host", "secm-act", "--amqp-url", secret.amqp_url)
+    # history asks the host's replicas through the broker (it used to read Redis).
     outputs["history"] = run_cli(
-        "history", "mask-1", "--app-id", "secm-host", "--key-prefix", services.key_prefix,
-        "--redis-url", secret.redis_url,
+        "history", "mask-1", "--app-id", "secm-host", "--amqp-url", secret.amqp_url
     )  # fmt: skip
     outputs["raise-event"] = run_cli(
         "raise-event", "mask-1", "late", "--app-id", "secm-host", env=env_urls
@@ -313,7 +313,7 @@ async def test_passwords_never_appear_in_worker_logs_or_cli_output(
         "apps", "secm-host", env={"FLOWMESH_AMQP_URL": secret.wrong_amqp_url}
     )
     outputs["history-wrong-password"] = run_cli(
-        "history", "mask-1", "--app-id", "secm-host", "--redis-url", secret.wrong_redis_url
+        "history", "mask-1", "--app-id", "secm-host", "--amqp-url", secret.wrong_amqp_url
     )
     outputs["worker-wrong-password"] = run_cli(
         "worker", "--app-id", "secm-host", "--module", APPS, "--allow-unsafe-redis",

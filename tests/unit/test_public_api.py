@@ -18,9 +18,9 @@ DOCUMENTED = {
     "FlowmeshError", "ConfigurationError", "SerializationError", "PayloadTooLargeError",
     "DecodeError", "RegistrationError", "UnknownNameError", "ValidationError",
     "InvalidInstanceIdError", "WorkflowAlreadyExistsError", "WorkflowNotFoundError",
-    "NonDeterminismError", "WorkflowFailedError", "TaskFailedError", "ActivityFailedError",
-    "ActivityTimeoutError", "ChildWorkflowFailedError", "TaskCancelledError", "NonRetryableError",
-    "StoreError",
+    "WorkflowNotFinishedError", "NonDeterminismError", "WorkflowFailedError", "TaskFailedError",
+    "ActivityFailedError", "ActivityTimeoutError", "ChildWorkflowFailedError",
+    "TaskCancelledError", "NonRetryableError", "StoreError",
     "VersionConflictError", "TransportError", "PublishTimeoutError", "UnroutableError",
     "AppUnavailableError",
 }  # fmt: skip
