@@ -11,8 +11,10 @@ Two adjustments to redis-py, each checked by ``tests/unit/test_library_internals
 * ``FCALL`` routing. redis-py finds the keys of a command with "movable keys" (``FCALL``)
   by asking a server (``COMMAND GETKEYS``): one extra round trip per commit, before the
   commit itself. :class:`FlowmeshCluster` reads them from the arguments instead, as redis-py
-  does for ``EVALSHA`` (measured on the local cluster: 1000 sequential commits took 231 ms
-  instead of 390 ms, 0.23 ms vs 0.39 ms per commit).
+  does for ``EVALSHA``. Measured on a local 3-master cluster (2-core machine under load,
+  medians of 5 runs of 500 commits, AOF off): one commit at a time 0.75 ms instead of
+  1.45 ms; 500 concurrent commits (group commit: one cluster pipeline) 0.27 ms instead of
+  0.91 ms each, since the pipeline resolved every command's keys with its own round trip.
 * Linear packing (``_redis_packing.py``) for the connections of every node, present and
   discovered later: nodes are created with the client's ``connection_kwargs``.
 """

@@ -93,6 +93,9 @@ def _parse_waiters(members: Iterable[bytes]) -> list[Waiter]:
     return sorted(waiters)
 
 
+_TAKE_ALL = 1 << 20
+"""SPOP count that takes a whole waiters set."""
+
 _OUTBOX_CHUNK = 200
 """Instances per ``remove_outbox.lua`` call: bounds how long one call blocks the server."""
 
@@ -276,13 +279,12 @@ class RedisStore(ShardScans):
     async def take_waiters(self, instance_id: str) -> list[Waiter]:
         """Remove and return the waiters of ``instance_id``, sorted."""
         key = self._layout.of(instance_id).waiters(instance_id)
-        pipe: AnyPipeline
         with self._translating(f"take waiters of {instance_id!r}"):
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.smembers(key)
-                pipe.delete(key)
-                members, _ = await pipe.execute()
-        return _parse_waiters(members)
+            # SPOP with a count of at least the set's size takes every member and deletes
+            # the key, atomically, in one command (the set holds at most MAX_WAITERS; older
+            # hosts may have left a few more, hence the margin).
+            members = await cast("Awaitable[list[bytes] | None]", self._redis.spop(key, _TAKE_ALL))
+        return _parse_waiters(members or [])
 
     async def purge(self, instance_id: str) -> bool:
         """Delete the instance, its history, outbox, timers and waiters; False if absent."""
