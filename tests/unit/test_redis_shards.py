@@ -120,3 +120,15 @@ def test_fcall_is_routed_by_its_first_key_without_asking_a_server() -> None:
     key = "fm:{pay#3}:i:x"
     slot = asyncio.run(client._determine_slot("FCALL", "fm_x_commit", 2, key, "fm:{pay#3}:h:x", 1))
     assert slot == client.keyslot(key)
+
+
+def test_every_node_of_a_cluster_client_packs_commands_linearly() -> None:
+    from flowmesh.store._redis_packing import _LinearPacking
+    from flowmesh.store.redis import redis_client
+
+    client = redis_client(
+        RedisStoreConfig(url="redis+cluster://127.0.0.1:1,127.0.0.1:2", app_id="a")
+    )
+    assert issubclass(client.get_connection_kwargs()["connection_class"], _LinearPacking)
+    nodes = client.nodes_manager.startup_nodes.values()
+    assert all(issubclass(node.connection_class, _LinearPacking) for node in nodes)
