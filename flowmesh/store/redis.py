@@ -21,7 +21,8 @@ Where the library is missing and the user may load it (development), the first c
 
 TLS: a ``rediss://`` URL, with :class:`~flowmesh.security.TLSConfig` (CA, client certificate,
 verification on by default; turning it off is logged as a warning). Access control: the store
-only touches keys under ``<key_prefix>:{<app_id>}:`` and runs the commands listed in
+only touches keys under ``<key_prefix>:{<app_id>}:`` (and ``<key_prefix>:{<app_id>#<k>}:``
+for shard ``k`` of a sharded app, see ``_redis_shards.py``) and runs the commands listed in
 ``REDIS_COMMANDS``, so an ACL user limited to exactly those works (``flowmesh security plan``).
 
 A commit whose reply was lost (the connection dropped after Redis applied it) and that is
