@@ -26,7 +26,7 @@ from tests.contract.test_store_contract import StoreFactory, redis_stores, step
 pytestmark = pytest.mark.cluster
 
 
-@pytest.fixture
+@pytest.fixture  # type: ignore[no-redef]  # replaces the suite's own fixture
 async def stores(cluster_redis_url: str) -> AsyncIterator[StoreFactory]:
     """The contract suite's stores, on the cluster with the default 16 shards."""
     async with redis_stores(cluster_redis_url, f"s-{uuid4().hex[:8]}", None) as factory:

@@ -68,21 +68,23 @@ def test_linear_packing_pools_open_connections_of_their_connection_class() -> No
 
 
 def test_fcall_routing_cluster_clients_and_pipelines_resolve_slots_in_determine_slot() -> None:
-    import redis.asyncio.cluster as cluster
+    from redis.asyncio import cluster
 
     determine = getattr(cluster.RedisCluster, "_determine_slot", None)
-    if not inspect.iscoroutinefunction(determine):
+    if determine is None or not inspect.iscoroutinefunction(determine):
         _fail(FCALL_SLOT, "RedisCluster._determine_slot (async)")
+        return
     if list(inspect.signature(determine).parameters) != ["self", "command", "args"]:
         _fail(FCALL_SLOT, "RedisCluster._determine_slot(self, command, *args)")
-    if "self._determine_slot(" not in inspect.getsource(cluster.RedisCluster._determine_nodes):
+    determine_nodes = cluster.RedisCluster._determine_nodes  # noqa: SLF001 - the internal checked
+    if "self._determine_slot(" not in inspect.getsource(determine_nodes):
         _fail(FCALL_SLOT, "RedisCluster._determine_nodes calling _determine_slot")
     if "_determine_nodes(" not in inspect.getsource(cluster.PipelineStrategy):
         _fail(FCALL_SLOT, "cluster pipelines routing through client._determine_nodes")
 
 
 def test_cluster_linear_packing_nodes_are_built_from_the_clients_connection_kwargs() -> None:
-    import redis.asyncio.cluster as cluster
+    from redis.asyncio import cluster
 
     client = cluster.RedisCluster(host="127.0.0.1", port=1)
     kwargs = client.get_connection_kwargs()
