@@ -120,7 +120,8 @@ def strip_tls_query(url: str, *, redis: bool) -> str:
 
 
 def with_tls_query(url: str, tls: TLSConfig) -> str:
-    """``url`` (``amqps://`` or ``rediss://``) with ``tls`` as query parameters.
+    """``url`` (``amqps://``, ``rediss://`` or ``rediss+cluster://``) with ``tls`` as query
+    parameters.
 
     Lets a TLS setting travel wherever only a URL does (environment variables, the CLI).
     Other schemes are returned unchanged.
@@ -128,7 +129,7 @@ def with_tls_query(url: str, tls: TLSConfig) -> str:
     parts = urlsplit(url)
     if parts.scheme == "amqps":
         names, insecure = _AMQP_QUERY, "1"
-    elif parts.scheme == "rediss":
+    elif parts.scheme in ("rediss", "rediss+cluster"):
         names, insecure = _REDIS_QUERY, "none"
     else:
         return url

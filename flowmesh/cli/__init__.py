@@ -112,6 +112,14 @@ def main(log_level: str, log_format: str) -> None:
     "whose Redis became unsafe drains and exits.",
 )
 @click.option(
+    "--redis-shards",
+    type=click.IntRange(1, 1024),
+    default=None,
+    envvar="FLOWMESH_REDIS_SHARDS",
+    help="Shards the app's Redis keys are spread over (default: what the store records, else "
+    "1 on a standalone Redis, 16 on a cluster); a store written with another count is refused.",
+)
+@click.option(
     "--drain-timeout", default=30.0, show_default=True, help="Seconds to finish work on SIGTERM."
 )
 @click.option(
@@ -170,6 +178,7 @@ def worker(
     allow_unsafe_redis: bool,
     allow_redis_everysec: bool,
     redis_check_interval: float,
+    redis_shards: int | None,
     drain_timeout: float,
     ack_deadline: float,
     activity_lease: float,
@@ -222,6 +231,7 @@ def worker(
             allow_unsafe_redis=allow_unsafe_redis,
             allow_redis_everysec=allow_redis_everysec,
             redis_check_interval=redis_check_interval,
+            redis_shards=redis_shards,
         )
     )
 

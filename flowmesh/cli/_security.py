@@ -86,15 +86,17 @@ def tls_urls(
 ) -> tuple[str, str | None]:
     """The URLs with the TLS options folded into their query (where only a URL travels).
 
-    Options apply to the ``amqps://`` and ``rediss://`` URLs; given with neither, they are an
+    Options apply to the ``amqps://``, ``rediss://`` and ``rediss+cluster://`` URLs; given
+    with none of them, they are an
     error rather than silently ignored.
     """
     if not (tls_ca or tls_cert or tls_key or tls_insecure):
         return amqp_url, redis_url
     urls = [amqp_url] + ([redis_url] if redis_url else [])
-    if not any(url.startswith(("amqps://", "rediss://")) for url in urls):
+    if not any(url.startswith(("amqps://", "rediss://", "rediss+cluster://")) for url in urls):
         raise click.UsageError(
-            "--tls-* options need an amqps:// RabbitMQ URL or a rediss:// Redis URL"
+            "--tls-* options need an amqps:// RabbitMQ URL or a rediss:// (or "
+            "rediss+cluster://) Redis URL"
         )
     try:
         tls = TLSConfig(
@@ -435,22 +437,38 @@ async def apply_redis_acls(
 
     The library first: the users may only ``FCALL`` it (they cannot load it themselves).
     """
+    from redis.asyncio.cluster import RedisCluster
     from redis.exceptions import RedisError
 
     from flowmesh.store.redis import RedisStoreConfig, redis_client
 
     client = redis_client(RedisStoreConfig(url=redis_url, app_id="admin"))
+    # On a Redis Cluster the library goes to every master (replicas get it by replication, so
+    # a promoted one has it) and the users to every node: ACLs are not replicated.
+    cluster = isinstance(client, RedisCluster)
     try:
         try:
-            await cast(
-                "Awaitable[Any]", client.function_load(redis_function_library().code, replace=True)
-            )
+            if cluster:
+                await client.execute_command(
+                    "FUNCTION LOAD",
+                    "REPLACE",
+                    redis_function_library().code,
+                    target_nodes=RedisCluster.PRIMARIES,
+                )
+            else:
+                await cast(
+                    "Awaitable[Any]",
+                    client.function_load(redis_function_library().code, replace=True),
+                )
         except RedisError as exc:
             raise click.ClickException(
                 f"Redis refused to load flowmesh's function library: {exc}"
             ) from None
         for command in security_plan.redis_acl_commands(passwords):
-            await client.execute_command(*command)  # type: ignore[no-untyped-call]
+            if cluster:
+                await client.execute_command(*command, target_nodes=RedisCluster.ALL_NODES)
+            else:
+                await client.execute_command(*command)
     except RedisError as exc:
         raise click.ClickException(f"Redis refused the ACL users: {exc}") from None
     finally:

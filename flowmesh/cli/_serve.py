@@ -27,6 +27,7 @@ async def serve(
     allow_unsafe_redis: bool,
     allow_redis_everysec: bool = False,
     redis_check_interval: float = 60.0,
+    redis_shards: int | None = None,
     codec: Codec | None = None,
 ) -> None:
     """Serve ``app`` until SIGTERM/SIGINT, then drain and exit.
@@ -35,6 +36,7 @@ async def serve(
     ``FLOWMESH_PAYLOAD_KEYS`` (checked before anything connects). A hosting app's Redis is
     checked at start and every ``redis_check_interval`` seconds (0: only at start); if it
     becomes unsafe the replica drains and exits with the reason, as it would refuse to start.
+    ``redis_shards`` (None: what the store records) must match the store's key layout.
     """
     from flowmesh.store.redis import RedisStore, RedisStoreConfig
     from flowmesh.transport.rabbitmq import RabbitMQConfig, RabbitMQTransport
@@ -60,9 +62,11 @@ async def serve(
                 app_id=app.app_id,
                 key_prefix=key_prefix,
                 allow_fsync_everysec=allow_redis_everysec,
+                shards=redis_shards,
             )
             store = RedisStore(config, codec)
-            await store.connect()
+            await store.connect()  # refuses a store of another key layout
+            await store.record_layout()
             await _check_redis(store, allow_unsafe_redis, log)
             # Fails now, saying to run `flowmesh security apply`, rather than at the first step.
             await store.ensure_functions()

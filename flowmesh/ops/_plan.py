@@ -128,7 +128,10 @@ class RedisUser:
 
     name: str
     app_id: str
-    key_pattern: str
+    key_patterns: tuple[str, ...]
+    """``<prefix>:{<app>}:*`` (one shard, and the layout key) and ``<prefix>:{<app>#*}:*``
+    (the shards of a sharded app). App IDs contain no ``#`` nor ``}``, so neither matches
+    another app's keys (``pay`` vs ``pay-1``, ``payments``)."""
     commands: tuple[str, ...]
 
     def acl_rules(self, password: str) -> list[str]:
@@ -137,7 +140,7 @@ class RedisUser:
             "reset",
             "on",
             f">{password}",
-            f"~{self.key_pattern}",
+            *(f"~{pattern}" for pattern in self.key_patterns),
             "resetchannels",
             "-@all",
             *(f"+{command}" for command in self.commands),
@@ -340,7 +343,7 @@ class SecurityPlan:
             RedisUser(
                 name=self.users.user(app_id),
                 app_id=app_id,
-                key_pattern=f"{prefix}:{{{app_id}}}:*",
+                key_patterns=(f"{prefix}:{{{app_id}}}:*", f"{prefix}:{{{app_id}#*}}:*"),
                 commands=REDIS_COMMANDS,
             )
             for app_id in self.apps

@@ -8,7 +8,7 @@ What is stored, and under which keys, is :class:`~flowmesh.store.redis.RedisStor
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -18,17 +18,23 @@ from urllib.parse import urlsplit
 import redis.asyncio
 import structlog
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from flowmesh._errors import ConfigurationError, StoreError
 from flowmesh._masking import mask_secrets
 from flowmesh._tls import TLSConfig, strip_tls_query
 from flowmesh.model import check_app_id
 from flowmesh.store._redis_batch import Call
+from flowmesh.store._redis_cluster import (
+    FlowmeshCluster,
+    cluster_client,
+    cluster_retry,
+    is_cluster_url,
+)
 from flowmesh.store._redis_functions import is_missing_function, library
-from flowmesh.store._redis_keys import RedisKeys
 from flowmesh.store._redis_packing import use_linear_packing
 from flowmesh.store._redis_safety import (
     INFO_SECTIONS,
@@ -36,18 +42,35 @@ from flowmesh.store._redis_safety import (
     info_safety_warnings,
     safety_warnings,
 )
+from flowmesh.store._redis_shards import (
+    CLUSTER_SHARDS,
+    STANDALONE_SHARDS,
+    ShardedKeys,
+    check_layout,
+    check_shards,
+    layout_value,
+    parse_layout,
+)
 
 log = structlog.get_logger("flowmesh.store")
 
-_URL_SCHEMES = ("redis", "rediss", "unix")
+_URL_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+_TLS_SCHEMES = ("rediss", "rediss+cluster")
+
+Client = redis.asyncio.Redis | FlowmeshCluster
+"""A standalone (or proxied) Redis, or a Redis Cluster."""
+AnyPipeline = Pipeline | ClusterPipeline
+"""A pipeline of either client (commands of any slots, without a transaction)."""
 
 
 @dataclass(frozen=True, slots=True)
 class RedisStoreConfig:
     """Where and how one app keeps its workflows in Redis.
 
-    ``url`` is a redis-py URL (``redis://``, ``rediss://`` or ``unix://``); it is left out of
-    the repr because it may carry a password. Keys live under ``<key_prefix>:{<app_id>}:``.
+    ``url`` is a redis-py URL (``redis://``, ``rediss://`` or ``unix://``) or a Redis Cluster's
+    (``redis+cluster://host:port[,host:port...]``, ``rediss+cluster://``); it is left out of
+    the repr because it may carry a password. Keys live under ``<key_prefix>:{<app_id>}:``, or
+    ``<key_prefix>:{<app_id>#<shard>}:`` with ``shards`` > 1 (see ``_redis_shards.py``).
     Timeouts are in seconds; a command failing on a connection error or timeout is retried
     ``retries`` times with jittered exponential backoff (0.1 s doubling, at most 2 s).
     """
@@ -65,20 +88,28 @@ class RedisStoreConfig:
     allow_fsync_everysec: bool = False
     """Whether :meth:`RedisStore.check_safety` accepts ``appendfsync everysec`` (a machine
     crash may then lose the last second of acknowledged commits); by default only ``always``."""
+    shards: int | None = None
+    """How many shards the app's keys are spread over (1-1024). None: what the store's layout
+    key records, else 1 on a standalone Redis and 16 on a cluster. A store written with
+    another count is refused at :meth:`RedisConnection.connect`."""
 
     def __post_init__(self) -> None:
         try:
             check_app_id(self.app_id)
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from exc
-        if urlsplit(self.url).scheme not in _URL_SCHEMES:
+        if self._scheme not in _URL_SCHEMES:
             raise ConfigurationError(
-                f"Redis URL {mask_secrets(self.url)!r} must start with redis://, rediss:// or unix://"
+                f"Redis URL {mask_secrets(self.url)!r} must start with redis://, rediss://, "
+                "unix://, redis+cluster:// or rediss+cluster://"
             )
-        if self.tls is not None and urlsplit(self.url).scheme != "rediss":
+        if self.tls is not None and self._scheme not in _TLS_SCHEMES:
             raise ConfigurationError(
-                f"TLS settings need a rediss:// URL, not {mask_secrets(self.url)!r}"
+                f"TLS settings need a rediss:// or rediss+cluster:// URL, not "
+                f"{mask_secrets(self.url)!r}"
             )
+        if self.shards is not None:
+            check_shards(self.shards)
         if not self.key_prefix or any(c in self.key_prefix for c in "{} \t\r\n"):
             raise ConfigurationError(
                 f"key_prefix {self.key_prefix!r} must be non-empty, without braces or spaces "
@@ -90,6 +121,20 @@ class RedisStoreConfig:
             raise ConfigurationError(f"retries must be >= 0, got {self.retries}")
 
     @property
+    def _scheme(self) -> str:
+        return self.url.partition("://")[0].lower()
+
+    @property
+    def is_cluster(self) -> bool:
+        """Whether ``url`` names a Redis Cluster."""
+        return is_cluster_url(self.url)
+
+    @property
+    def default_shards(self) -> int:
+        """Shards of a new store when ``shards`` is None: 16 on a cluster, else 1."""
+        return CLUSTER_SHARDS if self.is_cluster else STANDALONE_SHARDS
+
+    @property
     def masked_url(self) -> str:
         """``url`` with its password replaced by ``***``."""
         return mask_secrets(self.url)
@@ -97,13 +142,14 @@ class RedisStoreConfig:
     @property
     def effective_tls(self) -> TLSConfig | None:
         """The TLS settings in force: ``tls``, else the URL's, else defaults for rediss://."""
-        if urlsplit(self.url).scheme != "rediss":
+        if self._scheme not in _TLS_SCHEMES:
             return None
         return self.tls or TLSConfig.from_redis_query(self.url) or TLSConfig()
 
 
-def redis_client(config: RedisStoreConfig) -> redis.asyncio.Redis:
-    """A redis-py client for ``config`` (timeouts, retries, TLS); it connects lazily.
+def redis_client(config: RedisStoreConfig) -> Client:
+    """A redis-py client for ``config`` (timeouts, retries, TLS): ``RedisCluster`` for a
+    cluster URL; it connects lazily.
 
     Raises :class:`ConfigurationError` for unreadable TLS files.
     """
@@ -128,6 +174,14 @@ def redis_client(config: RedisStoreConfig) -> redis.asyncio.Redis:
             "ssl_cert_reqs": "required" if tls.verify else "none",
             "ssl_check_hostname": tls.verify,
         }
+    if config.is_cluster:
+        return cluster_client(
+            url,
+            socket_timeout=config.socket_timeout,
+            connect_timeout=config.connect_timeout,
+            retry=cluster_retry(config.retries),
+            tls_options=tls_options,
+        )
     client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
         url,
         socket_timeout=config.socket_timeout,
@@ -151,8 +205,10 @@ class RedisConnection:
 
     def __init__(self, config: RedisStoreConfig) -> None:
         self.config = config
-        self._keys = RedisKeys(config.key_prefix, config.app_id)
-        self._client: redis.asyncio.Redis | None = None
+        self._layout = ShardedKeys(
+            config.key_prefix, config.app_id, config.shards or config.default_shards
+        )
+        self._client: Client | None = None
         self._functions = library()
 
     def __repr__(self) -> str:
@@ -171,17 +227,60 @@ class RedisConnection:
         await self.close()
 
     async def connect(self) -> None:
-        """Create the client and check that the server answers (idempotent)."""
+        """Create the client, check that the server answers and that the store's key layout
+        is this store's (idempotent).
+
+        Raises :class:`~flowmesh.ConfigurationError` when the store was written with another
+        shard count than ``config.shards`` (or, with ``shards`` None, in a layout this
+        version does not know).
+        """
         if self._client is not None:
             return
         client = redis_client(self.config)
         try:
             with self._translating("connect"):
                 await client.ping()
-        except StoreError:
+                await self._adopt_layout(client)
+        except BaseException:
             await client.aclose()
             raise
         self._client = client
+
+    @property
+    def shards(self) -> int:
+        """How many shards this store's keys are spread over (known after :meth:`connect`)."""
+        return self._layout.count
+
+    async def _adopt_layout(self, client: Client) -> None:
+        """Read the layout key: take its shard count when none is configured, else check it."""
+        config = self.config
+        raw = await cast("Awaitable[bytes | None]", client.get(self._layout.layout))
+        found = None if raw is None else raw.decode(errors="replace")
+        if found is None:
+            # No layout key: empty, or written before layouts were recorded (one shard).
+            unsharded = bool(await client.exists(self._layout.unsharded_index))
+            if unsharded:
+                found = layout_value(1)
+        where = f"the Redis store of app {config.app_id!r} at {config.masked_url}"
+        if config.shards is None and found is not None:
+            _, stored = parse_layout(found)
+            check_layout(found, stored or 0, where)
+            if stored != self._layout.count:
+                self._layout = ShardedKeys(config.key_prefix, config.app_id, stored or 1)
+        check_layout(found, self._layout.count, where)
+
+    async def record_layout(self) -> None:
+        """Write the layout key if absent (``SET NX``), refusing a store another worker
+        recorded with another layout meanwhile. A worker calls this at start."""
+        expected = layout_value(self._layout.count)
+        with self._translating("record the key layout"):
+            raw = await cast(
+                "Awaitable[bytes | None]",
+                self._redis.set(self._layout.layout, expected, nx=True, get=True),
+            )
+        if raw is not None:
+            where = f"the Redis store of app {self.config.app_id!r} at {self.config.masked_url}"
+            check_layout(raw.decode(errors="replace"), self._layout.count, where)
 
     async def close(self) -> None:
         """Close the connection pool (idempotent)."""
@@ -191,7 +290,7 @@ class RedisConnection:
                 await client.aclose()
 
     @property
-    def _redis(self) -> redis.asyncio.Redis:
+    def _redis(self) -> Client:
         if self._client is None:
             raise StoreError(f"{self!r} is not connected; call connect() first")
         return self._client
@@ -220,7 +319,7 @@ class RedisConnection:
         results: list[Any] = [None] * len(calls)
         todo = list(range(len(calls)))
         for attempt in (1, 2):
-            pipe: Pipeline
+            pipe: AnyPipeline
             async with client.pipeline(transaction=False) as pipe:
                 for index in todo:
                     keys, args = calls[index]
@@ -244,9 +343,15 @@ class RedisConnection:
         An app's least-privilege user may not: then the administrator has not run ``flowmesh
         security apply`` with this flowmesh version, which is what the error says.
         """
-        library = self._functions
+        library, client = self._functions, self._redis
         try:
-            await cast("Awaitable[Any]", self._redis.function_load(library.code, replace=True))
+            if isinstance(client, RedisCluster):
+                # Every master; replicas get it by replication, so a promoted one has it.
+                await client.execute_command(
+                    "FUNCTION LOAD", "REPLACE", library.code, target_nodes=RedisCluster.PRIMARIES
+                )
+            else:
+                await cast("Awaitable[Any]", client.function_load(library.code, replace=True))
         except ResponseError as exc:
             if "noperm" not in str(exc).lower() and "no permissions" not in str(exc).lower():
                 raise
@@ -263,17 +368,24 @@ class RedisConnection:
         this user may; raise :class:`~flowmesh.StoreError` saying what to run otherwise.
 
         Calls ``claim_timers`` with a limit of 0 (reads nothing, writes nothing) rather than
-        ``FUNCTION LIST``, which an app's user may not run.
+        ``FUNCTION LIST``, which an app's user may not run; on every shard, so on a cluster
+        every master holding one of the app's shards is checked.
         """
+        calls: list[Call] = [([keys.timers], [0, 0, 0]) for keys in self._layout.shards]
         with self._translating("check the function library"):
-            await self._run("claim_timers", [self._keys.timers], [0, 0, 0])
+            if len(calls) == 1:
+                await self._run("claim_timers", *calls[0])
+                return
+            for result in await self._run_pipelined("claim_timers", calls):
+                if isinstance(result, Exception):
+                    raise result
 
     @contextmanager
     def _translating(self, action: str) -> Iterator[None]:
         """Turn redis-py errors into StoreError, never leaking the URL's password."""
         try:
             yield
-        except RedisError as exc:
+        except (RedisError, RedisClusterException) as exc:
             detail = str(exc)
             password = urlsplit(self.config.url).password
             if password:
@@ -289,33 +401,82 @@ class RedisConnection:
 
         If the server refuses ``CONFIG`` (an ACL user of ``flowmesh security plan``, a managed
         Redis), reads what ``INFO persistence`` and ``INFO memory`` show instead (AOF on or off,
-        the eviction policy); if those are refused too, says so instead of failing.
+        the eviction policy); if those are refused too, says so instead of failing. On a
+        cluster, checks every master and names the one each warning is about.
         """
-        pipe: Pipeline
+        client = self._redis
         with self._translating("check safety"):
-            try:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for name in SAFETY_SETTINGS:
-                        pipe.config_get(name)
-                    replies = await pipe.execute()
-            except ResponseError as config_refused:  # NOPERM, or CONFIG renamed away
-                try:
-                    sections = {name: await self._redis.info(name) for name in INFO_SECTIONS}
-                except ResponseError as exc:
-                    return [
-                        f"could not check the Redis server's persistence and eviction settings "
-                        f"(CONFIG GET refused: {config_refused}; INFO refused: {exc}); make "
-                        "sure maxmemory-policy is noeviction and AOF persistence (appendonly "
-                        "yes) is on"
-                    ]
-                log.info(
-                    "store.safety_checked_with_info",
-                    app_id=self.config.app_id,
-                    detail="CONFIG GET refused; appendfsync and save could not be checked",
+            if not isinstance(client, RedisCluster):
+                return await self._check_server(_settings_of(client), client.info)
+            warnings: list[str] = []
+            for node in sorted(client.get_primaries(), key=lambda n: n.name):
+                problems = await self._check_server(
+                    _node_settings_of(client, node), _node_info_of(client, node)
                 )
-                return info_safety_warnings(sections)
+                warnings += (f"Redis Cluster master {node.name}: {p}" for p in problems)
+            return warnings
+
+    async def _check_server(
+        self,
+        read_settings: Callable[[], Awaitable[list[dict[Any, Any]]]],
+        info: Callable[[str], Awaitable[dict[str, Any]]],
+    ) -> list[str]:
+        try:
+            replies = await read_settings()
+        except ResponseError as config_refused:  # NOPERM, or CONFIG renamed away
+            try:
+                sections = {name: await info(name) for name in INFO_SECTIONS}
+            except ResponseError as exc:
+                return [
+                    f"could not check the Redis server's persistence and eviction settings "
+                    f"(CONFIG GET refused: {config_refused}; INFO refused: {exc}); make "
+                    "sure maxmemory-policy is noeviction and AOF persistence (appendonly "
+                    "yes) is on"
+                ]
+            log.info(
+                "store.safety_checked_with_info",
+                app_id=self.config.app_id,
+                detail="CONFIG GET refused; appendfsync and save could not be checked",
+            )
+            return info_safety_warnings(sections)
         settings = {_text(name): _text(value) for reply in replies for name, value in reply.items()}
         return safety_warnings(settings, allow_everysec=self.config.allow_fsync_everysec)
+
+
+def _settings_of(client: redis.asyncio.Redis) -> Callable[[], Awaitable[list[dict[Any, Any]]]]:
+    """Reads the safety settings of a standalone server in one pipeline."""
+
+    async def read() -> list[dict[Any, Any]]:
+        pipe: Pipeline
+        async with client.pipeline(transaction=False) as pipe:
+            for name in SAFETY_SETTINGS:
+                pipe.config_get(name)
+            return cast("list[dict[Any, Any]]", await pipe.execute())
+
+    return read
+
+
+def _node_settings_of(
+    client: FlowmeshCluster, node: ClusterNode
+) -> Callable[[], Awaitable[list[dict[Any, Any]]]]:
+    """Reads the safety settings of one cluster node."""
+
+    async def read() -> list[dict[Any, Any]]:
+        return [
+            await client.execute_command("CONFIG GET", name, target_nodes=node)
+            for name in SAFETY_SETTINGS
+        ]
+
+    return read
+
+
+def _node_info_of(
+    client: FlowmeshCluster, node: ClusterNode
+) -> Callable[[str], Awaitable[dict[str, Any]]]:
+    async def info(section: str) -> dict[str, Any]:
+        return cast("dict[str, Any]", await client.info(section, target_nodes=node))
+
+    return info
 
 
 def _text(value: bytes | str) -> str:

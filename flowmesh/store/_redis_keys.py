@@ -1,7 +1,8 @@
 """Key layout and small encodings of the Redis store (documented in docs/redis-keys.md).
 
-Every key of an app lives under ``<prefix>:{<app_id>}:`` - the braces are a Redis Cluster hash
-tag, so all of an app's keys hash to one slot and a Lua script may touch any of them.
+Every key of an app lives under ``<prefix>:{<tag>}:`` - the braces are a Redis Cluster hash
+tag, so all keys of one tag hash to one slot and a function may touch any of them. The tag is
+the app ID, or ``<app>#<shard>`` when the app's keys are sharded (``_redis_shards.py``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ REDIS_COMMANDS = (
     "del",
     "zrange",
     "zrevrange",
+    "zcount",
     "info|persistence",
     "info|memory",
     # run by its functions (ACLs apply to the commands inside functions too)
@@ -46,6 +48,7 @@ REDIS_COMMANDS = (
     "sadd",
     "scard",
     "spop",
+    "time",
     "zadd",
     "zrangebyscore",
     "zrem",
@@ -67,10 +70,10 @@ _SEP = "|"
 
 
 class RedisKeys:
-    """Names of the Redis keys of one app."""
+    """Names of the Redis keys of one hash tag: an app, or one shard of an app."""
 
-    def __init__(self, prefix: str, app_id: str) -> None:
-        self.base = f"{prefix}:{{{app_id}}}:"
+    def __init__(self, prefix: str, tag: str) -> None:
+        self.base = f"{prefix}:{{{tag}}}:"
         self.index = self.base + "idx"
         self.outbox_index = self.base + "outbox"
         self.timers = self.base + "timers"

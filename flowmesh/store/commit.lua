@@ -8,6 +8,7 @@
 -- KEYS[6] outbox index   fm:{app}:outbox   zset id -> sequence of oldest pending commit
 -- KEYS[7] timers         fm:{app}:timers   zset "<id>|<seq>|<fire_ms>" -> due ms
 -- KEYS[8] sequence       fm:{app}:seq      counter ordering creations and outbox commits
+--                                          (sharded: the last server-clock stamp, see below)
 -- KEYS[9] waiters        fm:{app}:w:<id>   set of reply addresses waiting for the result
 -- KEYS[10] held messages fm:{app}:e:<id>   list of messages that arrived before the instance
 -- KEYS[11] held index    fm:{app}:early    zset id -> arrival ms of its oldest held message
@@ -16,7 +17,7 @@
 -- ARGV: id, expected version, new version, status, state blob, replace (0|1),
 --       n_events, events..., n_outbox, (entry_id, blob)..., n_cancel, seq...,
 --       n_add, (seq, member, due_ms)..., n_clear, entry_id..., take_waiters (0|1),
---       expected run ID, new run ID, take_held
+--       expected run ID, new run ID, take_held, clock (0|1)
 --
 -- Returns {1, waiter...} when applied (the waiters it removed, only with take_waiters = 1),
 -- {0, stored_version} on a conflict (nothing written, the waiters stay): the stored version
@@ -25,7 +26,25 @@
 local id = ARGV[1]
 local found = redis.call('HMGET', KEYS[1], 'v', 'r', 's')
 local stored = tonumber(found[1] or '0')
-local n = #ARGV
+local n = #ARGV - 1
+-- clock = 1 (a sharded app): orderings must compare across shards, which a per-shard counter
+-- cannot do, so scores are the server's clock in microseconds, kept strictly increasing per
+-- shard (the last stamp is in KEYS[8]). Otherwise the counter, as ever.
+local clock = ARGV[#ARGV] == '1'
+local function next_seq()
+  if not clock then
+    return redis.call('INCR', KEYS[8])
+  end
+  local t = redis.call('TIME')
+  local stamp = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local last = tonumber(redis.call('GET', KEYS[8]) or '0')
+  if stamp <= last then
+    stamp = last + 1
+  end
+  stamp = string.format('%.0f', stamp)
+  redis.call('SET', KEYS[8], stamp)
+  return stamp
+end
 if stored ~= tonumber(ARGV[2]) or (found[2] or '') ~= ARGV[n - 2] then
   return {0, stored}
 end
@@ -72,7 +91,7 @@ local old_status = redis.call('HGET', KEYS[1], 'status')
 redis.call('HSET', KEYS[1], 'v', ARGV[3], 'r', ARGV[n - 1], 's', ARGV[5], 'status', status)
 local score = redis.call('ZSCORE', KEYS[5], id)
 if not score then
-  score = redis.call('INCR', KEYS[8])
+  score = next_seq()
   redis.call('ZADD', KEYS[5], score, id)
 end
 if old_status ~= status then
@@ -87,7 +106,7 @@ local n_outbox = tonumber(ARGV[pos])
 if n_outbox > 0 then
   call_chunked('HSET', KEYS[3], pos + 1, pos + 2 * n_outbox, 2)
   if not redis.call('ZSCORE', KEYS[6], id) then
-    redis.call('ZADD', KEYS[6], redis.call('INCR', KEYS[8]), id)
+    redis.call('ZADD', KEYS[6], next_seq(), id)
   end
 end
 pos = pos + 2 * n_outbox + 1

@@ -21,7 +21,8 @@ Where the library is missing and the user may load it (development), the first c
 
 TLS: a ``rediss://`` URL, with :class:`~flowmesh.security.TLSConfig` (CA, client certificate,
 verification on by default; turning it off is logged as a warning). Access control: the store
-only touches keys under ``<key_prefix>:{<app_id>}:`` and runs the commands listed in
+only touches keys under ``<key_prefix>:{<app_id>}:`` (and ``<key_prefix>:{<app_id>#<k>}:``
+for shard ``k`` of a sharded app, see ``_redis_shards.py``) and runs the commands listed in
 ``REDIS_COMMANDS``, so an ACL user limited to exactly those works (``flowmesh security plan``).
 
 A commit whose reply was lost (the connection dropped after Redis applied it) and that is
@@ -36,7 +37,6 @@ from collections.abc import Awaitable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol, cast
 
-from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from flowmesh._errors import VersionConflictError
@@ -52,26 +52,20 @@ from flowmesh.store._base import (
     HeldMessage,
     HistorySlice,
     InstanceRecord,
-    OutboxEntry,
-    TimerEntry,
     Waiter,
     _check_commit,
     _due_ms,
     _epoch_ms,
-    _from_epoch_ms,
-    _lease_ms,
 )
 from flowmesh.store._redis_batch import Call, TurnBatcher
-from flowmesh.store._redis_connection import RedisConnection, RedisStoreConfig, redis_client
+from flowmesh.store._redis_connection import AnyPipeline, RedisStoreConfig, redis_client
 from flowmesh.store._redis_keys import (
     REDIS_COMMANDS,
-    decode_held,
-    decode_outgoing,
     encode_held,
     encode_outgoing,
-    parse_timer_member,
     timer_member,
 )
+from flowmesh.store._redis_scans import ShardScans, held_message
 
 __all__ = [
     "REDIS_COMMANDS",
@@ -102,6 +96,9 @@ def _parse_waiters(members: Iterable[bytes]) -> list[Waiter]:
     return sorted(waiters)
 
 
+_TAKE_ALL = 1 << 20
+"""SPOP count that takes a whole waiters set."""
+
 _OUTBOX_CHUNK = 200
 """Instances per ``remove_outbox.lua`` call: bounds how long one call blocks the server."""
 
@@ -127,8 +124,8 @@ class StoreCodec(Protocol):
         """A workflow state from :meth:`encode_state` bytes."""
 
 
-class RedisStore(RedisConnection):
-    """Workflow store of one app on a standalone Redis (the key layout is Cluster-ready).
+class RedisStore(ShardScans):
+    """Workflow store of one app on a standalone Redis or a Redis Cluster.
 
     The constructor does no I/O; call :meth:`connect` (or use ``async with``) first. Redis
     errors surface as :class:`~flowmesh.StoreError` with the password masked.
@@ -155,11 +152,12 @@ class RedisStore(RedisConnection):
 
     async def load(self, instance_id: str) -> InstanceRecord | None:
         """The instance's state and history (one MULTI/EXEC round trip), or None."""
-        pipe: Pipeline
+        pipe: AnyPipeline
         with self._translating(f"load {instance_id!r}"):
+            keys = self._layout.of(instance_id)
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hget(self._keys.instance(instance_id), "s")
-                pipe.lrange(self._keys.history(instance_id), 0, -1)
+                pipe.hget(keys.instance(instance_id), "s")
+                pipe.lrange(keys.history(instance_id), 0, -1)
                 blob, events = await pipe.execute()
         if blob is None:
             return None
@@ -188,11 +186,10 @@ class RedisStore(RedisConnection):
 
     async def load_state(self, instance_id: str) -> WorkflowState | None:
         """The instance's state without its history, or None."""
+        key = self._layout.of(instance_id).instance(instance_id)
         with self._translating(f"load state of {instance_id!r}"):
             # redis-py annotates hget as returning str, which is wrong without decode_responses.
-            blob = await cast(
-                "Awaitable[bytes | None]", self._redis.hget(self._keys.instance(instance_id), "s")
-            )
+            blob = await cast("Awaitable[bytes | None]", self._redis.hget(key, "s"))
         return None if blob is None else self._decode_state(blob, instance_id)
 
     async def commit(self, commit: Commit) -> list[Waiter]:
@@ -203,17 +200,17 @@ class RedisStore(RedisConnection):
         """
         _check_commit(commit)
         instance_id, state = commit.instance_id, commit.state
-        app_id = self.config.app_id
+        app_id, shard = self.config.app_id, self._layout.of(instance_id)
         keys = [
-            *self._keys.per_instance(instance_id)[:4],
-            self._keys.index,
-            self._keys.outbox_index,
-            self._keys.timers,
-            self._keys.seq,
-            self._keys.waiters(instance_id),
-            self._keys.held(instance_id),
-            self._keys.held_index,
-            *self._keys.status_indexes,
+            *shard.per_instance(instance_id)[:4],
+            shard.index,
+            shard.outbox_index,
+            shard.timers,
+            shard.seq,
+            shard.waiters(instance_id),
+            shard.held(instance_id),
+            shard.held_index,
+            *shard.status_indexes,
         ]
         args: list[Any] = [
             instance_id,
@@ -238,6 +235,8 @@ class RedisStore(RedisConnection):
             args += (timer.seq, member, fire_ms)
         args += (len(commit.clear_outbox), *commit.clear_outbox, 1 if commit.take_waiters else 0)
         args += (commit.expected_run_id, state.run_id, commit.take_held)
+        # Sharded: order instances by the server's clock, comparable across shards.
+        args.append(1 if self._layout.count > 1 else 0)
 
         with self._translating(f"commit to {instance_id!r}"):
             reply = await self._commits.call(keys, args)
@@ -249,29 +248,6 @@ class RedisStore(RedisConnection):
                 stored_version=int(reply[1]),
             )
         return _parse_waiters(reply[1:])
-
-    async def list_outbox(self, limit: int = 100, *, skip: int = 0) -> list[OutboxEntry]:
-        """Pending outbox entries: instances by oldest pending commit (from the ``skip``-th
-        on), each in commit order."""
-        if limit <= 0:
-            return []
-        skip = max(skip, 0)
-        pipe: Pipeline
-        with self._translating("list outbox"):
-            # Every indexed instance has at least one entry, so `limit` instances suffice.
-            raw_ids = await self._redis.zrange(self._keys.outbox_index, skip, skip + limit - 1)
-            instance_ids = [raw.decode() for raw in raw_ids]
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for instance_id in instance_ids:
-                    pipe.hgetall(self._keys.outbox(instance_id))
-                pendings = await pipe.execute()
-        entries: list[OutboxEntry] = []
-        for instance_id, pending in zip(instance_ids, pendings, strict=True):
-            decoded = sorted(
-                (*decode_outgoing(blob), entry_id.decode()) for entry_id, blob in pending.items()
-            )
-            entries += (OutboxEntry(instance_id, entry_id, msg) for _, msg, entry_id in decoded)
-        return entries[:limit]
 
     async def remove_outbox(self, instance_id: str, entry_ids: Sequence[str]) -> None:
         """Forget published outbox entries; unknown IDs are ignored."""
@@ -286,15 +262,21 @@ class RedisStore(RedisConnection):
         work = [(instance_id, ids) for instance_id, ids in batch if ids]
         if not work:
             return
-        outbox = self._keys.outbox
+        ids_of: dict[str, list[str]] = {}
+        for instance_id, ids in work:
+            ids_of.setdefault(instance_id, []).extend(ids)
         calls: list[tuple[list[str], list[Any]]] = []
-        for start in range(0, len(work), _OUTBOX_CHUNK):
-            keys = [self._keys.outbox_index]
-            args: list[Any] = []
-            for instance_id, ids in work[start : start + _OUTBOX_CHUNK]:
-                keys.append(outbox(instance_id))
-                args += (instance_id, len(ids), *ids)
-            calls.append((keys, args))
+        # A call's keys share one hash tag: the instances of one shard.
+        for shard, instance_ids in sorted(self._layout.group(ids_of).items()):
+            keys_of = self._layout.shards[shard]
+            for start in range(0, len(instance_ids), _OUTBOX_CHUNK):
+                keys = [keys_of.outbox_index]
+                args: list[Any] = []
+                for instance_id in instance_ids[start : start + _OUTBOX_CHUNK]:
+                    ids = ids_of[instance_id]
+                    keys.append(keys_of.outbox(instance_id))
+                    args += (instance_id, len(ids), *ids)
+                calls.append((keys, args))
         with self._translating(f"remove outbox entries of {len(work)} instances"):
             if len(calls) == 1:
                 await self._run("remove_outbox", *calls[0])
@@ -303,33 +285,10 @@ class RedisStore(RedisConnection):
                     if isinstance(result, Exception):
                         raise result
 
-    async def claim_due_timers(
-        self, now: datetime, lease: timedelta, limit: int = 100
-    ) -> list[TimerEntry]:
-        """Timers due at ``now`` (at most ``limit``), each postponed to ``now + lease``."""
-        now_ms = _epoch_ms(now)
-        until_ms = now_ms + _lease_ms(lease)
-        if limit <= 0:
-            return []
-        with self._translating("claim due timers"):
-            members = await self._run(
-                "claim_timers", [self._keys.timers], [now_ms, until_ms, limit]
-            )
-        claimed: list[TimerEntry] = []
-        for member in members:
-            instance_id, run_id, seq, fire_ms = parse_timer_member(member)
-            claimed.append(TimerEntry(instance_id, seq, _from_epoch_ms(fire_ms), run_id))
-        return claimed
-
-    async def next_timer_at(self) -> datetime | None:
-        """When the earliest timer can next be claimed (its fire time, or its lease's end)."""
-        with self._translating("read next timer"):
-            first = await self._redis.zrange(self._keys.timers, 0, 0, withscores=True)
-        return _from_epoch_ms(int(first[0][1])) if first else None
-
     async def add_waiter(self, instance_id: str, waiter: Waiter) -> WorkflowState | None:
         """Remember ``waiter`` unless the instance is finished; its state, or None if absent."""
-        keys = [self._keys.instance(instance_id), self._keys.waiters(instance_id)]
+        shard = self._layout.of(instance_id)
+        keys = [shard.instance(instance_id), shard.waiters(instance_id)]
         args = [_waiter_member(waiter), MAX_WAITERS, *_NOT_AWAITED]
         with self._translating(f"add waiter to {instance_id!r}"):
             blob = await self._run("add_waiter", keys, args)
@@ -337,23 +296,23 @@ class RedisStore(RedisConnection):
 
     async def take_waiters(self, instance_id: str) -> list[Waiter]:
         """Remove and return the waiters of ``instance_id``, sorted."""
-        key = self._keys.waiters(instance_id)
-        pipe: Pipeline
+        key = self._layout.of(instance_id).waiters(instance_id)
         with self._translating(f"take waiters of {instance_id!r}"):
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.smembers(key)
-                pipe.delete(key)
-                members, _ = await pipe.execute()
-        return _parse_waiters(members)
+            # SPOP with a count of at least the set's size takes every member and deletes
+            # the key, atomically, in one command (the set holds at most MAX_WAITERS; older
+            # hosts may have left a few more, hence the margin).
+            members = await cast("Awaitable[list[bytes] | None]", self._redis.spop(key, _TAKE_ALL))
+        return _parse_waiters(members or [])
 
     async def purge(self, instance_id: str) -> bool:
         """Delete the instance, its history, outbox, timers and waiters; False if absent."""
+        shard = self._layout.of(instance_id)
         keys = [
-            *self._keys.per_instance(instance_id),
-            self._keys.index,
-            self._keys.outbox_index,
-            self._keys.timers,
-            *self._keys.status_indexes,
+            *shard.per_instance(instance_id),
+            shard.index,
+            shard.outbox_index,
+            shard.timers,
+            *shard.status_indexes,
         ]
         with self._translating(f"purge {instance_id!r}"):
             existed = await self._run("purge", keys, [instance_id])
@@ -363,48 +322,23 @@ class RedisStore(RedisConnection):
         """Keep ``message`` until the instance exists (one script); False if it exists."""
         check_instance_id(instance_id)
         held_ms = _epoch_ms(message.held_at)
-        keys = [
-            self._keys.instance(instance_id),
-            self._keys.held(instance_id),
-            self._keys.held_index,
-        ]
+        shard = self._layout.of(instance_id)
+        keys = [shard.instance(instance_id), shard.held(instance_id), shard.held_index]
         entry = encode_held(held_ms, message.user_id, message.message_id, message.body)
         with self._translating(f"hold a message for {instance_id!r}"):
             return bool(await self._run("hold", keys, [instance_id, held_ms, entry]))
 
     async def held(self, instance_id: str) -> list[HeldMessage]:
         """The messages held for ``instance_id``, oldest first."""
+        key = self._layout.of(instance_id).held(instance_id)
         with self._translating(f"read held messages of {instance_id!r}"):
-            entries = await cast(
-                "Awaitable[list[bytes]]", self._redis.lrange(self._keys.held(instance_id), 0, -1)
-            )
-        return [_held_message(entry) for entry in entries]
-
-    async def expired_held(
-        self, before: datetime, limit: int = 100
-    ) -> list[tuple[str, list[HeldMessage]]]:
-        """Instances whose oldest held message arrived before ``before``, oldest first."""
-        if limit <= 0:
-            return []
-        pipe: Pipeline
-        with self._translating("list expired held messages"):
-            raw_ids = await self._redis.zrangebyscore(
-                self._keys.held_index, "-inf", f"({_epoch_ms(before)}", start=0, num=limit
-            )
-            instance_ids = [raw.decode() for raw in raw_ids]
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for instance_id in instance_ids:
-                    pipe.lrange(self._keys.held(instance_id), 0, -1)
-                lists = await pipe.execute()
-        return [
-            (instance_id, [_held_message(entry) for entry in entries])
-            for instance_id, entries in zip(instance_ids, lists, strict=True)
-            if entries
-        ]
+            entries = await cast("Awaitable[list[bytes]]", self._redis.lrange(key, 0, -1))
+        return [held_message(entry) for entry in entries]
 
     async def drop_held(self, instance_id: str, before: datetime) -> None:
         """Forget the held messages of ``instance_id`` that arrived before ``before``."""
-        keys = [self._keys.held(instance_id), self._keys.held_index]
+        shard = self._layout.of(instance_id)
+        keys = [shard.held(instance_id), shard.held_index]
         with self._translating(f"drop held messages of {instance_id!r}"):
             await self._run("drop_held", keys, [instance_id, _epoch_ms(before)])
 
@@ -414,17 +348,15 @@ class RedisStore(RedisConnection):
         """Remember for ``ttl`` why a start of ``instance_id`` waits (a key that expires)."""
         check_instance_id(instance_id)
         seconds = max(1, int(ttl.total_seconds()))
+        key = self._layout.of(instance_id).waiting_start(instance_id)
         with self._translating(f"note a waiting start of {instance_id!r}"):
-            await self._redis.set(
-                self._keys.waiting_start(instance_id), f"{name}\n{note}", ex=seconds
-            )
+            await self._redis.set(key, f"{name}\n{note}", ex=seconds)
 
     async def waiting_start(self, instance_id: str) -> tuple[str, str] | None:
         """``(name, note)`` of a waiting start of ``instance_id``, if noted recently."""
+        key = self._layout.of(instance_id).waiting_start(instance_id)
         with self._translating(f"read the waiting start of {instance_id!r}"):
-            raw = await cast(
-                "Awaitable[bytes | None]", self._redis.get(self._keys.waiting_start(instance_id))
-            )
+            raw = await cast("Awaitable[bytes | None]", self._redis.get(key))
         if raw is None:
             return None
         name, _, note = raw.decode().partition("\n")
@@ -436,11 +368,11 @@ class RedisStore(RedisConnection):
         if not notes:
             return
         seconds = max(1, int(ttl.total_seconds()))
-        pipe: Pipeline
+        pipe: AnyPipeline
         with self._translating(f"note publish problems of {len(notes)} instances"):
             async with self._redis.pipeline(transaction=False) as pipe:
                 for instance_id, note in notes:
-                    key = self._keys.publish_problem(instance_id)
+                    key = self._layout.of(instance_id).publish_problem(instance_id)
                     if note:
                         pipe.set(key, note, ex=seconds)
                     else:
@@ -449,34 +381,7 @@ class RedisStore(RedisConnection):
 
     async def publish_problem(self, instance_id: str) -> str:
         """The last publish problem noted for ``instance_id`` ('' if none or expired)."""
+        key = self._layout.of(instance_id).publish_problem(instance_id)
         with self._translating(f"read the publish problem of {instance_id!r}"):
-            raw = await cast(
-                "Awaitable[bytes | None]", self._redis.get(self._keys.publish_problem(instance_id))
-            )
+            raw = await cast("Awaitable[bytes | None]", self._redis.get(key))
         return "" if raw is None else raw.decode(errors="replace")
-
-    async def list_instances(
-        self, status: WorkflowStatus | None = None, limit: int = 100
-    ) -> list[WorkflowState]:
-        """States of stored instances, most recently created first, optionally by status."""
-        if limit <= 0:
-            return []
-        index = self._keys.index if status is None else self._keys.status_index(status)
-        pipe: Pipeline
-        with self._translating("list instances"):
-            raw_ids = await self._redis.zrevrange(index, 0, limit - 1)
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for raw in raw_ids:
-                    pipe.hget(self._keys.instance(raw.decode()), "s")
-                blobs = await pipe.execute()
-        # An instance purged between the two round trips simply drops out.
-        return [
-            self._decode_state(blob, raw.decode())
-            for raw, blob in zip(raw_ids, blobs, strict=True)
-            if blob is not None
-        ]
-
-
-def _held_message(entry: bytes) -> HeldMessage:
-    held_ms, user_id, message_id, body = decode_held(entry)
-    return HeldMessage(body, _from_epoch_ms(held_ms), user_id, message_id)

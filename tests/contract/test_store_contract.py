@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
@@ -39,7 +40,7 @@ from flowmesh.store import (
 )
 from flowmesh.store import redis_function_library as library
 from flowmesh.store.memory import MemoryStore
-from flowmesh.store.redis import RedisStore, RedisStoreConfig
+from flowmesh.store.redis import RedisStore, RedisStoreConfig, redis_client
 from flowmesh.transport._base import Outgoing, QueueKind
 
 StoreFactory = Callable[[], Awaitable[WorkflowStore]]
@@ -49,9 +50,16 @@ T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 LEASE = timedelta(seconds=30)
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.real_services)])
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("redis", marks=pytest.mark.real_services),
+        pytest.param("redis-sharded", marks=pytest.mark.real_services),
+    ]
+)
 async def stores(request: pytest.FixtureRequest) -> AsyncIterator[StoreFactory]:
-    """A factory of stores sharing one fresh app's data."""
+    """A factory of stores sharing one fresh app's data (``redis-sharded``: the app's keys
+    spread over 4 shards of the standalone Redis, as on a cluster)."""
     app_id = f"s-{uuid4().hex[:8]}"
     if request.param == "memory":
         shared = MemoryStore(app_id)
@@ -63,10 +71,18 @@ async def stores(request: pytest.FixtureRequest) -> AsyncIterator[StoreFactory]:
         return
 
     url: str = request.getfixturevalue("redis_url")
+    shards = 4 if request.param == "redis-sharded" else None
+    async with redis_stores(url, app_id, shards) as factory:
+        yield factory
+
+
+@asynccontextmanager
+async def redis_stores(url: str, app_id: str, shards: int | None) -> AsyncIterator[StoreFactory]:
+    """Stores of ``app_id`` on the Redis at ``url``; deletes the app's keys afterwards."""
     opened: list[RedisStore] = []
 
     async def connect() -> WorkflowStore:
-        store = RedisStore(RedisStoreConfig(url=url, app_id=app_id), Codec())
+        store = RedisStore(RedisStoreConfig(url=url, app_id=app_id, shards=shards), Codec())
         await store.connect()
         opened.append(store)
         return store
@@ -76,13 +92,20 @@ async def stores(request: pytest.FixtureRequest) -> AsyncIterator[StoreFactory]:
     finally:
         for store in opened:
             await store.close()
-        client = redis.asyncio.Redis.from_url(url)
-        try:
-            keys = [key async for key in client.scan_iter(match=f"fm:{{{app_id}}}:*")]
-            if keys:
-                await client.delete(*keys)
-        finally:
-            await client.aclose()
+        await delete_app_keys(url, app_id)
+
+
+async def delete_app_keys(url: str, app_id: str) -> None:
+    """Delete every key of ``app_id`` (all shards) on a standalone Redis or a cluster."""
+    config = RedisStoreConfig(url=url, app_id=app_id)
+    client = redis_client(config)
+    try:
+        for pattern in (f"fm:{{{app_id}}}:*", f"fm:{{{app_id}#*}}:*"):
+            keys = [key async for key in client.scan_iter(match=pattern, count=1000)]
+            for key in keys:  # one by one: on a cluster the keys live in many slots
+                await client.delete(key)
+    finally:
+        await client.aclose()
 
 
 @pytest.fixture
@@ -782,7 +805,7 @@ async def _forget_functions(store: WorkflowStore) -> None:
     """
     if not isinstance(store, RedisStore):
         return
-    client = redis.asyncio.Redis.from_url(store.config.url)
+    client = redis_client(store.config)
     try:
         await client.function_delete(library().name)
     except redis.exceptions.NoPermissionError:

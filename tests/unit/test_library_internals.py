@@ -24,6 +24,8 @@ from flowmesh.store.redis import RedisStore  # noqa: F401 - the patch's user imp
 from flowmesh.transport.rabbitmq import RabbitMQTransport  # noqa: F401 - same
 
 LINEAR = "linear packing (flowmesh/store/_redis_packing.py)"
+FCALL_SLOT = "FCALL routing without COMMAND GETKEYS (flowmesh/store/_redis_cluster.py)"
+CLUSTER_LINEAR = "linear packing on cluster nodes (flowmesh/store/_redis_cluster.py)"
 WRITER = "turn-buffered writer (flowmesh/transport/_rabbitmq_writes.py)"
 QUEUES = "unbounded frame queues (flowmesh/transport/_rabbitmq_writes.py unbound_frame_queues)"
 
@@ -60,6 +62,40 @@ def test_linear_packing_pools_open_connections_of_their_connection_class() -> No
         _fail(LINEAR, "ConnectionPool.connection_class")
     if "self.connection_class(" not in inspect.getsource(type(pool)):
         _fail(LINEAR, "ConnectionPool creating connections from self.connection_class")
+
+
+# -- redis-py cluster: FCALL slot from its arguments; nodes open their connection_class -------
+
+
+def test_fcall_routing_cluster_clients_and_pipelines_resolve_slots_in_determine_slot() -> None:
+    from redis.asyncio import cluster
+
+    determine = getattr(cluster.RedisCluster, "_determine_slot", None)
+    if determine is None or not inspect.iscoroutinefunction(determine):
+        _fail(FCALL_SLOT, "RedisCluster._determine_slot (async)")
+        return
+    if list(inspect.signature(determine).parameters) != ["self", "command", "args"]:
+        _fail(FCALL_SLOT, "RedisCluster._determine_slot(self, command, *args)")
+    determine_nodes = cluster.RedisCluster._determine_nodes  # noqa: SLF001 - the internal checked
+    if "self._determine_slot(" not in inspect.getsource(determine_nodes):
+        _fail(FCALL_SLOT, "RedisCluster._determine_nodes calling _determine_slot")
+    if "_determine_nodes(" not in inspect.getsource(cluster.PipelineStrategy):
+        _fail(FCALL_SLOT, "cluster pipelines routing through client._determine_nodes")
+
+
+def test_cluster_linear_packing_nodes_are_built_from_the_clients_connection_kwargs() -> None:
+    from redis.asyncio import cluster
+
+    client = cluster.RedisCluster(host="127.0.0.1", port=1)
+    kwargs = client.get_connection_kwargs()
+    if kwargs is not client.nodes_manager.connection_kwargs:
+        _fail(CLUSTER_LINEAR, "NodesManager sharing the client's connection_kwargs")
+    if "connection_class" not in kwargs:
+        _fail(CLUSTER_LINEAR, "connection_kwargs['connection_class']")
+    if "**self.connection_kwargs" not in inspect.getsource(cluster.NodesManager.initialize):
+        _fail(CLUSTER_LINEAR, "NodesManager.initialize creating nodes from connection_kwargs")
+    if "self.connection_class(" not in inspect.getsource(cluster.ClusterNode):
+        _fail(CLUSTER_LINEAR, "ClusterNode opening connections of self.connection_class")
 
 
 # -- aiormq / aio-pika: a transport factory and a connection class that passes it through ------
