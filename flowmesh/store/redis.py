@@ -171,12 +171,13 @@ class RedisStore(ShardScans):
 
     async def load_history(self, instance_id: str, start: int, limit: int) -> HistorySlice | None:
         """Events ``start`` to ``start + limit - 1`` and the run (one MULTI/EXEC), or None."""
-        pipe: Pipeline
+        pipe: AnyPipeline
         with self._translating(f"load history of {instance_id!r}"):
+            keys = self._layout.of(instance_id)
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hget(self._keys.instance(instance_id), "status")  # gone with a purge
-                pipe.hget(self._keys.instance(instance_id), "r")
-                pipe.lrange(self._keys.history(instance_id), start, start + limit)  # one more
+                pipe.hget(keys.instance(instance_id), "status")  # gone with a purge
+                pipe.hget(keys.instance(instance_id), "r")
+                pipe.lrange(keys.history(instance_id), start, start + limit)  # one more
                 status, run_id, blobs = await pipe.execute()
         if status is None:
             return None
