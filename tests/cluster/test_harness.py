@@ -8,6 +8,7 @@ three and stays usable when a node is SIGKILLed. flowmesh's own store and transp
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import aio_pika
@@ -65,14 +66,22 @@ async def test_every_rabbitmq_node_accepts_connections(cluster_amqp_urls: list[s
 
 
 async def _publish(url: str, queue: str, body: bytes) -> None:
+    """Publish and wait for the confirm, retrying a nack: while a quorum queue elects a new
+    leader (its old one was killed) the broker refuses publishes, as any client sees it."""
     async with asyncio.timeout(60):
-        connection = await aio_pika.connect(url)
-        async with connection:
-            channel = await connection.channel(publisher_confirms=True)
-            await channel.default_exchange.publish(
-                aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                routing_key=queue,
-            )
+        while True:
+            connection = await aio_pika.connect(url)
+            async with connection:
+                channel = await connection.channel(publisher_confirms=True)
+                try:
+                    await channel.default_exchange.publish(
+                        aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                        routing_key=queue,
+                    )
+                    return
+                except aio_pika.exceptions.DeliveryError:
+                    pass
+            await asyncio.sleep(0.5)
 
 
 async def _get(url: str, queue: str) -> bytes:
@@ -157,6 +166,15 @@ def test_redis_master_failover_promotes_its_replica(
     finally:
         client.close()
     cluster.start_redis(killed)
-    rejoined = next(node for node in cluster.redis_nodes() if node.port == killed)
+    # The restarted node learns from its peers that it was failed over: it turns replica
+    # within a few cluster-bus rounds, not at once.
+    deadline = time.monotonic() + 30
+    while True:
+        rejoined = next(node for node in cluster.redis_nodes() if node.port == killed)
+        if (not rejoined.is_master and rejoined.master_id is not None) or (
+            time.monotonic() > deadline
+        ):
+            break
+        time.sleep(0.5)
     assert not rejoined.is_master
     assert rejoined.master_id is not None
