@@ -150,7 +150,7 @@ class RabbitMQTransport:
                 await close_quietly(connection, self._config.operation_timeout)
             raise
         self._link = link
-        log.info("transport.connected", url=self._config.masked_url)
+        log.info("transport.connected", url=self._config.masked_url, node=node_of(link.publish))
 
     @property
     def nodes(self) -> tuple[str, str]:

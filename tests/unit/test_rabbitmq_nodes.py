@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import aiormq.exceptions
 import pytest
+from aio_pika.abc import FieldValue
 
 from flowmesh._errors import ConfigurationError
 from flowmesh.transport import split_node_urls
@@ -136,7 +137,7 @@ def test_a_bad_configured_group_size_is_a_configuration_error() -> None:
 
 
 def test_with_group_size_sets_replaces_or_drops_the_argument() -> None:
-    base = {"x-queue-type": "quorum", GROUP_SIZE: 2}
+    base: dict[str, FieldValue] = {"x-queue-type": "quorum", GROUP_SIZE: 2}
     assert with_group_size(base, 3) == {"x-queue-type": "quorum", GROUP_SIZE: 3}
     assert with_group_size(base, None) == {"x-queue-type": "quorum"}
     assert base[GROUP_SIZE] == 2  # not modified
