@@ -8,6 +8,8 @@ sessions), deleted afterwards.
 from __future__ import annotations
 
 import asyncio
+import functools
+import operator
 import time
 import uuid
 from collections import Counter
@@ -208,7 +210,7 @@ async def test_a_queue_created_with_another_group_size_is_used_as_it_is(
             await three.declare_app(app)
             subscription = await three.consume(app, QueueKind.WORK, handler, prefetch=1)
             await three.publish([Outgoing(app, QueueKind.WORK, b"x", message_id=app)])
-            await poll(lambda app=app: app in got, timeout=10)
+            await poll(functools.partial(operator.contains, got, app), timeout=10)
             await subscription.cancel()
     # A standalone (single URL) process uses the size-3 queues too.
     async with RabbitMQTransport(RabbitMQConfig(url=single)) as standalone:
