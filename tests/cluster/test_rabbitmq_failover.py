@@ -9,17 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import operator
 import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import pytest
+import redis
 
+from flowmesh import Client, ClientOptions, WorkflowStatus
+from flowmesh.codec import Codec
+from flowmesh.store.redis import RedisStore, RedisStoreConfig
 from flowmesh.transport import Delivery, Outgoing, QueueKind, queue_name
 from flowmesh.transport.rabbitmq import RabbitMQConfig, RabbitMQTransport
 from tests.cluster.conftest import LocalCluster
+from tests.faults.apps import chain_result
+from tests.harness.ledger import Ledger
+from tests.harness.processes import Services, WorkerProcesses
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
@@ -223,3 +232,119 @@ async def test_a_queue_created_with_another_group_size_is_used_as_it_is(
     assert counts[queue_name("sized-two", QueueKind.WORK)] == 2
     assert counts[queue_name("sized-none", QueueKind.WORK)] == 3  # all 3 nodes: the default
     assert counts[queue_name("sized-three", QueueKind.WORK)] == 3
+
+
+# -- workers ---------------------------------------------------------------------------------
+
+WORKFLOWS = 200
+STEPS = 3
+APPS = "tests.faults.apps"
+
+
+@pytest.fixture
+def fleet(
+    cluster: LocalCluster,
+    vhost: str,
+    redis_url: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> Iterator[WorkerProcesses]:
+    """Worker processes on the cluster's 3 RabbitMQ nodes (one URL list) and the machine's
+    standalone Redis (a private key prefix, deleted afterwards)."""
+    prefix = f"fmc17{uuid.uuid4().hex[:8]}"
+    processes = WorkerProcesses(
+        Services(url_list(cluster, vhost), redis_url, prefix, vhost), tmp_path
+    )
+    try:
+        yield processes
+    finally:
+        processes.stop_all()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            print(processes.logs())
+        with redis.Redis.from_url(redis_url) as client:
+            keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+            if keys:
+                client.delete(*keys)
+
+
+def connected_nodes(fleet: WorkerProcesses) -> Counter[str]:
+    """How many worker transports connected to each node (their ``transport.connected``)."""
+    nodes: Counter[str] = Counter()
+    for _, _, path in fleet.processes:
+        for line in path.read_text(errors="replace").splitlines():
+            if '"transport.connected"' in line:
+                nodes[json.loads(line)["node"]] += 1
+    return nodes
+
+
+async def completed(ledger: Ledger, store: RedisStore) -> int:
+    """How many of the ledger's instances the store shows as completed."""
+    states = await store.list_instances(WorkflowStatus.COMPLETED, limit=len(ledger.expected) + 50)
+    return len({s.instance_id for s in states} & ledger.expected.keys())
+
+
+async def test_workers_of_two_apps_finish_200_workflows_across_a_node_kill_and_restart(
+    cluster: LocalCluster, fleet: WorkerProcesses
+) -> None:
+    """2 replicas of fault-host and 2 of fault-act, with the 3-node URL list, run 200
+    ``chain(3)`` workflows (3 activities on the other app and a timer each) while the node
+    most of them are connected to is SIGKILLed, and restarted 5 s later. All complete with
+    the right result, the ledger finds nothing lost and nothing applied twice, and no worker
+    died; re-executions are reported."""
+    services = fleet.services
+    replicas = [fleet.start(app, module=APPS) for app in ("fault-host", "fault-act") * 2]
+    for process in replicas:
+        fleet.wait_ready(process)
+    nodes = connected_nodes(fleet)
+    victim = node_number(nodes.most_common(1)[0][0])
+    config = RedisStoreConfig(
+        url=services.redis_url, app_id="fault-host", key_prefix=services.key_prefix
+    )
+    ledger = Ledger("fault-host", fleet)
+    began = time.monotonic()
+    async with (
+        RedisStore(config, Codec()) as store,
+        Client(services.amqp_url, options=ClientOptions(start_ack_timeout=1.0)) as client,
+    ):
+        await asyncio.gather(
+            *(
+                ledger.start(client, "chain", STEPS, chain_result(STEPS), instance_id=f"w-{i:03d}")
+                for i in range(WORKFLOWS)
+            )
+        )
+        # Kill once the run is under way (the first completions), with most work in flight.
+        under_way = time.monotonic() + 5.0
+        before = await completed(ledger, store)
+        while before == 0 and time.monotonic() < under_way:
+            await asyncio.sleep(0.05)
+            before = await completed(ledger, store)
+        killed_at = time.monotonic()
+        await asyncio.to_thread(cluster.kill_rabbit, victim)
+        await asyncio.sleep(5.0)
+        restart = asyncio.create_task(asyncio.to_thread(cluster.start_rabbit, victim))
+        deadline = time.monotonic() + 180
+        done = before
+        while done < WORKFLOWS and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            done = await completed(ledger, store)
+        finished_at = time.monotonic()
+        await restart
+        statuses = await ledger.wait_all(client, timeout=60)
+        report = await ledger.verify(store)
+    lost_connections = sum(
+        path.read_text(errors="replace").count('"transport.connection_lost"')
+        for _, _, path in fleet.processes
+    )
+    print(
+        f"\nworkers on nodes {dict(nodes)}; killed fmc{victim} with {before}/{WORKFLOWS} "
+        f"done; all {done} done {finished_at - killed_at:.1f}s after the kill "
+        f"({finished_at - began:.1f}s in all); {lost_connections} worker connections failed "
+        f"over; ledger: {report}"
+    )
+    dead = [(app, p.pid, p.returncode) for app, p, _ in fleet.processes if p.poll() is not None]
+    assert not dead, f"workers died: {dead}"
+    assert lost_connections >= 2, "no worker was connected to the killed node"
+    assert report.ok, report.explain()
+    not_completed = {i: s for i, s in statuses.items() if s is not WorkflowStatus.COMPLETED}
+    assert len(statuses) == WORKFLOWS and not not_completed, not_completed
