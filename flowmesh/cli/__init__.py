@@ -36,7 +36,9 @@ amqp_option = click.option(
     envvar="FLOWMESH_AMQP_URL",
     default=DEFAULT_AMQP_URL,
     show_default=mask_url(DEFAULT_AMQP_URL),
-    help="RabbitMQ URL (env FLOWMESH_AMQP_URL).",
+    help="RabbitMQ URL, or a cluster's node URLs separated by commas (later ones may be just "
+    "host:port); env FLOWMESH_AMQP_URL. Quorum queues get FLOWMESH_QUORUM_SIZE replicas "
+    "(default: min(3, number of nodes) for a list).",
 )
 redis_option = click.option(
     "--redis-url",

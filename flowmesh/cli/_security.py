@@ -32,6 +32,7 @@ from flowmesh.ops import (
 )
 from flowmesh.security import DEFAULT_APP_USER_PATTERN
 from flowmesh.store import redis_function_library
+from flowmesh.transport import split_node_urls
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -110,7 +111,15 @@ def tls_urls(
             "tls.verification_disabled",
             detail="--tls-insecure: server certificates are not verified (development only)",
         )
-    return with_tls_query(amqp_url, tls), with_tls_query(redis_url, tls) if redis_url else None
+    try:
+        # Every node of a RabbitMQ URL list gets the options (short entries become full URLs).
+        nodes = split_node_urls(amqp_url)
+    except ConfigurationError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return (
+        ",".join(with_tls_query(node, tls) for node in nodes),
+        with_tls_query(redis_url, tls) if redis_url else None,
+    )
 
 
 # -- security plan / apply ---------------------------------------------------------------------

@@ -16,6 +16,7 @@ from flowmesh.transport._base import (
     Transport,
     queue_name,
 )
+from flowmesh.transport._rabbitmq_nodes import split_node_urls
 from flowmesh.transport._rabbitmq_topology import (
     APPS_EXCHANGE,
     DELIVERY_LIMIT,
@@ -53,4 +54,5 @@ __all__ = [
     "queue_name",
     "redelivery_policy",
     "routing_key",
+    "split_node_urls",
 ]

@@ -10,6 +10,8 @@ restricted user (``flowmesh security plan``) may not: where RabbitMQ refuses a d
 from __future__ import annotations
 
 import asyncio
+import re
+from typing import NamedTuple
 
 import aio_pika
 import structlog
@@ -34,6 +36,42 @@ log = structlog.get_logger("flowmesh.transport")
 
 _EXCHANGES = " and ".join(repr(name) for name in EXCHANGES)
 
+GROUP_SIZE = "x-quorum-initial-group-size"
+
+_CURRENT_SIZE = re.compile(
+    r"inequivalent arg 'x-quorum-initial-group-size'.*\bcurrent is "
+    r"(?:none\b|(?:the value )?'(?P<size>\d+)')"
+)
+
+
+class ExistingSize(NamedTuple):
+    """The group size an existing queue was created with (None: none given)."""
+
+    size: int | None
+
+
+def with_group_size(arguments: dict[str, FieldValue], size: int | None) -> dict[str, FieldValue]:
+    """``arguments`` with ``x-quorum-initial-group-size`` set to ``size`` (left out for None)."""
+    result = {k: v for k, v in arguments.items() if k != GROUP_SIZE}
+    if size is not None:
+        result[GROUP_SIZE] = size
+    return result
+
+
+def existing_group_size(error: BaseException) -> ExistingSize | None:
+    """The group size of the existing queue, if ``error`` is RabbitMQ refusing a declaration
+    only because it names another ``x-quorum-initial-group-size`` (PRECONDITION_FAILED:
+    "inequivalent arg 'x-quorum-initial-group-size' ... current is '2'" or "... current is
+    none"); None for any other error.
+
+    Reading the refusal is the only way AMQP offers to learn a queue's arguments. A misread
+    is harmless: the declaration with the size read back must still match exactly.
+    """
+    match = _CURRENT_SIZE.search(describe(error.__cause__ or error))
+    if match is None:
+        return None
+    return ExistingSize(int(match["size"]) if match["size"] else None)
+
 
 class Declarations:
     """What one transport declared, found declared, or may not declare.
@@ -43,6 +81,7 @@ class Declarations:
 
     def __init__(self, config: RabbitMQConfig, user_id: str | None) -> None:
         self._timeout = config.operation_timeout
+        self._group_size = config.group_size
         self._user_id = user_id
         self._declared: set[str] = set()
         self._arguments: dict[str, dict[str, FieldValue]] = {}
@@ -70,7 +109,9 @@ class Declarations:
         if app_id in self._predeclared:
             return None
         name = queue_name(app_id, kind)
-        return self._arguments.get(name) or dict(queue_arguments(app_id, kind))
+        return self._arguments.get(name) or with_group_size(
+            dict(queue_arguments(app_id, kind)), self._group_size
+        )
 
     async def exchanges(self, link: Link) -> None:
         """Declare ``fm.apps`` and ``fm.inbox``, or check they exist if this user may not."""
@@ -152,7 +193,13 @@ class Declarations:
 
     async def _declare_queue(self, link: Link, app_id: str, kind: QueueKind) -> None:
         """Declare one queue with the version-2 arguments, or find it declared with the
-        version-1 ones (on a fresh channel: the refusal closed the first)."""
+        version-1 ones (on a fresh channel: the refusal closed the first).
+
+        New queues get the configured replication factor (``x-quorum-initial-group-size``).
+        RabbitMQ compares it on every declaration although it only matters at creation, so a
+        queue created with another size (or none) is declared again with the size it has,
+        which the refusal names (:func:`existing_group_size`).
+        """
         name = queue_name(app_id, kind)
         wanted: dict[str, FieldValue] = dict(queue_arguments(app_id, kind))
         legacy: dict[str, FieldValue] = dict(LEGACY_QUEUE_ARGUMENTS)
@@ -160,17 +207,15 @@ class Declarations:
         action = f"declare queue {name!r} as a durable quorum queue with arguments " + " or ".join(
             str(arguments) for arguments in candidates
         )
-        for arguments in candidates:
+        for base in candidates:
             try:
-                with self._translating(action, topology=True):
-                    async with plain_channel(link.publish, self._timeout) as channel:
-                        await channel.declare_queue(name, durable=True, arguments=arguments)
+                arguments = await self._declare_sized(link, name, base, action)
             except ConfigurationError:
-                if arguments is candidates[-1]:
+                if base is candidates[-1]:
                     raise  # declared with arguments of neither version
                 continue
             self._arguments[name] = arguments
-            if arguments is legacy and wanted != legacy:
+            if base is legacy and wanted != legacy:
                 policy = redelivery_policy(app_id)
                 log.warning(
                     "transport.queue_without_delivery_limit",
@@ -181,6 +226,37 @@ class Declarations:
                     policy=f"rabbitmqctl {' '.join(policy.rabbitmqctl('<vhost>'))}",
                 )
             return
+
+    async def _declare_sized(
+        self, link: Link, name: str, base: dict[str, FieldValue], action: str
+    ) -> dict[str, FieldValue]:
+        """Declare ``name`` with ``base`` and this transport's group size; if the queue exists
+        with another group size (or none), with ``base`` and that one. Returns the arguments
+        RabbitMQ accepted."""
+        arguments = with_group_size(base, self._group_size)
+        try:
+            await self._declare_plain(link, name, arguments, action)
+        except ConfigurationError as exc:
+            existing = existing_group_size(exc)
+            if existing is None:
+                raise
+            arguments = with_group_size(base, existing.size)
+            await self._declare_plain(link, name, arguments, action)
+            log.info(
+                "transport.queue_group_size_kept",
+                queue=name,
+                group_size=existing.size or "broker default",
+                configured=self._group_size or "broker default",
+                detail="x-quorum-initial-group-size only applies when a queue is created",
+            )
+        return arguments
+
+    async def _declare_plain(
+        self, link: Link, name: str, arguments: dict[str, FieldValue], action: str
+    ) -> None:
+        with self._translating(action, topology=True):
+            async with plain_channel(link.publish, self._timeout) as channel:
+                await channel.declare_queue(name, durable=True, arguments=arguments)
 
     async def queue_counts(self, link: Link, name: str) -> tuple[int, int]:
         """Ready messages and consumers of queue ``name`` (zeros if it does not exist)."""
@@ -202,4 +278,4 @@ class Declarations:
         return Translating(action, user_id=self._user_id, topology=topology)
 
 
-__all__ = ["Declarations"]
+__all__ = ["GROUP_SIZE", "Declarations", "existing_group_size", "with_group_size"]

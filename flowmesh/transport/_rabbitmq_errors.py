@@ -145,4 +145,18 @@ def took_channel_down(error: BaseException | None) -> bool:
     )
 
 
-__all__ = ["FAILURES", "Translating", "missing", "refused", "took_channel_down"]
+def connection_lost(error: BaseException | None) -> bool:
+    """Whether ``error`` came from losing the connection (the node died, the network broke):
+    a publish that failed so was not confirmed, and may succeed on a new connection."""
+    cause = error.__cause__ if error is not None else None
+    return isinstance(cause, ConnectionError)  # aiormq's AMQPConnectionError is one
+
+
+__all__ = [
+    "FAILURES",
+    "Translating",
+    "connection_lost",
+    "missing",
+    "refused",
+    "took_channel_down",
+]

@@ -2,14 +2,17 @@
 
 Two robust connections: one publishes (publisher confirms, ``mandatory``), one consumes, so
 flow control that blocks a publishing connection cannot stall consumers' acks, and the
-reverse. Broker calls that may fail with a channel error (a passive declare, a declaration
-with other arguments) use short-lived plain channels (:func:`plain_channel`): the error
-closes the channel, and a robust one would then reopen itself.
+reverse. Both start at the same randomly chosen node of the URL list and fail over on their
+own (:mod:`flowmesh.transport._rabbitmq_failover`). Broker calls that may fail with a channel
+error (a passive declare, a declaration with other arguments) use short-lived plain channels
+(:func:`plain_channel`): the error closes the channel, and a robust one would then reopen
+itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -23,7 +26,8 @@ from aio_pika.abc import AbstractChannel, AbstractRobustChannel, AbstractRobustC
 
 from flowmesh.transport._rabbitmq_config import RabbitMQConfig
 from flowmesh.transport._rabbitmq_errors import FAILURES
-from flowmesh.transport._rabbitmq_writes import connect_buffered
+from flowmesh.transport._rabbitmq_failover import FailoverConnection, connect_failover
+from flowmesh.transport._rabbitmq_nodes import NodeRing
 
 log = structlog.get_logger("flowmesh.transport")
 
@@ -45,14 +49,19 @@ class Link:
 
 async def open_connections(config: RabbitMQConfig, opened: list[AbstractRobustConnection]) -> None:
     """Open the publishing and the consuming connection, appending each to ``opened`` as it
-    opens (so that the caller can close them if the next step fails)."""
+    opens (so that the caller can close them if the next step fails).
+
+    Each connection tries the nodes in turn from one random start (the same for both, so a
+    transport normally uses one node), each for up to ``operation_timeout``.
+    """
     context = ssl_context(config)
+    start = random.randrange(len(config.nodes))  # spreads load; not a secret
     for role in ("publish", "consume"):
         # connect's own timeout, not an outer one: cancelling it half way would leave its
         # reconnect loop running in the background.
         opened.append(
-            await connect_buffered(
-                config.url,
+            await connect_failover(
+                NodeRing(config.nodes, start),
                 timeout=config.operation_timeout,
                 connection_name=f"{config.connection_name} {role}",
                 reconnect_interval=config.reconnect_interval,
@@ -68,6 +77,11 @@ async def open_link(publish: AbstractRobustConnection, consume: AbstractRobustCo
     replies = await publish.channel(publisher_confirms=False)
     probe = await publish.channel(publisher_confirms=True, on_return_raises=True)
     return Link(publish, consume, confirms, replies, probe)
+
+
+def node_of(connection: AbstractRobustConnection) -> str:
+    """``host:port`` of the node ``connection`` uses (or reconnects to next)."""
+    return connection.node if isinstance(connection, FailoverConnection) else "?"
 
 
 def ssl_context(config: RabbitMQConfig) -> ssl.SSLContext | None:
@@ -132,6 +146,7 @@ async def open_channel(channel: AbstractRobustChannel) -> aiormq.Channel:
 __all__ = [
     "Link",
     "close_quietly",
+    "node_of",
     "open_channel",
     "open_connections",
     "open_link",

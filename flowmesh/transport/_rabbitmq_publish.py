@@ -14,6 +14,9 @@ Pitfalls of aio-pika/RabbitMQ defaults this module deals with:
   there: the first message to a target goes alone on a probe channel.
 * A message larger than the broker's ``max_message_size`` closes the publishing channel and
   fails every publish in flight on it: sizes are checked before anything is sent.
+* A publish in flight when its connection is lost (a cluster node died) is never confirmed:
+  it fails, and is retried once on the new connection (to the next node) before its
+  failure is reported. Never reported as success without a confirm.
 """
 
 from __future__ import annotations
@@ -40,7 +43,12 @@ from flowmesh.transport._rabbitmq_config import (
 )
 from flowmesh.transport._rabbitmq_consumer import ANSWER_BY_HEADER, ATTEMPT_HEADER
 from flowmesh.transport._rabbitmq_declare import Declarations
-from flowmesh.transport._rabbitmq_errors import Translating, refused, took_channel_down
+from flowmesh.transport._rabbitmq_errors import (
+    Translating,
+    connection_lost,
+    refused,
+    took_channel_down,
+)
 from flowmesh.transport._rabbitmq_link import Link, open_channel
 from flowmesh.transport._rabbitmq_topology import APPS_EXCHANGE, INBOX_EXCHANGE, routing_key
 
@@ -120,7 +128,25 @@ class Publisher:
             todo = await self._probe(link, messages, todo, outcomes)
         await self._publish_proven(link, messages, todo, outcomes)
         await self._redeclare_deleted(link, messages, outcomes)
+        await self._retry_lost(link, messages, outcomes)
         return outcomes
+
+    async def _retry_lost(
+        self, link: Link, messages: Sequence[Outgoing], outcomes: list[FlowmeshError | None]
+    ) -> None:
+        """Publish again, once, the messages whose connection was lost before their confirm
+        came (a node of the cluster died): the robust channels wait for the connection to
+        the next node (up to ``publish_timeout``), so this is the retry on the next node.
+        A message may then be delivered twice (the broker may have queued the first copy);
+        receivers deduplicate. A second loss is the message's outcome: the caller retries."""
+        lost = [i for i, outcome in enumerate(outcomes) if connection_lost(outcome)]
+        if not lost:
+            return
+        log.debug("transport.publish_retried", messages=len(lost), reason="connection lost")
+        todo = lost
+        if any(_target(messages[i]) not in self._proven for i in lost):
+            todo = await self._probe(link, messages, lost, outcomes)
+        await self._publish_proven(link, messages, todo, outcomes)
 
     async def _declare_targets(
         self, link: Link, messages: Sequence[Outgoing], outcomes: list[FlowmeshError | None]

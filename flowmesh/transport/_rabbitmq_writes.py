@@ -16,11 +16,10 @@ split every burst over many loop turns (:func:`unbound_frame_queues`).
 from __future__ import annotations
 
 import asyncio
-import ssl
 from typing import Any
 
 import aiormq.connection
-from aio_pika.abc import AbstractRobustConnection, ConnectionParameter
+from aio_pika.abc import ConnectionParameter
 from aio_pika.robust_connection import RobustConnection
 from yarl import URL
 
@@ -172,34 +171,9 @@ def _unbound(queue: object) -> None:
         queue._maxsize = 0  # type: ignore[attr-defined]  # noqa: SLF001 - see unbound_frame_queues
 
 
-async def connect_buffered(
-    url: str,
-    *,
-    timeout: float,
-    connection_name: str,
-    reconnect_interval: float,
-    ssl_context: ssl.SSLContext | None,
-) -> AbstractRobustConnection:
-    """A connected robust connection whose frames leave in one write per loop turn.
-
-    What ``aio_pika.connect_robust`` does, minus copying keyword arguments into the URL's
-    query (it cannot hold a factory object).
-    """
-    connection = BufferingRobustConnection(
-        URL(url),
-        ssl_context=ssl_context,
-        client_properties={"connection_name": connection_name},
-        reconnect_interval=reconnect_interval,
-        transport_factory=TurnBufferedTransportFactory(),
-    )
-    await connection.connect(timeout=timeout)
-    return connection
-
-
 __all__ = [
     "BufferingRobustConnection",
     "TurnBufferedTransportFactory",
     "TurnBufferedWriter",
-    "connect_buffered",
     "unbound_frame_queues",
 ]

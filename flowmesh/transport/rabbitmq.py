@@ -84,7 +84,13 @@ from flowmesh.transport._rabbitmq_consumer import RabbitDelivery, RabbitSubscrip
 from flowmesh.transport._rabbitmq_declare import Declarations
 from flowmesh.transport._rabbitmq_errors import Translating
 from flowmesh.transport._rabbitmq_inbox import RabbitInbox, is_inbox_address
-from flowmesh.transport._rabbitmq_link import Link, close_quietly, open_connections, open_link
+from flowmesh.transport._rabbitmq_link import (
+    Link,
+    close_quietly,
+    node_of,
+    open_connections,
+    open_link,
+)
 from flowmesh.transport._rabbitmq_publish import Publisher
 
 __all__ = ["RabbitMQConfig", "RabbitMQTransport"]
@@ -144,7 +150,14 @@ class RabbitMQTransport:
                 await close_quietly(connection, self._config.operation_timeout)
             raise
         self._link = link
-        log.info("transport.connected", url=self._config.masked_url)
+        log.info("transport.connected", url=self._config.masked_url, node=node_of(link.publish))
+
+    @property
+    def nodes(self) -> tuple[str, str]:
+        """``host:port`` of the node the publishing and the consuming connection use (or
+        reconnect to next); see :mod:`flowmesh.transport._rabbitmq_failover`."""
+        link = self._require_link()
+        return node_of(link.publish), node_of(link.consume)
 
     async def declare_app(self, app_id: str, *, required: bool = False) -> None:
         """Declare ``app_id``'s queues and bind them to ``fm.apps`` (once per transport).

@@ -145,3 +145,22 @@ async def test_unbounded_frame_queues_asyncio_queue_maxsize_lifts_the_bound() ->
     assert not queue.full()
     queue.put_nowait(2)  # no QueueFull: the bound is gone
     assert queue.qsize() == 2
+
+
+# -- aio-pika's reconnect loop, which FailoverConnection points at the next node --------------
+
+FAILOVER = "node failover (flowmesh/transport/_rabbitmq_failover.py)"
+
+
+def test_failover_aio_pika_reads_the_url_per_attempt_and_reports_every_failure() -> None:
+    connect = inspect.getsource(aio_pika.connection.Connection.connect)
+    if "self.url" not in connect:
+        _fail(FAILOVER, "Connection.connect reading self.url for every attempt")
+    underlay = inspect.getsource(aio_pika.abc.UnderlayConnection.connect)
+    if "close_callback(closing)" not in underlay:
+        _fail(FAILOVER, "UnderlayConnection.connect calling the close callback on failure")
+    loop = inspect.getsource(RobustConnection)
+    if "await asyncio.sleep(self.reconnect_interval)" not in loop:
+        _fail(FAILOVER, "RobustConnection's loop sleeping self.reconnect_interval per attempt")
+    if not inspect.iscoroutinefunction(getattr(RobustConnection, "_on_connection_close", None)):
+        _fail(FAILOVER, "RobustConnection._on_connection_close")
