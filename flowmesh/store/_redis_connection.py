@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import redis.asyncio
 import structlog
 from redis.asyncio.client import Pipeline
-from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
@@ -38,9 +38,12 @@ from flowmesh.store._redis_functions import is_missing_function, library
 from flowmesh.store._redis_packing import use_linear_packing
 from flowmesh.store._redis_safety import (
     INFO_SECTIONS,
-    SAFETY_SETTINGS,
     info_safety_warnings,
+    node_info_of,
+    node_settings_of,
     safety_warnings,
+    setting_text,
+    settings_of,
 )
 from flowmesh.store._redis_shards import (
     CLUSTER_SHARDS,
@@ -407,11 +410,11 @@ class RedisConnection:
         client = self._redis
         with self._translating("check safety"):
             if not isinstance(client, RedisCluster):
-                return await self._check_server(_settings_of(client), client.info)
+                return await self._check_server(settings_of(client), client.info)
             warnings: list[str] = []
             for node in sorted(client.get_primaries(), key=lambda n: n.name):
                 problems = await self._check_server(
-                    _node_settings_of(client, node), _node_info_of(client, node)
+                    node_settings_of(client, node), node_info_of(client, node)
                 )
                 warnings += (f"Redis Cluster master {node.name}: {p}" for p in problems)
             return warnings
@@ -439,45 +442,9 @@ class RedisConnection:
                 detail="CONFIG GET refused; appendfsync and save could not be checked",
             )
             return info_safety_warnings(sections)
-        settings = {_text(name): _text(value) for reply in replies for name, value in reply.items()}
+        settings = {
+            setting_text(name): setting_text(value)
+            for reply in replies
+            for name, value in reply.items()
+        }
         return safety_warnings(settings, allow_everysec=self.config.allow_fsync_everysec)
-
-
-def _settings_of(client: redis.asyncio.Redis) -> Callable[[], Awaitable[list[dict[Any, Any]]]]:
-    """Reads the safety settings of a standalone server in one pipeline."""
-
-    async def read() -> list[dict[Any, Any]]:
-        pipe: Pipeline
-        async with client.pipeline(transaction=False) as pipe:
-            for name in SAFETY_SETTINGS:
-                pipe.config_get(name)
-            return cast("list[dict[Any, Any]]", await pipe.execute())
-
-    return read
-
-
-def _node_settings_of(
-    client: FlowmeshCluster, node: ClusterNode
-) -> Callable[[], Awaitable[list[dict[Any, Any]]]]:
-    """Reads the safety settings of one cluster node."""
-
-    async def read() -> list[dict[Any, Any]]:
-        return [
-            await client.execute_command("CONFIG GET", name, target_nodes=node)
-            for name in SAFETY_SETTINGS
-        ]
-
-    return read
-
-
-def _node_info_of(
-    client: FlowmeshCluster, node: ClusterNode
-) -> Callable[[str], Awaitable[dict[str, Any]]]:
-    async def info(section: str) -> dict[str, Any]:
-        return cast("dict[str, Any]", await client.info(section, target_nodes=node))
-
-    return info
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
