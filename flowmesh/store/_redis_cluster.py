@@ -6,7 +6,7 @@ nodes; the client asks them for the slot map and then talks to every master dire
 refreshes the map on ``MOVED`` or a lost node, e.g. after a failover). ``rediss+cluster://``
 connects over TLS with the same options as ``rediss://``.
 
-Two adjustments to redis-py, each checked by ``tests/unit/test_library_internals.py``:
+Three adjustments to redis-py, each checked by ``tests/unit/test_library_internals.py``:
 
 * ``FCALL`` routing. redis-py finds the keys of a command with "movable keys" (``FCALL``)
   by asking a server (``COMMAND GETKEYS``): one extra round trip per commit, before the
@@ -15,6 +15,9 @@ Two adjustments to redis-py, each checked by ``tests/unit/test_library_internals
   medians of 5 runs of 500 commits, AOF off): one commit at a time 0.75 ms instead of
   1.45 ms; 500 concurrent commits (group commit: one cluster pipeline) 0.27 ms instead of
   0.91 ms each, since the pipeline resolved every command's keys with its own round trip.
+* ``WAIT`` routing: a :class:`~flowmesh.store._redis_replicas.SlotRouted` command name
+  goes to the master of its slot (``_redis_replicas.py``: the replica acknowledgement of a
+  commit batch), resolved whenever the pipeline runs.
 * Linear packing (``_redis_packing.py``) for the connections of every node, present and
   discovered later: nodes are created with the client's ``connection_kwargs``.
 """
@@ -32,6 +35,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from flowmesh._errors import ConfigurationError
 from flowmesh._masking import mask_secrets
 from flowmesh.store._redis_packing import linear_packing_class
+from flowmesh.store._redis_replicas import SlotRouted
 
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 
@@ -77,7 +81,8 @@ def _query_options(url: str) -> dict[str, str]:
 
 class FlowmeshCluster(RedisCluster):
     """``RedisCluster`` that routes ``FCALL`` by its own key arguments (no ``COMMAND
-    GETKEYS`` round trip); every other command as redis-py does."""
+    GETKEYS`` round trip) and a :class:`SlotRouted` command (``WAIT``) to its slot's master;
+    every other command as redis-py does."""
 
     async def _determine_slot(self, command: str, *args: Any) -> int:
         # FCALL function numkeys key [key ...] arg [arg ...]; flowmesh's functions take keys
@@ -90,6 +95,15 @@ class FlowmeshCluster(RedisCluster):
         ):
             return self.keyslot(args[2])
         return await super()._determine_slot(command, *args)
+
+    async def _determine_nodes(
+        self, command: str, *args: Any, node_flag: str | None = None
+    ) -> list[ClusterNode]:
+        # A SlotRouted command (WAIT after the commits of a slot) goes to that slot's master,
+        # as the slot map stands when the pipeline runs (and again on each retry).
+        if isinstance(command, SlotRouted):
+            return [self.nodes_manager.get_node_from_slot(command.slot)]
+        return await super()._determine_nodes(command, *args, node_flag=node_flag)
 
 
 def cluster_client(

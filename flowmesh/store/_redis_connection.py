@@ -36,6 +36,13 @@ from flowmesh.store._redis_cluster import (
 )
 from flowmesh.store._redis_functions import is_missing_function, library
 from flowmesh.store._redis_packing import use_linear_packing
+from flowmesh.store._redis_replicas import (
+    DEFAULT_TIMEOUT,
+    ReplicaAcks,
+    Wait,
+    add_waits,
+    check_replica_acks,
+)
 from flowmesh.store._redis_safety import (
     INFO_SECTIONS,
     info_safety_warnings,
@@ -91,6 +98,11 @@ class RedisStoreConfig:
     allow_fsync_everysec: bool = False
     """Whether :meth:`RedisStore.check_safety` accepts ``appendfsync everysec`` (a machine
     crash may then lose the last second of acknowledged commits); by default only ``always``."""
+    replica_acks: int | None = None
+    """Replicas that must have a commit batch before it is reported done (``WAIT``, see
+    ``_redis_replicas.py``); None: 1 on a cluster, 0 (no wait) on a standalone Redis."""
+    replica_ack_timeout: float = DEFAULT_TIMEOUT
+    """Seconds to wait for them; then the commit stands and a warning is logged."""
     shards: int | None = None
     """How many shards the app's keys are spread over (1-1024). None: what the store's layout
     key records, else 1 on a standalone Redis and 16 on a cluster. A store written with
@@ -113,6 +125,7 @@ class RedisStoreConfig:
             )
         if self.shards is not None:
             check_shards(self.shards)
+        check_replica_acks(self.replica_acks, self.replica_ack_timeout, self.socket_timeout)
         if not self.key_prefix or any(c in self.key_prefix for c in "{} \t\r\n"):
             raise ConfigurationError(
                 f"key_prefix {self.key_prefix!r} must be non-empty, without braces or spaces "
@@ -136,6 +149,13 @@ class RedisStoreConfig:
     def default_shards(self) -> int:
         """Shards of a new store when ``shards`` is None: 16 on a cluster, else 1."""
         return CLUSTER_SHARDS if self.is_cluster else STANDALONE_SHARDS
+
+    @property
+    def effective_replica_acks(self) -> int:
+        """``replica_acks``, or its default: 1 on a cluster, 0 on a standalone Redis."""
+        if self.replica_acks is not None:
+            return self.replica_acks
+        return 1 if self.is_cluster else 0
 
     @property
     def masked_url(self) -> str:
@@ -213,6 +233,9 @@ class RedisConnection:
         )
         self._client: Client | None = None
         self._functions = library()
+        self._replica_acks = ReplicaAcks(
+            config.effective_replica_acks, config.replica_ack_timeout, config.app_id
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config.masked_url!r}, app_id={self.config.app_id!r})"
@@ -288,6 +311,7 @@ class RedisConnection:
     async def close(self) -> None:
         """Close the connection pool (idempotent)."""
         client, self._client = self._client, None
+        self._replica_acks.report()
         if client is not None:
             with self._translating("close"):
                 await client.aclose()
@@ -311,24 +335,35 @@ class RedisConnection:
         await self._load_functions()
         return await cast("Awaitable[Any]", client.fcall(function, len(keys), *keys, *args))
 
-    async def _run_pipelined(self, name: str, calls: Sequence[Call]) -> list[Any]:
+    async def _run_pipelined(
+        self, name: str, calls: Sequence[Call], *, replicated: bool = False
+    ) -> list[Any]:
         """:meth:`_run` for several calls in one pipeline (no transaction: one round trip).
 
         Returns one result per call; a call that failed on its own (a function's
         ``error_reply``) gets its exception object instead. If the library was missing, it
         is loaded and only the calls that failed for that are sent again: they did not run.
+        ``replicated``: the pipeline ends with ``WAIT`` for ``replica_acks`` replicas.
         """
         client, function = self._redis, self._functions.function(name)
+        acks = self._replica_acks if replicated and self._replica_acks.enabled else None
         results: list[Any] = [None] * len(calls)
         todo = list(range(len(calls)))
         for attempt in (1, 2):
             pipe: AnyPipeline
+            waits: list[Wait] = []
             async with client.pipeline(transaction=False) as pipe:
                 for index in todo:
                     keys, args = calls[index]
                     pipe.fcall(function, len(keys), *keys, *args)
+                if acks is not None:
+                    keys_of = [calls[i][0] for i in todo]
+                    waits = add_waits(pipe, client, acks, keys_of, self.config.masked_url)
                 replies = await pipe.execute(raise_on_error=False)
-            for index, reply in zip(todo, replies, strict=True):
+            if acks is not None:
+                done = replies[: len(todo)]
+                acks.settle(waits, replies[len(todo) :], [isinstance(r, Exception) for r in done])
+            for index, reply in zip(todo, replies, strict=False):
                 results[index] = reply
             todo = [
                 i
