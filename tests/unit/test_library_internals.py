@@ -25,6 +25,7 @@ from flowmesh.transport.rabbitmq import RabbitMQTransport  # noqa: F401 - same
 
 LINEAR = "linear packing (flowmesh/store/_redis_packing.py)"
 FCALL_SLOT = "FCALL routing without COMMAND GETKEYS (flowmesh/store/_redis_cluster.py)"
+WAIT_ROUTING = "WAIT after a slot's commits (flowmesh/store/_redis_replicas.py SlotRouted)"
 CLUSTER_LINEAR = "linear packing on cluster nodes (flowmesh/store/_redis_cluster.py)"
 WRITER = "turn-buffered writer (flowmesh/transport/_rabbitmq_writes.py)"
 QUEUES = "unbounded frame queues (flowmesh/transport/_rabbitmq_writes.py unbound_frame_queues)"
@@ -81,6 +82,37 @@ def test_fcall_routing_cluster_clients_and_pipelines_resolve_slots_in_determine_
         _fail(FCALL_SLOT, "RedisCluster._determine_nodes calling _determine_slot")
     if "_determine_nodes(" not in inspect.getsource(cluster.PipelineStrategy):
         _fail(FCALL_SLOT, "cluster pipelines routing through client._determine_nodes")
+
+
+def test_wait_routing_pipelines_group_each_nodes_commands_in_order_on_one_connection() -> None:
+    """WAIT counts the writes of its own connection: it must follow the commits of its
+    master on the same connection. A cluster pipeline sends each node's commands, in queue
+    order, on one connection; the node of a command comes from _determine_nodes(command name,
+    ...), where a SlotRouted name is resolved."""
+    from redis.asyncio import cluster
+
+    execute = inspect.getsource(cluster.PipelineStrategy._execute)  # noqa: SLF001
+    if "client._determine_nodes(" not in execute or "*cmd.args" not in execute:
+        _fail(WAIT_ROUTING, "pipelines routing by client._determine_nodes(*cmd.args)")
+    if "execute_pipeline(" not in execute:
+        _fail(WAIT_ROUTING, "pipelines sending each node's commands with execute_pipeline")
+    pipeline = inspect.getsource(cluster.ClusterNode.execute_pipeline)
+    if pipeline.count("acquire_connection(") != 1 or "pack_commands(" not in pipeline:
+        _fail(WAIT_ROUTING, "ClusterNode.execute_pipeline: one connection, commands in order")
+
+
+async def test_wait_routing_slot_routed_names_go_to_their_slots_master() -> None:
+    from redis.asyncio.cluster import ClusterNode
+
+    from flowmesh.store._redis_cluster import FlowmeshCluster
+    from flowmesh.store._redis_replicas import SlotRouted
+
+    client = FlowmeshCluster(host="127.0.0.1", port=1)
+    master = ClusterNode("127.0.0.1", 7102)
+    client.nodes_manager.slots_cache = {4242: [master]}
+    nodes = await client._determine_nodes(SlotRouted("WAIT", 4242), 1, 1000)  # noqa: SLF001
+    assert nodes == [master]
+    assert SlotRouted("WAIT", 4242) == "WAIT" and str(SlotRouted("WAIT", 1)).encode() == b"WAIT"
 
 
 def test_cluster_linear_packing_nodes_are_built_from_the_clients_connection_kwargs() -> None:
