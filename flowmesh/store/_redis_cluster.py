@@ -6,7 +6,7 @@ nodes; the client asks them for the slot map and then talks to every master dire
 refreshes the map on ``MOVED`` or a lost node, e.g. after a failover). ``rediss+cluster://``
 connects over TLS with the same options as ``rediss://``.
 
-Three adjustments to redis-py, each checked by ``tests/unit/test_library_internals.py``:
+Four adjustments to redis-py, each checked by ``tests/unit/test_library_internals.py``:
 
 * ``FCALL`` routing. redis-py finds the keys of a command with "movable keys" (``FCALL``)
   by asking a server (``COMMAND GETKEYS``): one extra round trip per commit, before the
@@ -18,6 +18,8 @@ Three adjustments to redis-py, each checked by ``tests/unit/test_library_interna
 * ``WAIT`` routing: a :class:`~flowmesh.store._redis_replicas.SlotRouted` command name
   goes to the master of its slot (``_redis_replicas.py``: the replica acknowledgement of a
   commit batch), resolved whenever the pipeline runs.
+* Connection errors in a transaction pipeline are not taken for slot moves
+  (:class:`_NodesManager`: a redis-py 6.4 bug that left a client unusable after a failover).
 * Linear packing (``_redis_packing.py``) for the connections of every node, present and
   discovered later: nodes are created with the client's ``connection_kwargs``.
 """
@@ -27,10 +29,11 @@ from __future__ import annotations
 from typing import Any, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode, NodesManager, RedisCluster
 from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import MovedError
 
 from flowmesh._errors import ConfigurationError
 from flowmesh._masking import mask_secrets
@@ -79,10 +82,32 @@ def _query_options(url: str) -> dict[str, str]:
     return dict(parse_qsl(urlsplit(url).query))
 
 
+class _NodesManager(NodesManager):
+    """Records only ``MOVED`` errors as slot moves.
+
+    redis-py 6.4's transaction pipeline (``load``'s ``MULTI``) hands a connection error to
+    ``update_moved_exception`` too; the next slot lookup then reads ``e.host`` of that error
+    and raises ``AttributeError``, and keeps raising it (the bad record is never cleared): a
+    worker whose master died during a ``load`` could never reach the cluster again. A
+    connection error is not recorded; the slot map is reloaded by the client's next command
+    that fails on the dead node (every non-transaction command reloads it then).
+    """
+
+    __slots__ = ()
+
+    def update_moved_exception(self, exception: Exception) -> None:
+        if isinstance(exception, MovedError):
+            super().update_moved_exception(exception)  # type: ignore[no-untyped-call]
+
+
 class FlowmeshCluster(RedisCluster):
     """``RedisCluster`` that routes ``FCALL`` by its own key arguments (no ``COMMAND
     GETKEYS`` round trip) and a :class:`SlotRouted` command (``WAIT``) to its slot's master;
     every other command as redis-py does."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.nodes_manager.__class__ = _NodesManager  # same layout: no slots of its own
 
     async def _determine_slot(self, command: str, *args: Any) -> int:
         # FCALL function numkeys key [key ...] arg [arg ...]; flowmesh's functions take keys

@@ -115,6 +115,38 @@ async def test_wait_routing_slot_routed_names_go_to_their_slots_master() -> None
     assert SlotRouted("WAIT", 4242) == "WAIT" and str(SlotRouted("WAIT", 1)).encode() == b"WAIT"
 
 
+MOVED_ONLY = "MOVED-only slot moves (flowmesh/store/_redis_cluster.py _NodesManager)"
+
+
+def test_moved_only_transactions_report_errors_through_update_moved_exception() -> None:
+    """The bug worked around: remove _NodesManager once redis-py stops recording connection
+    errors as moves (then this check fails: re-test a failover without it)."""
+    from redis.asyncio import cluster
+
+    reinit = inspect.getsource(cluster.TransactionStrategy._reinitialize_on_error)  # noqa: SLF001
+    if "update_moved_exception(error)" not in reinit or "CONNECTION_ERRORS" not in reinit:
+        _fail(MOVED_ONLY, "TransactionStrategy recording connection errors as moves")
+    if "e.host" not in inspect.getsource(cluster.NodesManager._update_moved_slots):  # noqa: SLF001
+        _fail(MOVED_ONLY, "NodesManager._update_moved_slots reading the error's host")
+
+
+def test_moved_only_connection_errors_leave_the_slot_map_usable() -> None:
+    from redis.asyncio.cluster import ClusterNode
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import MovedError
+
+    from flowmesh.store._redis_cluster import FlowmeshCluster
+
+    client = FlowmeshCluster(host="127.0.0.1", port=1)
+    manager = client.nodes_manager
+    master = ClusterNode("127.0.0.1", 7101)
+    manager.slots_cache = {7: [master]}
+    manager.update_moved_exception(RedisConnectionError("gone"))
+    assert manager.get_node_from_slot(7) is master  # redis-py 6.4: AttributeError, forever
+    manager.update_moved_exception(MovedError("7 127.0.0.1:7105"))
+    assert manager.get_node_from_slot(7).port == 7105
+
+
 def test_cluster_linear_packing_nodes_are_built_from_the_clients_connection_kwargs() -> None:
     from redis.asyncio import cluster
 
