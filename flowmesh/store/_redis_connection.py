@@ -34,6 +34,7 @@ from flowmesh.store._redis_cluster import (
     cluster_retry,
     is_cluster_url,
 )
+from flowmesh.store._redis_errors import raised_in_client_io
 from flowmesh.store._redis_functions import is_missing_function, library
 from flowmesh.store._redis_packing import use_linear_packing
 from flowmesh.store._redis_replicas import (
@@ -423,7 +424,9 @@ class RedisConnection:
         """Turn redis-py errors into StoreError, never leaking the URL's password."""
         try:
             yield
-        except (RedisError, RedisClusterException) as exc:
+        except (RedisError, RedisClusterException, AttributeError, RuntimeError) as exc:
+            if isinstance(exc, AttributeError | RuntimeError) and not raised_in_client_io(exc):
+                raise  # flowmesh's own bug, not a connection closed under a command
             detail = str(exc)
             password = urlsplit(self.config.url).password
             if password:

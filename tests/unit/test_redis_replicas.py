@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import redis.asyncio.connection
 import structlog
 
 from flowmesh._errors import ConfigurationError
@@ -84,3 +87,26 @@ def test_defaults_and_validation() -> None:
     with pytest.raises(ConfigurationError, match="below socket_timeout"):
         RedisStoreConfig(url="redis://h", app_id="a", replica_ack_timeout=10.0)
     check_replica_acks(None, 0.001, 10.0)
+
+
+def test_connection_closed_under_a_command_is_a_store_error_a_bug_is_not() -> None:
+    """redis-py's cluster client closes connections other commands are using; what they
+    raise then is a StoreError (retried), while an AttributeError of flowmesh's own is not."""
+    from flowmesh._errors import StoreError
+    from flowmesh.store.redis import RedisStore
+
+    store = RedisStore(RedisStoreConfig(url="redis://127.0.0.1:1", app_id="a"), codec=None)  # type: ignore[arg-type]
+
+    class Closed:
+        writer = None
+
+    def write_in_client() -> None:
+        Closed.writer.writelines([])  # type: ignore[attr-defined]
+
+    write_in_client.__code__ = write_in_client.__code__.replace(
+        co_filename=str(Path(redis.asyncio.connection.__file__))
+    )
+    with pytest.raises(StoreError, match="writelines"), store._translating("commit"):  # noqa: SLF001
+        write_in_client()
+    with pytest.raises(AttributeError), store._translating("commit"):  # noqa: SLF001
+        None.missing  # type: ignore[attr-defined]  # noqa: B018
