@@ -22,11 +22,13 @@ import redis
 _CLIENT_DIRS = tuple(
     str(Path(module.__file__).parent) + os.sep for module in (redis, asyncio) if module.__file__
 )
+_UVLOOP = "uvloop/"
+"""uvloop's transports are Cython: their frames are named ``uvloop/handles/stream.pyx``."""
 
 
 def raised_in_client_io(exc: BaseException) -> bool:
-    """Whether ``exc`` is an ``AttributeError`` or ``RuntimeError`` raised in redis-py's or
-    asyncio's own code (the innermost frame of its traceback), not in flowmesh's."""
+    """Whether ``exc`` is an ``AttributeError`` or ``RuntimeError`` raised in redis-py's,
+    asyncio's or uvloop's own code (the innermost frame of its traceback), not flowmesh's."""
     if not isinstance(exc, AttributeError | RuntimeError):
         return False
     tb = exc.__traceback__
@@ -34,7 +36,8 @@ def raised_in_client_io(exc: BaseException) -> bool:
         return False
     while tb.tb_next is not None:
         tb = tb.tb_next
-    return tb.tb_frame.f_code.co_filename.startswith(_CLIENT_DIRS)
+    filename = tb.tb_frame.f_code.co_filename
+    return filename.startswith(_CLIENT_DIRS) or filename.startswith(_UVLOOP)
 
 
 __all__ = ["raised_in_client_io"]
