@@ -126,7 +126,6 @@ class RedisStoreConfig:
             )
         if self.shards is not None:
             check_shards(self.shards)
-        check_replica_acks(self.replica_acks, self.replica_ack_timeout, self.socket_timeout)
         if not self.key_prefix or any(c in self.key_prefix for c in "{} \t\r\n"):
             raise ConfigurationError(
                 f"key_prefix {self.key_prefix!r} must be non-empty, without braces or spaces "
@@ -136,6 +135,7 @@ class RedisStoreConfig:
             raise ConfigurationError("socket_timeout and connect_timeout must be positive")
         if self.retries < 0:
             raise ConfigurationError(f"retries must be >= 0, got {self.retries}")
+        check_replica_acks(self.replica_acks, self.replica_ack_timeout, self.socket_timeout)
 
     @property
     def _scheme(self) -> str:
