@@ -122,6 +122,23 @@ def main(log_level: str, log_format: str) -> None:
     "1 on a standalone Redis, 16 on a cluster); a store written with another count is refused.",
 )
 @click.option(
+    "--redis-replica-acks",
+    type=click.IntRange(0, 16),
+    default=None,
+    envvar="FLOWMESH_REDIS_REPLICA_ACKS",
+    help="Replicas that must have a commit (Redis WAIT) before the consumed messages are "
+    "acked (default: 1 on a cluster, 0 on a standalone Redis); short of them after the "
+    "timeout, the commit stands and a warning is logged.",
+)
+@click.option(
+    "--redis-replica-ack-timeout",
+    type=click.FloatRange(0.001, 60.0),
+    default=1.0,
+    show_default=True,
+    envvar="FLOWMESH_REDIS_REPLICA_ACK_TIMEOUT",
+    help="Seconds a commit waits for --redis-replica-acks replicas.",
+)
+@click.option(
     "--drain-timeout", default=30.0, show_default=True, help="Seconds to finish work on SIGTERM."
 )
 @click.option(
@@ -181,6 +198,8 @@ def worker(
     allow_redis_everysec: bool,
     redis_check_interval: float,
     redis_shards: int | None,
+    redis_replica_acks: int | None,
+    redis_replica_ack_timeout: float,
     drain_timeout: float,
     ack_deadline: float,
     activity_lease: float,
@@ -234,6 +253,7 @@ def worker(
             allow_redis_everysec=allow_redis_everysec,
             redis_check_interval=redis_check_interval,
             redis_shards=redis_shards,
+            redis_replica_acks=(redis_replica_acks, redis_replica_ack_timeout),
         )
     )
 

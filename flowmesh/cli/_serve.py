@@ -28,6 +28,7 @@ async def serve(
     allow_redis_everysec: bool = False,
     redis_check_interval: float = 60.0,
     redis_shards: int | None = None,
+    redis_replica_acks: tuple[int | None, float] = (None, 1.0),
     codec: Codec | None = None,
 ) -> None:
     """Serve ``app`` until SIGTERM/SIGINT, then drain and exit.
@@ -37,6 +38,8 @@ async def serve(
     checked at start and every ``redis_check_interval`` seconds (0: only at start); if it
     becomes unsafe the replica drains and exits with the reason, as it would refuse to start.
     ``redis_shards`` (None: what the store records) must match the store's key layout.
+    ``redis_replica_acks``: ``(replicas, timeout)`` a commit waits for (None: the default,
+    1 on a cluster, 0 on a standalone Redis).
     """
     from flowmesh.store.redis import RedisStore, RedisStoreConfig
     from flowmesh.transport.rabbitmq import RabbitMQConfig, RabbitMQTransport
@@ -63,6 +66,8 @@ async def serve(
                 key_prefix=key_prefix,
                 allow_fsync_everysec=allow_redis_everysec,
                 shards=redis_shards,
+                replica_acks=redis_replica_acks[0],
+                replica_ack_timeout=redis_replica_acks[1],
             )
             store = RedisStore(config, codec)
             await store.connect()  # refuses a store of another key layout

@@ -6,7 +6,7 @@ nodes; the client asks them for the slot map and then talks to every master dire
 refreshes the map on ``MOVED`` or a lost node, e.g. after a failover). ``rediss+cluster://``
 connects over TLS with the same options as ``rediss://``.
 
-Two adjustments to redis-py, each checked by ``tests/unit/test_library_internals.py``:
+Four adjustments to redis-py, each checked by ``tests/unit/test_library_internals.py``:
 
 * ``FCALL`` routing. redis-py finds the keys of a command with "movable keys" (``FCALL``)
   by asking a server (``COMMAND GETKEYS``): one extra round trip per commit, before the
@@ -15,6 +15,11 @@ Two adjustments to redis-py, each checked by ``tests/unit/test_library_internals
   medians of 5 runs of 500 commits, AOF off): one commit at a time 0.75 ms instead of
   1.45 ms; 500 concurrent commits (group commit: one cluster pipeline) 0.27 ms instead of
   0.91 ms each, since the pipeline resolved every command's keys with its own round trip.
+* ``WAIT`` routing: a :class:`~flowmesh.store._redis_replicas.SlotRouted` command name
+  goes to the master of its slot (``_redis_replicas.py``: the replica acknowledgement of a
+  commit batch), resolved whenever the pipeline runs.
+* Connection errors in a transaction pipeline are not taken for slot moves
+  (:class:`_NodesManager`: a redis-py 6.4 bug that left a client unusable after a failover).
 * Linear packing (``_redis_packing.py``) for the connections of every node, present and
   discovered later: nodes are created with the client's ``connection_kwargs``.
 """
@@ -24,14 +29,16 @@ from __future__ import annotations
 from typing import Any, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode, NodesManager, RedisCluster
 from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import MovedError
 
 from flowmesh._errors import ConfigurationError
 from flowmesh._masking import mask_secrets
 from flowmesh.store._redis_packing import linear_packing_class
+from flowmesh.store._redis_replicas import SlotRouted
 
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 
@@ -75,9 +82,32 @@ def _query_options(url: str) -> dict[str, str]:
     return dict(parse_qsl(urlsplit(url).query))
 
 
+class _NodesManager(NodesManager):
+    """Records only ``MOVED`` errors as slot moves.
+
+    redis-py 6.4's transaction pipeline (``load``'s ``MULTI``) hands a connection error to
+    ``update_moved_exception`` too; the next slot lookup then reads ``e.host`` of that error
+    and raises ``AttributeError``, and keeps raising it (the bad record is never cleared): a
+    worker whose master died during a ``load`` could never reach the cluster again. A
+    connection error is not recorded; the slot map is reloaded by the client's next command
+    that fails on the dead node (every non-transaction command reloads it then).
+    """
+
+    __slots__ = ()
+
+    def update_moved_exception(self, exception: Exception) -> None:
+        if isinstance(exception, MovedError):
+            super().update_moved_exception(exception)  # type: ignore[no-untyped-call]
+
+
 class FlowmeshCluster(RedisCluster):
     """``RedisCluster`` that routes ``FCALL`` by its own key arguments (no ``COMMAND
-    GETKEYS`` round trip); every other command as redis-py does."""
+    GETKEYS`` round trip) and a :class:`SlotRouted` command (``WAIT``) to its slot's master;
+    every other command as redis-py does."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.nodes_manager.__class__ = _NodesManager  # same layout: no slots of its own
 
     async def _determine_slot(self, command: str, *args: Any) -> int:
         # FCALL function numkeys key [key ...] arg [arg ...]; flowmesh's functions take keys
@@ -90,6 +120,15 @@ class FlowmeshCluster(RedisCluster):
         ):
             return self.keyslot(args[2])
         return await super()._determine_slot(command, *args)
+
+    async def _determine_nodes(
+        self, command: str, *args: Any, node_flag: str | None = None
+    ) -> list[ClusterNode]:
+        # A SlotRouted command (WAIT after the commits of a slot) goes to that slot's master,
+        # as the slot map stands when the pipeline runs (and again on each retry).
+        if isinstance(command, SlotRouted):
+            return [self.nodes_manager.get_node_from_slot(command.slot)]
+        return await super()._determine_nodes(command, *args, node_flag=node_flag)
 
 
 def cluster_client(

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import redis.asyncio
 import structlog
 from redis.asyncio.client import Pipeline
-from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
@@ -34,13 +34,24 @@ from flowmesh.store._redis_cluster import (
     cluster_retry,
     is_cluster_url,
 )
+from flowmesh.store._redis_errors import raised_in_client_io
 from flowmesh.store._redis_functions import is_missing_function, library
 from flowmesh.store._redis_packing import use_linear_packing
+from flowmesh.store._redis_replicas import (
+    DEFAULT_TIMEOUT,
+    ReplicaAcks,
+    Wait,
+    add_waits,
+    check_replica_acks,
+)
 from flowmesh.store._redis_safety import (
     INFO_SECTIONS,
-    SAFETY_SETTINGS,
     info_safety_warnings,
+    node_info_of,
+    node_settings_of,
     safety_warnings,
+    setting_text,
+    settings_of,
 )
 from flowmesh.store._redis_shards import (
     CLUSTER_SHARDS,
@@ -88,6 +99,11 @@ class RedisStoreConfig:
     allow_fsync_everysec: bool = False
     """Whether :meth:`RedisStore.check_safety` accepts ``appendfsync everysec`` (a machine
     crash may then lose the last second of acknowledged commits); by default only ``always``."""
+    replica_acks: int | None = None
+    """Replicas that must have a commit batch before it is reported done (``WAIT``, see
+    ``_redis_replicas.py``); None: 1 on a cluster, 0 (no wait) on a standalone Redis."""
+    replica_ack_timeout: float = DEFAULT_TIMEOUT
+    """Seconds to wait for them; then the commit stands and a warning is logged."""
     shards: int | None = None
     """How many shards the app's keys are spread over (1-1024). None: what the store's layout
     key records, else 1 on a standalone Redis and 16 on a cluster. A store written with
@@ -119,6 +135,7 @@ class RedisStoreConfig:
             raise ConfigurationError("socket_timeout and connect_timeout must be positive")
         if self.retries < 0:
             raise ConfigurationError(f"retries must be >= 0, got {self.retries}")
+        check_replica_acks(self.replica_acks, self.replica_ack_timeout, self.socket_timeout)
 
     @property
     def _scheme(self) -> str:
@@ -133,6 +150,13 @@ class RedisStoreConfig:
     def default_shards(self) -> int:
         """Shards of a new store when ``shards`` is None: 16 on a cluster, else 1."""
         return CLUSTER_SHARDS if self.is_cluster else STANDALONE_SHARDS
+
+    @property
+    def effective_replica_acks(self) -> int:
+        """``replica_acks``, or its default: 1 on a cluster, 0 on a standalone Redis."""
+        if self.replica_acks is not None:
+            return self.replica_acks
+        return 1 if self.is_cluster else 0
 
     @property
     def masked_url(self) -> str:
@@ -210,6 +234,9 @@ class RedisConnection:
         )
         self._client: Client | None = None
         self._functions = library()
+        self._replica_acks = ReplicaAcks(
+            config.effective_replica_acks, config.replica_ack_timeout, config.app_id
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config.masked_url!r}, app_id={self.config.app_id!r})"
@@ -285,6 +312,7 @@ class RedisConnection:
     async def close(self) -> None:
         """Close the connection pool (idempotent)."""
         client, self._client = self._client, None
+        self._replica_acks.report()
         if client is not None:
             with self._translating("close"):
                 await client.aclose()
@@ -308,24 +336,35 @@ class RedisConnection:
         await self._load_functions()
         return await cast("Awaitable[Any]", client.fcall(function, len(keys), *keys, *args))
 
-    async def _run_pipelined(self, name: str, calls: Sequence[Call]) -> list[Any]:
+    async def _run_pipelined(
+        self, name: str, calls: Sequence[Call], *, replicated: bool = False
+    ) -> list[Any]:
         """:meth:`_run` for several calls in one pipeline (no transaction: one round trip).
 
         Returns one result per call; a call that failed on its own (a function's
         ``error_reply``) gets its exception object instead. If the library was missing, it
         is loaded and only the calls that failed for that are sent again: they did not run.
+        ``replicated``: the pipeline ends with ``WAIT`` for ``replica_acks`` replicas.
         """
         client, function = self._redis, self._functions.function(name)
+        acks = self._replica_acks if replicated and self._replica_acks.enabled else None
         results: list[Any] = [None] * len(calls)
         todo = list(range(len(calls)))
         for attempt in (1, 2):
             pipe: AnyPipeline
+            waits: list[Wait] = []
             async with client.pipeline(transaction=False) as pipe:
                 for index in todo:
                     keys, args = calls[index]
                     pipe.fcall(function, len(keys), *keys, *args)
+                if acks is not None:
+                    keys_of = [calls[i][0] for i in todo]
+                    waits = add_waits(pipe, client, acks, keys_of, self.config.masked_url)
                 replies = await pipe.execute(raise_on_error=False)
-            for index, reply in zip(todo, replies, strict=True):
+            if acks is not None:
+                done = replies[: len(todo)]
+                acks.settle(waits, replies[len(todo) :], [isinstance(r, Exception) for r in done])
+            for index, reply in zip(todo, replies, strict=False):
                 results[index] = reply
             todo = [
                 i
@@ -385,7 +424,9 @@ class RedisConnection:
         """Turn redis-py errors into StoreError, never leaking the URL's password."""
         try:
             yield
-        except (RedisError, RedisClusterException) as exc:
+        except (RedisError, RedisClusterException, AttributeError, RuntimeError) as exc:
+            if isinstance(exc, AttributeError | RuntimeError) and not raised_in_client_io(exc):
+                raise  # flowmesh's own bug, not a connection closed under a command
             detail = str(exc)
             password = urlsplit(self.config.url).password
             if password:
@@ -407,11 +448,11 @@ class RedisConnection:
         client = self._redis
         with self._translating("check safety"):
             if not isinstance(client, RedisCluster):
-                return await self._check_server(_settings_of(client), client.info)
+                return await self._check_server(settings_of(client), client.info)
             warnings: list[str] = []
             for node in sorted(client.get_primaries(), key=lambda n: n.name):
                 problems = await self._check_server(
-                    _node_settings_of(client, node), _node_info_of(client, node)
+                    node_settings_of(client, node), node_info_of(client, node)
                 )
                 warnings += (f"Redis Cluster master {node.name}: {p}" for p in problems)
             return warnings
@@ -439,45 +480,9 @@ class RedisConnection:
                 detail="CONFIG GET refused; appendfsync and save could not be checked",
             )
             return info_safety_warnings(sections)
-        settings = {_text(name): _text(value) for reply in replies for name, value in reply.items()}
+        settings = {
+            setting_text(name): setting_text(value)
+            for reply in replies
+            for name, value in reply.items()
+        }
         return safety_warnings(settings, allow_everysec=self.config.allow_fsync_everysec)
-
-
-def _settings_of(client: redis.asyncio.Redis) -> Callable[[], Awaitable[list[dict[Any, Any]]]]:
-    """Reads the safety settings of a standalone server in one pipeline."""
-
-    async def read() -> list[dict[Any, Any]]:
-        pipe: Pipeline
-        async with client.pipeline(transaction=False) as pipe:
-            for name in SAFETY_SETTINGS:
-                pipe.config_get(name)
-            return cast("list[dict[Any, Any]]", await pipe.execute())
-
-    return read
-
-
-def _node_settings_of(
-    client: FlowmeshCluster, node: ClusterNode
-) -> Callable[[], Awaitable[list[dict[Any, Any]]]]:
-    """Reads the safety settings of one cluster node."""
-
-    async def read() -> list[dict[Any, Any]]:
-        return [
-            await client.execute_command("CONFIG GET", name, target_nodes=node)
-            for name in SAFETY_SETTINGS
-        ]
-
-    return read
-
-
-def _node_info_of(
-    client: FlowmeshCluster, node: ClusterNode
-) -> Callable[[str], Awaitable[dict[str, Any]]]:
-    async def info(section: str) -> dict[str, Any]:
-        return cast("dict[str, Any]", await client.info(section, target_nodes=node))
-
-    return info
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

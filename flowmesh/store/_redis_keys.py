@@ -34,6 +34,7 @@ REDIS_COMMANDS = (
     "zcount",
     "info|persistence",
     "info|memory",
+    "wait",  # the replica acknowledgement of commits (_redis_replicas.py)
     # run by its functions (ACLs apply to the commands inside functions too)
     "exists",
     "hdel",

@@ -16,7 +16,13 @@ acked and an outbox it published after that commit):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    import redis.asyncio
+    from redis.asyncio.client import Pipeline
+    from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 SAFETY_SETTINGS = ("maxmemory-policy", "appendonly", "appendfsync", "save")
 """The settings :func:`safety_warnings` reads (``CONFIG GET`` each)."""
@@ -116,3 +122,46 @@ def info_safety_warnings(sections: Mapping[str, Mapping[str, object]]) -> list[s
             "loses commits since the last snapshot (or everything); set appendonly to 'yes'"
         )
     return warnings
+
+
+def settings_of(client: redis.asyncio.Redis) -> Callable[[], Awaitable[list[dict[Any, Any]]]]:
+    """Reads the safety settings of a standalone server in one pipeline."""
+
+    async def read() -> list[dict[Any, Any]]:
+        pipe: Pipeline
+        async with client.pipeline(transaction=False) as pipe:
+            for name in SAFETY_SETTINGS:
+                pipe.config_get(name)
+            return cast("list[dict[Any, Any]]", await pipe.execute())
+
+    return read
+
+
+def node_settings_of(
+    client: RedisCluster, node: ClusterNode
+) -> Callable[[], Awaitable[list[dict[Any, Any]]]]:
+    """Reads the safety settings of one cluster node."""
+
+    async def read() -> list[dict[Any, Any]]:
+        return [
+            await client.execute_command("CONFIG GET", name, target_nodes=node)
+            for name in SAFETY_SETTINGS
+        ]
+
+    return read
+
+
+def node_info_of(
+    client: RedisCluster, node: ClusterNode
+) -> Callable[[str], Awaitable[dict[str, Any]]]:
+    """Reads one ``INFO`` section of one cluster node."""
+
+    async def info(section: str) -> dict[str, Any]:
+        return cast("dict[str, Any]", await client.info(section, target_nodes=node))
+
+    return info
+
+
+def setting_text(value: bytes | str) -> str:
+    """A ``CONFIG GET`` name or value as text."""
+    return value.decode() if isinstance(value, bytes) else value

@@ -138,7 +138,10 @@ class RedisStore(ShardScans):
 
     async def _send_commits(self, calls: list[Call]) -> list[Any]:
         """Commit scripts gathered by the :class:`TurnBatcher`, in one round trip; a script
-        error fails only its own commit."""
+        error fails only its own commit. With ``replica_acks``, the pipeline ends with
+        ``WAIT`` (``_redis_replicas.py``): the batch is done once replicas have it."""
+        if self._replica_acks.enabled:
+            return await self._run_pipelined("commit", calls, replicated=True)
         if len(calls) == 1:
             try:
                 return [await self._run("commit", *calls[0])]
@@ -327,7 +330,14 @@ class RedisStore(ShardScans):
         keys = [shard.instance(instance_id), shard.held(instance_id), shard.held_index]
         entry = encode_held(held_ms, message.user_id, message.message_id, message.body)
         with self._translating(f"hold a message for {instance_id!r}"):
-            return bool(await self._run("hold", keys, [instance_id, held_ms, entry]))
+            if not self._replica_acks.enabled:
+                return bool(await self._run("hold", keys, [instance_id, held_ms, entry]))
+            # The message is acked once held: like a commit, it waits for the replicas.
+            calls: list[Call] = [(keys, [instance_id, held_ms, entry])]
+            (reply,) = await self._run_pipelined("hold", calls, replicated=True)
+        if isinstance(reply, Exception):
+            raise reply
+        return bool(reply)
 
     async def held(self, instance_id: str) -> list[HeldMessage]:
         """The messages held for ``instance_id``, oldest first."""

@@ -424,3 +424,26 @@ async def test_commits_of_one_loop_turn_share_a_round_trip_and_keep_their_own_re
     assert [r for n, r in enumerate(results) if n != 5] == [[]] * 19
     states = await asyncio.gather(*(store.load_state(i) for i in ids))
     assert [s.version if s else None for s in states] == [1 if i == ids[5] else 2 for i in ids]
+
+
+def test_a_connection_closed_under_a_command_is_a_store_error(redis_url: str) -> None:
+    """redis-py's cluster client closes connections other commands are using (on an error of
+    any node); under uvloop the command then fails with a RuntimeError from the transport,
+    which the store reports as a StoreError (retried), not as the message's own fault."""
+    import uvloop
+
+    async def main() -> None:
+        store = new_store(redis_url)
+        await store.connect()
+        try:
+            client = store._redis  # noqa: SLF001 - the connection to close under the store
+            assert isinstance(client, redis.asyncio.Redis)
+            connection = await client.connection_pool.get_connection()
+            connection._writer.transport.abort()  # type: ignore[union-attr]  # noqa: SLF001
+            await asyncio.sleep(0)
+            with pytest.raises(StoreError, match="RuntimeError"), store._translating("x"):  # noqa: SLF001
+                await connection.send_packed_command([b"*1\r\n$4\r\nPING\r\n"], False)
+        finally:
+            await store.close()
+
+    uvloop.run(main())

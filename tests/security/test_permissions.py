@@ -475,11 +475,17 @@ async def test_an_apps_redis_user_runs_only_flowmeshs_functions(secured: Secured
             await client.function_load(
                 f"#!lua name=evil\nredis.register_function('evil', function() {busy} end)"
             )
+        # WAIT (replica acknowledgement of commits) is granted: no replica here, so 0.
+        assert await client.execute_command("WAIT", 0, 1) == 0
     finally:
         await client.aclose()
 
     config = RedisStoreConfig(
-        url=secured.redis_url(user), app_id="app1", key_prefix=secured.key_prefix
+        url=secured.redis_url(user),
+        app_id="app1",
+        key_prefix=secured.key_prefix,
+        replica_acks=1,  # WAIT in the commit pipeline: allowed, short of a replica here
+        replica_ack_timeout=0.01,
     )
     async with RedisStore(config, CODEC) as store:
         await store.ensure_functions()

@@ -25,6 +25,7 @@ from flowmesh.transport.rabbitmq import RabbitMQTransport  # noqa: F401 - same
 
 LINEAR = "linear packing (flowmesh/store/_redis_packing.py)"
 FCALL_SLOT = "FCALL routing without COMMAND GETKEYS (flowmesh/store/_redis_cluster.py)"
+WAIT_ROUTING = "WAIT after a slot's commits (flowmesh/store/_redis_replicas.py SlotRouted)"
 CLUSTER_LINEAR = "linear packing on cluster nodes (flowmesh/store/_redis_cluster.py)"
 WRITER = "turn-buffered writer (flowmesh/transport/_rabbitmq_writes.py)"
 QUEUES = "unbounded frame queues (flowmesh/transport/_rabbitmq_writes.py unbound_frame_queues)"
@@ -81,6 +82,69 @@ def test_fcall_routing_cluster_clients_and_pipelines_resolve_slots_in_determine_
         _fail(FCALL_SLOT, "RedisCluster._determine_nodes calling _determine_slot")
     if "_determine_nodes(" not in inspect.getsource(cluster.PipelineStrategy):
         _fail(FCALL_SLOT, "cluster pipelines routing through client._determine_nodes")
+
+
+def test_wait_routing_pipelines_group_each_nodes_commands_in_order_on_one_connection() -> None:
+    """WAIT counts the writes of its own connection: it must follow the commits of its
+    master on the same connection. A cluster pipeline sends each node's commands, in queue
+    order, on one connection; the node of a command comes from _determine_nodes(command name,
+    ...), where a SlotRouted name is resolved."""
+    from redis.asyncio import cluster
+
+    execute = inspect.getsource(cluster.PipelineStrategy._execute)  # noqa: SLF001
+    if "client._determine_nodes(" not in execute or "*cmd.args" not in execute:
+        _fail(WAIT_ROUTING, "pipelines routing by client._determine_nodes(*cmd.args)")
+    if "execute_pipeline(" not in execute:
+        _fail(WAIT_ROUTING, "pipelines sending each node's commands with execute_pipeline")
+    pipeline = inspect.getsource(cluster.ClusterNode.execute_pipeline)
+    if pipeline.count("acquire_connection(") != 1 or "pack_commands(" not in pipeline:
+        _fail(WAIT_ROUTING, "ClusterNode.execute_pipeline: one connection, commands in order")
+
+
+async def test_wait_routing_slot_routed_names_go_to_their_slots_master() -> None:
+    from redis.asyncio.cluster import ClusterNode
+
+    from flowmesh.store._redis_cluster import FlowmeshCluster
+    from flowmesh.store._redis_replicas import SlotRouted
+
+    client = FlowmeshCluster(host="127.0.0.1", port=1)
+    master = ClusterNode("127.0.0.1", 7102)
+    client.nodes_manager.slots_cache = {4242: [master]}
+    nodes = await client._determine_nodes(SlotRouted("WAIT", 4242), 1, 1000)  # noqa: SLF001
+    assert nodes == [master]
+    assert SlotRouted("WAIT", 4242) == "WAIT" and str(SlotRouted("WAIT", 1)).encode() == b"WAIT"
+
+
+MOVED_ONLY = "MOVED-only slot moves (flowmesh/store/_redis_cluster.py _NodesManager)"
+
+
+def test_moved_only_transactions_report_errors_through_update_moved_exception() -> None:
+    """The bug worked around: remove _NodesManager once redis-py stops recording connection
+    errors as moves (then this check fails: re-test a failover without it)."""
+    from redis.asyncio import cluster
+
+    reinit = inspect.getsource(cluster.TransactionStrategy._reinitialize_on_error)  # noqa: SLF001
+    if "update_moved_exception(error)" not in reinit or "CONNECTION_ERRORS" not in reinit:
+        _fail(MOVED_ONLY, "TransactionStrategy recording connection errors as moves")
+    if "e.host" not in inspect.getsource(cluster.NodesManager._update_moved_slots):  # noqa: SLF001
+        _fail(MOVED_ONLY, "NodesManager._update_moved_slots reading the error's host")
+
+
+def test_moved_only_connection_errors_leave_the_slot_map_usable() -> None:
+    from redis.asyncio.cluster import ClusterNode
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import MovedError
+
+    from flowmesh.store._redis_cluster import FlowmeshCluster
+
+    client = FlowmeshCluster(host="127.0.0.1", port=1)
+    manager = client.nodes_manager
+    master = ClusterNode("127.0.0.1", 7101)
+    manager.slots_cache = {7: [master]}
+    manager.update_moved_exception(RedisConnectionError("gone"))
+    assert manager.get_node_from_slot(7) is master  # redis-py 6.4: AttributeError, forever
+    manager.update_moved_exception(MovedError("7 127.0.0.1:7105"))
+    assert manager.get_node_from_slot(7).port == 7105
 
 
 def test_cluster_linear_packing_nodes_are_built_from_the_clients_connection_kwargs() -> None:
