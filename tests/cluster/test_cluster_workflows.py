@@ -3,10 +3,11 @@ Redis Cluster as the store (``redis+cluster://``, 16 shards per app), RabbitMQ f
 
 * the multi-app chain, child workflows on another app, timers and external events;
 * one app's instances spread over all 3 masters;
-* 1,000 workflows in flight on two hosting apps while a Redis master is SIGKILLed, its replica
-  promoted and the old node restarted: all complete with the right results, the ledger shows
-  nothing lost or applied twice. Commits wait for a replica (``WAIT``, replica_acks 1 by
-  default on a cluster); the test prints how many commits were logged "not yet on a replica".
+* 1,000 workflows in flight on two hosting apps while a RabbitMQ node, or a Redis master, is
+  SIGKILLed and later restarted (a master's replica is promoted meanwhile): all complete with
+  the right results, the ledger shows nothing lost or applied twice. Commits wait for a
+  replica (``WAIT``, replica_acks 1 by default on a cluster); the test prints how many
+  commits were logged "not yet on a replica".
   Run it with ``FLOWMESH_REDIS_REPLICA_ACKS=0`` to see what asynchronous replication loses
   without the wait (not part of the suite: it may fail by design).
 """
@@ -40,9 +41,13 @@ STEPS = 3
 
 
 def amqp_url(urls: list[str], vhost: str) -> str:
-    """The one place that picks the broker URL the workers and clients use: the first node
-    for now (the URL-list failover of issue 17 will pass all of them, comma-separated)."""
-    return f"{urls[0].rstrip('/')}/{vhost}"
+    """The broker URL the workers and clients use: every node of the cluster, comma-separated
+    (the first with the vhost, the others as ``host:port`` taking the rest from it), so a
+    process fails over to another node when its node dies."""
+    first, *others = urls
+    return ",".join(
+        [f"{first.rstrip('/')}/{vhost}", *(u.split("@")[-1].rstrip("/") for u in others)]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +186,25 @@ def not_on_replica(workers: WorkerProcesses) -> tuple[int, int]:
     return warnings, commits
 
 
+def busiest_rabbit_node(workers: WorkerProcesses) -> int:
+    """The RabbitMQ node (1-3) most workers are connected to, from their ``transport.connected``
+    log lines: each process picks a node at random, and killing one nobody uses tests nothing."""
+    counts = dict.fromkeys((1, 2, 3), 0)
+    for _, _, path in workers.processes:
+        for line in path.read_text(errors="replace").splitlines():
+            if '"transport.connected"' not in line:
+                continue
+            try:
+                node = str(json.loads(line).get("node", ""))
+            except json.JSONDecodeError:
+                continue
+            port = node.rsplit(":", 1)[-1]
+            if port in ("5701", "5702", "5703"):
+                counts[int(port) - 5700] += 1
+    print(f"\nworker connections per RabbitMQ node: {counts}")
+    return max(counts, key=lambda n: counts[n])
+
+
 async def completed(ledgers: dict[str, Ledger], stores: dict[str, RedisStore]) -> int:
     done = 0
     for app_id, ledger in ledgers.items():
@@ -193,14 +217,18 @@ async def completed(ledgers: dict[str, Ledger], stores: dict[str, RedisStore]) -
 
 @pytest.mark.slow
 @pytest.mark.timeout(420)
-async def test_a_thousand_workflows_survive_a_redis_master_failover(
+@pytest.mark.parametrize("fault", ["redis-master", "rabbitmq-node"])
+async def test_a_thousand_workflows_survive_a_node_loss(
+    fault: str,
     cluster: LocalCluster,
     cl_workers: WorkerProcesses,
     cluster_services: Services,
     stores: dict[str, RedisStore],
 ) -> None:
-    """SIGKILL a master with 1,000 workflows in flight; its replica is promoted; the old node
-    comes back as a replica. All complete once, with the right results."""
+    """SIGKILL a node with 1,000 workflows in flight, then start it again: a Redis master (its
+    replica is promoted; the old node comes back as a replica) or a RabbitMQ node (clients
+    and workers on it fail over to another node; its quorum queue leaders are re-elected).
+    All complete once, with the right results."""
     began = time.monotonic()
     start_workers(cl_workers, (*HOSTS, "cl-act"))
     ledgers = {app_id: Ledger(app_id, cl_workers) for app_id in HOSTS}
@@ -210,7 +238,7 @@ async def test_a_thousand_workflows_survive_a_redis_master_failover(
 
         async def start_one(i: int) -> None:
             ledger = ledgers[HOSTS[i % 2]]
-            instance_id = f"fo-{i:04d}"
+            instance_id = f"fo-{fault}-{i:04d}"
             await ledger.start(client, "chain", STEPS, chain_result(STEPS), instance_id=instance_id)
 
         await asyncio.gather(*(start_one(i) for i in range(IN_FLIGHT)))
@@ -218,17 +246,28 @@ async def test_a_thousand_workflows_survive_a_redis_master_failover(
         await asyncio.sleep(1.0)
         before = await completed(ledgers, stores)
         killed_at = time.monotonic()
-        victim = await asyncio.to_thread(cluster.kill_redis_master)
-        promoted_in = time.monotonic() - killed_at
-        during = await completed(ledgers, stores)
+        if fault == "redis-master":
+            victim = await asyncio.to_thread(cluster.kill_redis_master)
+            what = f"Redis {victim}"
+        else:
+            victim = busiest_rabbit_node(cl_workers)
+            await asyncio.to_thread(cluster.kill_rabbit, victim)
+            what = f"RabbitMQ node {victim}"
+        failed_over_in = time.monotonic() - killed_at
         await asyncio.sleep(3.0)
-        await asyncio.to_thread(cluster.start_redis, victim)
+        # Progress while the node is still down (the other nodes carry the load).
+        during = await completed(ledgers, stores)
+        during_at = time.monotonic() - killed_at
+        if fault == "redis-master":
+            await asyncio.to_thread(cluster.start_redis, victim)
+        else:
+            await asyncio.to_thread(cluster.start_rabbit, victim)
         back_in = time.monotonic() - killed_at
         print(
             f"\nworkers ready in {starting - began:.1f}s; {IN_FLIGHT} started in "
-            f"{started_in:.1f}s; {before} done when Redis {victim} was killed; replica "
-            f"promoted after {promoted_in:.1f}s ({during} done); old node back after "
-            f"{back_in:.1f}s"
+            f"{started_in:.1f}s; {before} done when {what} was killed; "
+            f"kill returned after {failed_over_in:.1f}s; {during} done {during_at:.1f}s after the "
+            f"kill with the node still down; the node back after {back_in:.1f}s"
         )
         deadline = time.monotonic() + 180
         done = 0
