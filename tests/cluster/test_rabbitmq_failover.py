@@ -98,8 +98,25 @@ def members(cluster: LocalCluster, vhost: str, *, node: int = 1) -> dict[str, in
     return result
 
 
+def cluster_state(cluster: LocalCluster, vhost: str, victim: int) -> list[str]:
+    """Queue leaders and members, and connection states, as the surviving nodes see them."""
+    state = []
+    for node in (1, 2, 3):
+        if node == victim:
+            continue
+        for args in (
+            ("list_queues", "-p", vhost, "name", "leader", "members"),
+            ("list_connections", "name", "state", "blocked_by"),
+        ):
+            try:
+                state.append(cluster.rabbitmqctl(node, *args))
+            except RuntimeError as exc:
+                state.append(str(exc)[-500:])
+    return state
+
+
 async def test_transport_fails_over_when_its_node_is_killed_and_loses_no_message(
-    cluster: LocalCluster, transport: RabbitMQTransport
+    cluster: LocalCluster, transport: RabbitMQTransport, vhost: str
 ) -> None:
     """Publish 2000 confirmed messages while consuming; SIGKILL the node the transport is
     connected to after 300. Publishing and consuming resume on another node within the
@@ -122,6 +139,7 @@ async def test_transport_fails_over_when_its_node_is_killed_and_loses_no_message
     confirmed: list[str] = []
     confirmed_at: list[float] = []
     failures: Counter[str] = Counter()
+    last_failure: list[str] = []
 
     async def publisher() -> None:
         sent = 0
@@ -148,6 +166,8 @@ async def test_transport_fails_over_when_its_node_is_killed_and_loses_no_message
                     if outcome is None:
                         confirmed.append(message.message_id)
                         confirmed_at.append(time.monotonic())
+                    else:
+                        last_failure[:] = [f"{type(outcome).__name__}: {outcome}"]
                 retry = [m for m, o in zip(retry, outcomes, strict=True) if o is not None]
 
     task = asyncio.create_task(publisher())
@@ -156,7 +176,17 @@ async def test_transport_fails_over_when_its_node_is_killed_and_loses_no_message
     killed_at = time.monotonic()
     await asyncio.to_thread(cluster.kill_rabbit, victim)
     dead_at = time.monotonic()  # the VM is gone
-    await asyncio.wait_for(task, timeout=120)
+    try:
+        await asyncio.wait_for(task, timeout=120)
+    except TimeoutError:
+        # Say why publishing did not resume: the transport's last error and what the
+        # surviving nodes report about the queue and their connections.
+        state = cluster_state(cluster, vhost, victim)
+        pytest.fail(
+            f"publishing did not resume within 120 s of killing fmc{victim}: "
+            f"{len(set(confirmed))}/{MESSAGES} confirmed, last failure {last_failure}, "
+            f"transport on {transport.nodes}; cluster: {state}"
+        )
     await poll(lambda: not set(confirmed) - received.keys(), timeout=60)
 
     after = transport.nodes
