@@ -35,6 +35,7 @@ import argparse
 import asyncio
 import os
 import signal
+import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -45,9 +46,13 @@ import msgpack  # type: ignore[import-untyped,unused-ignore]
 import redis.asyncio
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 from aiormq import spec
+from yarl import URL
 
 from bench import loops
-from flowmesh.transport._rabbitmq_writes import connect_buffered
+from flowmesh.transport._rabbitmq_writes import (
+    BufferingRobustConnection,
+    TurnBufferedTransportFactory,
+)
 
 _QUEUE_ARGS: dict[str, Any] = {"x-queue-type": "quorum"}
 FLOOR_START_PREFETCH = 16
@@ -77,6 +82,28 @@ _CONNECT: dict[str, Any] = {
     "reconnect_interval": 1.0,
     "ssl_context": None,
 }
+
+
+async def connect_buffered(
+    url: str,
+    *,
+    timeout: float,
+    connection_name: str,
+    reconnect_interval: float,
+    ssl_context: ssl.SSLContext | None,
+) -> AbstractRobustConnection:
+    """A robust connection to one node whose frames leave in one write per loop turn: the
+    socket handling of flowmesh's transport (minus its failover between cluster nodes, which
+    the floor, on one broker, does not need)."""
+    connection = BufferingRobustConnection(
+        URL(url),
+        ssl_context=ssl_context,
+        client_properties={"connection_name": connection_name},
+        reconnect_interval=reconnect_interval,
+        transport_factory=TurnBufferedTransportFactory(),
+    )
+    await connection.connect(timeout=timeout)
+    return connection
 
 
 def queue(name: str, kind: str = "work") -> str:
