@@ -19,7 +19,7 @@ from flowmesh.engine._actions import (
     pending_task,
 )
 from flowmesh.engine._mailbox import EventMailbox
-from flowmesh.engine._tasks import Task, cancel_all
+from flowmesh.engine._tasks import Canceller, Task, cancel_parts
 from flowmesh.model import (
     CancelActivity,
     CancelChildWorkflow,
@@ -60,6 +60,11 @@ class TaskScheduler:
         self.cancelled_timers: list[int] = []
         self.children: dict[str, str] = {}
         """Child instance -> app, for recursive terminate and sender checks."""
+        # The cancellers of our tasks, bound on first use and then shared: a bound method
+        # made per task costs 64 bytes per open task of every cached execution, and binding
+        # both up front costs an idle execution that never needs one (Task.set_canceller).
+        self._release_task: Canceller | None = None
+        self._release_wait: Canceller | None = None
 
     def allocate(
         self,
@@ -73,7 +78,9 @@ class TaskScheduler:
         task: Task[Any] = Task()
         self.actions[seq] = action
         self.open[seq] = OpenTask(kind, action, task, self._now())
-        task.set_canceller(lambda: self.cancel(seq))
+        if self._release_task is None:
+            self._release_task = self._cancel_task
+        task.set_canceller(self._release_task, seq)
         return task
 
     def confirm(self, event: RecordedAction) -> str:
@@ -123,6 +130,12 @@ class TaskScheduler:
         its store entry is removed, a late firing is dropped."""
         if self.open.pop(seq, None) is not None:
             self.cancelled_timers.append(seq)
+
+    def _cancel_task(self, _task: Task[Any], seq: int) -> None:
+        self.cancel(seq)
+
+    def _stop_waiting(self, task: Task[Any], name: str) -> None:
+        self._mailbox.stop_waiting(name, task)
 
     def cancel(self, seq: int) -> None:
         """Release task ``seq`` the workflow cancelled (:meth:`Task.cancel`).
@@ -215,13 +228,15 @@ class TaskScheduler:
             task.resolve(kept.data)
             return task
         self._mailbox.wait(key, task)
-        task.set_canceller(lambda: self._mailbox.stop_waiting(key, task))
+        if self._release_wait is None:
+            self._release_wait = self._stop_waiting
+        task.set_canceller(self._release_wait, key)
         if timeout is None:
             return task
         timer = self.schedule_timer(self._now() + timeout)
         result: Task[Any] = Task()
         timer_seq = self.next_seq - 1
-        result.set_canceller(lambda: cancel_all((task, timer)))
+        result.set_canceller(cancel_parts, (task, timer))
 
         def on_event(done: Task[Any]) -> None:
             if not result.is_complete:
@@ -249,7 +264,7 @@ class TaskScheduler:
         result: Task[Any] = Task()
         first_start = self._now()
         current = [first]  # the running attempt or the backoff timer: what a cancel stops
-        result.set_canceller(lambda: current[0].cancel())  # noqa: PLW0108 - current[0] changes
+        result.set_canceller(cancel_parts, current)
 
         def attempt_done(attempt: int, done: Task[Any]) -> None:
             if result.is_complete:
@@ -284,7 +299,7 @@ class TaskScheduler:
     ) -> Task[Any]:
         timer_seq = self.next_seq - 1
         result: Task[Any] = Task()
-        result.set_canceller(lambda: cancel_all((task, timer)))
+        result.set_canceller(cancel_parts, (task, timer))
 
         def on_task(done: Task[Any]) -> None:
             if result.is_complete:

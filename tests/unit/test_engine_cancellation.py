@@ -316,7 +316,7 @@ def test_cancel_of_a_completed_task_returns_false() -> None:
 def test_a_cancelled_task_raises_task_cancelled_error() -> None:
     task: Task[int] = Task()
     released: list[bool] = []
-    task.set_canceller(lambda: released.append(True))
+    task.set_canceller(lambda _task, _key: released.append(True))
     assert task.cancel() is True
     assert released == [True]
     with pytest.raises(TaskCancelledError):
