@@ -95,3 +95,14 @@ def test_steps_within_counts_steps_by_their_start_time() -> None:
     runs = [[1.0, 1.5, 3.0], [2.0, 2.25]]
     assert bench_stats.steps_within(runs, 1.0, 2.0) == [0.5, 1.5]
     assert bench_stats.steps_within(runs, 2.0, 3.5) == [0.25]
+
+
+def test_script_calls_count_flowmesh_fcalls_as_well_as_the_floor_evalshas() -> None:
+    """flowmesh commits through FCALL: a report counting only EVALSHA showed it at 0.00."""
+    results = [
+        _line("W2", "floor", 1, n=100, redis_calls={"evalsha": 100, "get": 7}),
+        _line("W2", "flowmesh", 1, n=100, redis_calls={"fcall": 150, "multi": 50}),
+    ]
+    text = bench_report.render(results, total_s=1.0)
+    assert "W2 floor (round 1): 1.00 Redis script calls (EVALSHA/FCALL + MULTI) per step" in text
+    assert "W2 flowmesh (round 1): 2.00 Redis script calls (EVALSHA/FCALL + MULTI) per step" in text
