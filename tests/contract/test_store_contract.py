@@ -127,8 +127,8 @@ def state(
     )
 
 
-def message(body: bytes = b"task", **extra: str) -> Outgoing:
-    return Outgoing(app_id="payments", kind=QueueKind.WORK, body=body, **extra)
+def message(body: bytes = b"task", message_id: str = "") -> Outgoing:
+    return Outgoing(app_id="payments", kind=QueueKind.WORK, body=body, message_id=message_id)
 
 
 def step(
@@ -807,7 +807,7 @@ async def _forget_functions(store: WorkflowStore) -> None:
         return
     client = redis_client(store.config)
     try:
-        await client.function_delete(library().name)
+        await client.function_delete(library().name)  # type: ignore[misc]  # redis-py types it for both clients
     except redis.exceptions.NoPermissionError:
         pass
     except redis.exceptions.ResponseError as exc:

@@ -140,9 +140,11 @@ class Recorder:
         assert self.received.empty()
 
 
-def work(app_id: str, body: bytes, **properties: str) -> Outgoing:
+def work(
+    app_id: str, body: bytes, message_id: str = "", reply_to: str = "", correlation_id: str = ""
+) -> Outgoing:
     """A message to ``app_id``'s work queue."""
-    return Outgoing(app_id, WORK, body, **properties)
+    return Outgoing(app_id, WORK, body, message_id, reply_to, correlation_id)
 
 
 async def stats_become(transport: Transport, expected: QueueStats) -> None:

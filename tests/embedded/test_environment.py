@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -293,9 +294,9 @@ async def test_oversized_activity_input_fails_at_the_call_site_inside_the_workfl
 
 
 @orders.workflow
-async def relay(ctx: WorkflowContext, state: dict[str, int]) -> list[str]:
+async def relay(ctx: WorkflowContext, state: dict[str, Any]) -> list[str]:
     shipped = await ctx.call_child_workflow("ship", {"amount": state["run"]}, app_id="shipping")
-    seen = [*state.get("seen", []), shipped]  # type: ignore[list-item]
+    seen = [*state.get("seen", []), shipped]
     if state["run"] < 3:
         return ctx.continue_as_new({"run": state["run"] + 1, "seen": seen})
     return seen

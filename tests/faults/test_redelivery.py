@@ -203,7 +203,7 @@ async def test_an_unregistered_activity_backs_off_writes_little_and_stops_when_t
             "needs_missing", None, app_id="fault-host", instance_id="missing-1"
         )
         deadline = time.monotonic() + 30
-        versions = []
+        versions: list[int] = []
         while time.monotonic() < deadline:
             seen = log_events(workers, "fault-act", event)
             if len(seen) in (2, 4) and len(versions) < len(seen) // 2:

@@ -439,7 +439,7 @@ def test_a_connection_closed_under_a_command_is_a_store_error(redis_url: str) ->
             client = store._redis  # noqa: SLF001 - the connection to close under the store
             assert isinstance(client, redis.asyncio.Redis)
             connection = await client.connection_pool.get_connection()
-            connection._writer.transport.abort()  # type: ignore[union-attr]  # noqa: SLF001
+            connection._writer.transport.abort()  # noqa: SLF001
             await asyncio.sleep(0)
             with pytest.raises(StoreError, match="RuntimeError"), store._translating("x"):  # noqa: SLF001
                 await connection.send_packed_command([b"*1\r\n$4\r\nPING\r\n"], False)

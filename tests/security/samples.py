@@ -23,6 +23,8 @@ from flowmesh.model import (
     EventRaised,
     EventSent,
     FailureDetails,
+    HistoryEvent,
+    Message,
     ParentRef,
     PatchRecorded,
     PendingTask,
@@ -77,7 +79,7 @@ STATE = WorkflowState(
     version=5,
 )
 
-MESSAGES = [
+MESSAGES: list[Message] = [
     StartWorkflow("order-17", "process_order", "orders", {"card": SECRET}, PARENT, "req-1"),
     StartWorkflow("order-18", "process_order", "orders"),
     ActivityTask("order-17", "orders", "payments", 3, 2, "charge", [SECRET, 1, 2.5, None]),
@@ -98,7 +100,7 @@ MESSAGES = [
     ActivityCancel("order-17", "orders", "payments", 3, 2, "run-1"),
 ]
 
-EVENTS = [
+EVENTS: list[HistoryEvent] = [
     WorkflowStarted("process_order", "order-17", "orders", {"card": SECRET}, PARENT, "req-1"),
     WorkflowStarted("process_order", "order-18", "orders"),
     StepStarted(NOW),

@@ -22,10 +22,10 @@ import functools
 import math
 import pickle
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import msgpack
 import pytest
@@ -48,6 +48,7 @@ from flowmesh.model import (
     Control,
     ControlAction,
     Describe,
+    Message,
     ParentRef,
     RaiseEvent,
     StartAck,
@@ -75,8 +76,16 @@ ENC = Codec(payload_codec=SEALER)
 CODECS = {"plain": PLAIN, "encrypted": ENC}
 HOST = "orders"
 """The app hosting the samples' workflow: messages that do not name it are bound to it."""
-AT = {"app_id": HOST, "instance_id": "order-17"}
+
+
+class Where(TypedDict):
+    app_id: str
+    instance_id: str
+
+
+AT: Where = {"app_id": HOST, "instance_id": "order-17"}
 """Where the samples' history events and state are kept."""
+
 
 # -- apps served by the handler fuzz --------------------------------------------------------------
 
@@ -110,7 +119,7 @@ def fz_echo_value(ctx: ActivityContext, value: object) -> object:
 
 
 # Messages aimed at the fuzzed apps, so that mutations of them reach real code paths.
-TARGETED = [
+TARGETED: list[Message] = [
     StartWorkflow("fz-1", "fz_flow", "fz-host", 3, request_id="r-1"),
     StartWorkflow("fz-2", "fz_echo", "fz-host", {"x": [1, b"2"]}, ParentRef("p-1", "fz-host", 0)),
     ActivityTask("fz-1", "fz-host", "fz-act", 0, 1, "fz_double", 3),
@@ -339,7 +348,7 @@ def test_structured_mutations_of_valid_envelopes_only_raise_decode_error(data: b
     field=st.sampled_from(["instance_id", "name", "seq", "attempt", "app_id", "event_id"]),
 )
 def test_wrong_types_in_typed_fields_are_refused_by_both_codecs(
-    message: Any, field_value: object, field: str
+    message: ActivityTask | RaiseEvent, field_value: object, field: str
 ) -> None:
     for codec in CODECS.values():
         tree = unpack_raw(codec.encode_message(message, app_id=HOST))
@@ -376,7 +385,9 @@ def test_decryptable_junk_in_encrypted_fields_only_raises_decode_error(
     message=st.sampled_from([m for m in MESSAGES if isinstance(m, StartWorkflow | RaiseEvent)]),
     flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(1, 255)), min_size=1, max_size=4),
 )
-def test_no_mutation_of_a_ciphertext_ever_decrypts(message: Any, flips: list[Any]) -> None:
+def test_no_mutation_of_a_ciphertext_ever_decrypts(
+    message: StartWorkflow | RaiseEvent, flips: list[tuple[int, int]]
+) -> None:
     field = "input" if isinstance(message, StartWorkflow) else "data"
     tree = unpack_raw(ENC.encode_message(message, app_id=HOST))
     sealed = bytearray(tree[2][field])
@@ -398,7 +409,7 @@ QUEUES = [("fz-host", QueueKind.WORK), ("fz-host", QueueKind.REPLY), ("fz-act", 
 class Outcome:
     dead: dict[str, list[tuple[bytes, str]]]
     expected_dead: Counter[tuple[str, bytes]]
-    logs: list[dict[str, Any]]
+    logs: list[MutableMapping[str, Any]]
 
 
 # A handler that raised (or left its delivery unsettled) is caught by the transport, which
@@ -431,7 +442,7 @@ async def _run_hostile(
     bodies: list[tuple[int, bytes]],
     check: Callable[[TestEnvironment], Any],
     expected: Counter[tuple[str, bytes]],
-    logs: list[dict[str, Any]],
+    logs: list[MutableMapping[str, Any]],
 ) -> Outcome:
     async with TestEnvironment([fz_host, fz_act], codec=codec) as env:
         for index, (queue, body) in enumerate(bodies):
@@ -527,7 +538,7 @@ def test_pickle_and_eval_payloads_stay_inert_data(tmp_path: Path, codec_name: st
 
 # -- valid but hostile messages --------------------------------------------------------------------
 
-INVALID_IDS = {
+INVALID_IDS: dict[str, list[Message]] = {
     "reply": [
         ActivityResult("*", 0, 1),
         Control("bad id!", ControlAction.TERMINATE),
@@ -552,7 +563,7 @@ INVALID_IDS = {
     ],
 }
 
-VALID_BUT_HOSTILE = {
+VALID_BUT_HOSTILE: dict[str, list[Message]] = {
     "reply": [
         ActivityResult("nobody", 0, 1, "x"),
         ActivityResult("waiter", MAX_SEQ, 1, "x"),
@@ -588,7 +599,7 @@ VALID_BUT_HOSTILE = {
 _RESULT = ActivityResult("waiter", 0, 1, "x")
 _LEASE = ActivityLease("waiter", 0, 1, 30.0)
 _TASK = ActivityTask("waiter", "fz-host", "fz-act", 0, 1, "fz_double", "not a number")
-OUT_OF_RANGE: dict[str, list[tuple[Any, dict[str, object]]]] = {
+OUT_OF_RANGE: dict[str, list[tuple[Message, dict[str, object]]]] = {
     "reply": [
         (_RESULT, {"seq": 2**64 - 1}),
         (_RESULT, {"seq": -5, "attempt": 0}),
@@ -607,7 +618,7 @@ OUT_OF_RANGE: dict[str, list[tuple[Any, dict[str, object]]]] = {
 }
 
 
-def tampered(codec: Codec, message: Any, fields: dict[str, object], app_id: str) -> bytes:
+def tampered(codec: Codec, message: Message, fields: dict[str, object], app_id: str) -> bytes:
     """``message`` encoded by ``codec`` for ``app_id`` with ``fields`` replaced in its (plain)
     fields map."""
     version, kind, body = msgpack.unpackb(codec.encode_message(message, app_id=app_id))
@@ -676,7 +687,7 @@ async def _publish_hostile_and_check(codec: Codec, queue: dict[str, int]) -> Non
         assert await waiter.result(timeout=10) == {"fine": True}
         await normal_workflow_completes(env)
         # Every stored ID, even unlisted ones: the in-memory store's table itself.
-        stored = set(env.stores["fz-host"]._instances)  # type: ignore[attr-defined]  # noqa: SLF001
+        stored = set(env.stores["fz-host"]._instances)  # noqa: SLF001
         assert not stored & {"bad id!", "*", "{evil}", "ok-1", "ok-2", "ok-3", "ok-5"}
 
 

@@ -54,6 +54,8 @@ from flowmesh.model import (
     ActivityTask,
     ChildResult,
     ChildWorkflowCompleted,
+    HistoryEvent,
+    Message,
     RaiseEvent,
     StartWorkflow,
     StateReply,
@@ -113,14 +115,16 @@ def fields_of(data: bytes) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("message", MESSAGES, ids=lambda m: type(m).__name__)
-def test_every_message_round_trips_encrypted_without_plaintext(message: Any) -> None:
+def test_every_message_round_trips_encrypted_without_plaintext(message: Message) -> None:
     data = ENC.encode_message(message, app_id=HOST)
     assert ENC.decode_message(data, app_id=HOST) == message
     assert SECRET_BYTES not in data
 
 
 @pytest.mark.parametrize("event", EVENTS, ids=lambda e: type(e).__name__)
-def test_every_history_event_round_trips_encrypted_without_plaintext(event: Any) -> None:
+def test_every_history_event_round_trips_encrypted_without_plaintext(
+    event: HistoryEvent,
+) -> None:
     data = ENC.encode_event(event, **AT)
     assert ENC.decode_event(data, **AT) == event
     assert SECRET_BYTES not in data
@@ -258,10 +262,12 @@ def test_a_protected_field_that_is_not_bin_is_refused(value: object) -> None:
 
 
 def test_a_missing_protected_field_takes_its_default() -> None:
-    fields = fields_of(ENC.encode_message(MESSAGES[0], app_id=HOST))
+    start = MESSAGES[0]
+    assert isinstance(start, StartWorkflow)
+    fields = fields_of(ENC.encode_message(start, app_id=HOST))
     del fields["input"]
     data = msgpack.packb([1, "StartWorkflow", fields], use_bin_type=True)
-    assert ENC.decode_message(data, app_id=HOST) == dataclasses.replace(MESSAGES[0], input=None)
+    assert ENC.decode_message(data, app_id=HOST) == dataclasses.replace(start, input=None)
 
 
 # -- tampering, wrong keys, unknown keys ----------------------------------------------------------
@@ -503,7 +509,8 @@ def test_a_value_moved_into_another_instances_message_is_refused() -> None:
     other_task = ENC.encode_message(ActivityTask("i-2", "orders", "pay", 3, 1, "charge", 0))
     with pytest.raises(DecodeError, match="failed authentication"):
         ENC.decode_message(_moved(task, "input", other_task, "input"))
-    assert ENC.decode_message(other).input == {"card": "mine"}  # the untouched one decodes
+    untouched = ENC.decode_message(other)  # the untouched one decodes
+    assert isinstance(untouched, StartWorkflow) and untouched.input == {"card": "mine"}
 
 
 def test_a_value_moved_into_another_apps_message_is_refused() -> None:
@@ -673,12 +680,14 @@ def test_unbound_fmenc1_values_are_refused_unless_allowed_for_migration() -> Non
     with pytest.raises(DecodeError, match=r"fmenc1.*FLOWMESH_PAYLOAD_ALLOW_UNBOUND"):
         ENC.decode_message(blob)
     migrating = codec_with({"k1": KEY1}, allow_unbound=True)
-    assert migrating.decode_message(blob).input == {"card": SECRET}
+    migrated = migrating.decode_message(blob)
+    assert isinstance(migrated, StartWorkflow) and migrated.input == {"card": SECRET}
     assert fields_of(migrating.encode_message(MESSAGES[0]))["input"].startswith(b"fmenc2")
     env = {"FLOWMESH_PAYLOAD_KEYS": f"k1:{b64(KEY1)}"}
     assert not build_codec(env).payload_codec.allow_unbound  # type: ignore[union-attr]
     lenient = build_codec({**env, "FLOWMESH_PAYLOAD_ALLOW_UNBOUND": "1"})
-    assert lenient.decode_message(blob).input == {"card": SECRET}
+    read = lenient.decode_message(blob)
+    assert isinstance(read, StartWorkflow) and read.input == {"card": SECRET}
     with pytest.raises(ConfigurationError, match="ALLOW_UNBOUND"):
         build_codec({**env, "FLOWMESH_PAYLOAD_ALLOW_UNBOUND": "maybe"})
 
@@ -865,20 +874,37 @@ def redis_dump(url: str, prefix: str) -> Iterator[tuple[bytes, bytes]]:
     """(key, raw content) of every key under ``prefix``, whatever its type."""
     client = redis.Redis.from_url(url)
     try:
+        # redis-py types the sync client's replies as ``Awaitable[...] | ...`` (one signature
+        # for both clients): each isinstance below narrows to what this client returns.
         for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-            kind = client.type(key).decode()
+            type_name = client.type(key)
+            assert isinstance(type_name, bytes)
+            kind = type_name.decode()
+            parts: list[bytes]
             if kind == "string":
-                parts = [client.get(key) or b""]
+                value = client.get(key)
+                assert value is None or isinstance(value, bytes)
+                parts = [value or b""]
             elif kind == "hash":
-                parts = [b for kv in client.hgetall(key).items() for b in kv]
+                mapping = client.hgetall(key)
+                assert isinstance(mapping, dict)
+                parts = [b for kv in mapping.items() for b in kv]
             elif kind == "list":
-                parts = list(client.lrange(key, 0, -1))
+                items = client.lrange(key, 0, -1)
+                assert isinstance(items, list)
+                parts = list(items)
             elif kind == "set":
-                parts = list(client.smembers(key))
+                members = client.smembers(key)
+                assert isinstance(members, set)
+                parts = list(members)
             elif kind == "zset":
-                parts = [m for m, _ in client.zrange(key, 0, -1, withscores=True)]
+                scored = client.zrange(key, 0, -1, withscores=True)
+                assert isinstance(scored, list)
+                parts = [m for m, _ in scored]
             else:
-                parts = [client.dump(key) or b""]
+                dumped = client.dump(key)
+                assert dumped is None or isinstance(dumped, bytes)
+                parts = [dumped or b""]
             yield key, b"\x00".join(parts)
     finally:
         client.close()

@@ -267,6 +267,7 @@ async def test_each_app_runs_a_multi_app_workflow_with_only_its_own_credentials(
 
     start(workers, secured, "app3")
     result = await handle.result(timeout=60)
+    assert isinstance(result, dict)
     assert result["result"]["text"] == "LEAST PRIVILEGE"
     assert result["result"]["sealed_by"].startswith("app3/")
 
@@ -344,6 +345,7 @@ async def test_a_client_takes_no_completion_notice_forged_by_another_hosting_app
 
         start(workers, secured, "app3")
         result = await handle.result(timeout=60)
+        assert isinstance(result, dict)
         assert result["result"]["text"] == "FORGE ME"
 
 

@@ -295,7 +295,9 @@ async def test_apps_may_not_fire_timers_raise_events_or_control_others_workflows
     assert (await handle.describe()).status is WorkflowStatus.RUNNING
 
     await handle.raise_event("approve", "real")  # from the client user: accepted
-    assert (await handle.result(timeout=5))["approved"] == "real"
+    result = await handle.result(timeout=5)
+    assert isinstance(result, dict)
+    assert result["approved"] == "real"
 
 
 async def test_unsigned_and_foreign_work_is_refused(mesh: Mesh, client: Client) -> None:

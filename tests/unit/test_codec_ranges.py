@@ -84,7 +84,7 @@ def _micros(moment: datetime) -> int:
 
 
 # Bad values as they would arrive on the wire, by the rule of the field.
-BAD = {
+BAD: dict[str, list[object]] = {
     "lease": [NAN, INF, -INF, 1e300, MAX_LEASE_SECONDS + 1, -1.0, 0.0, 0, -300],
     "seq": [-1, -(2**63), MAX_SEQ + 1, 2**64 - 1],
     "timer_seq": [-MAX_SEQ - 2, -(2**63), MAX_SEQ + 1, 2**64 - 1],

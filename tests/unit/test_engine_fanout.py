@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from flowmesh._errors import ActivityFailedError
 from flowmesh.engine import Task, WorkflowContext, replay_step
@@ -89,7 +89,7 @@ def test_fan_in_of_1000_with_the_driver_shuffling_and_duplicating() -> None:
     for full_replay in (True, False):
         replayer = WorkflowReplayer(
             fan_out,
-            activities=lambda cmd: Reply.ok(cmd.input * cmd.input, after=(cmd.seq % 3) * S),
+            activities=lambda cmd: Reply.ok(cast("int", cmd.input) ** 2, after=(cmd.seq % 3) * S),
             max_batch=300,
             order=shuffled,
             full_replay=full_replay,

@@ -11,6 +11,7 @@ from flowmesh.model import (
     ActivityCompleted,
     CompleteWorkflow,
     EventRaised,
+    HistoryEvent,
     ScheduleActivity,
     TerminateChildren,
     WorkflowCompleted,
@@ -435,8 +436,12 @@ def test_reordered_results_give_the_same_output() -> None:
     resolve = resolver(wf)
     first = replay_step(resolve, [], started("wf"))
     history = list(first.append)
-    results = [activity_completed(2, "B"), timer_fired(1), activity_completed(0, "A")]
-    outputs = set()
+    results: list[HistoryEvent] = [
+        activity_completed(2, "B"),
+        timer_fired(1),
+        activity_completed(0, "A"),
+    ]
+    outputs: set[tuple[object, ...]] = set()
     for order in ([0, 1, 2], [2, 1, 0], [1, 0, 2]):
         outcome = replay_step(resolve, history, [step(T0 + 5 * S), *(results[i] for i in order)])
         assert outcome.status is WorkflowStatus.COMPLETED
@@ -453,7 +458,7 @@ def test_cached_execution_and_full_replay_agree() -> None:
     resolve = resolver(two_step_wf)
     execution = WorkflowExecution(resolve)
     history: list[Any] = []
-    steps = [
+    steps: list[list[HistoryEvent]] = [
         started("two_step_wf"),
         [step(T0 + S), activity_completed(0, "A")],
         [step(T0 + 2 * S), activity_completed(1, "B")],
@@ -483,7 +488,7 @@ def test_redelivered_external_event_with_the_same_event_id_is_recorded_once() ->
     from flowmesh.model import EventRaised, StepStarted, WorkflowStarted
     from flowmesh.testing.history import T0
 
-    async def collect(ctx, _):  # type: ignore[no-untyped-def]
+    async def collect(ctx: WorkflowContext, _: Any) -> Any:
         first = await ctx.wait_for_external_event("e")
         second = await ctx.wait_for_external_event("e")
         return [first, second]
@@ -506,7 +511,7 @@ def test_a_continued_run_numbers_its_tasks_after_the_previous_run() -> None:
     from flowmesh.model import ScheduleActivity, StepStarted, WorkflowStarted
     from flowmesh.testing.history import T0
 
-    async def one(ctx, _):  # type: ignore[no-untyped-def]
+    async def one(ctx: WorkflowContext, _: Any) -> Any:
         return await ctx.call_activity("a")
 
     started = WorkflowStarted("one", "i", "app", None, first_seq=7)

@@ -18,6 +18,7 @@ from flowmesh.model import (
     ActivityScheduled,
     ChildWorkflowScheduled,
     CompleteWorkflow,
+    HistoryEvent,
     PendingTask,
     ScheduleActivity,
     ScheduleChildWorkflow,
@@ -429,7 +430,7 @@ def test_new_uuid_is_identical_across_replays_and_differs_per_call() -> None:
         return ids
 
     history = [*started("wf", instance_id="u-1"), activity_scheduled(0, "a")]
-    new = [step(T0 + S), activity_completed(0)]
+    new: list[HistoryEvent] = [step(T0 + S), activity_completed(0)]
     first = replay_step(one(wf), history, new)
     second = replay_step(one(wf), history, new)
     assert isinstance(first.output, list)

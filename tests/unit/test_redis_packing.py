@@ -8,17 +8,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.exceptions import DataError
+from redis.typing import EncodableT
 
 from flowmesh.store._redis_packing import linear_packing_class, use_linear_packing
 
-_ARGS = st.lists(
+_ARGS: st.SearchStrategy[list[EncodableT]] = st.lists(
     st.one_of(
         st.binary(max_size=200),
         st.binary(min_size=7000, max_size=9000),  # over the 6,000-byte buffer cutoff
         st.text(max_size=50),
         st.integers(min_value=-(2**70), max_value=2**70),
         st.floats(allow_nan=False),
-        st.binary(max_size=50).map(memoryview),
+        st.binary(max_size=50).map(lambda b: memoryview(b)),  # noqa: PLW0108 - typed for mypy
     ),
     max_size=40,
 )
@@ -32,7 +33,7 @@ def _both() -> tuple[Connection, Connection]:
 @settings(max_examples=300, deadline=None)
 @given(name=st.sampled_from(["EVALSHA", "CONFIG GET", b"SET", b"CLIENT SETNAME"]), args=_ARGS)
 def test_linear_packing_sends_the_same_bytes_as_redis_py(
-    name: str | bytes, args: list[object]
+    name: str | bytes, args: list[EncodableT]
 ) -> None:
     reference, linear = _both()
 
@@ -50,7 +51,7 @@ def test_linear_packing_sends_the_same_bytes_as_redis_py(
 def test_values_redis_py_refuses_are_refused_alike(bad: object) -> None:
     _, linear = _both()
     with pytest.raises(DataError):
-        linear.pack_command("SET", "k", bad)
+        linear.pack_command("SET", "k", bad)  # type: ignore[arg-type]  # refused on purpose
 
 
 @pytest.mark.parametrize(
