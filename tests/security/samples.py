@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from datetime import UTC, datetime, timedelta
+from typing import TypedDict
 
 from flowmesh.model import (
     ActivityCancel,
@@ -61,6 +62,20 @@ FAILURE = FailureDetails(
     non_retryable=True,
     app_id="payments",
 )
+HOST = "orders"
+"""The app hosting the samples' workflow: messages that do not name it are bound to it."""
+
+
+class Where(TypedDict):
+    """The keyword arguments that bind an event or state to its place (``**AT``)."""
+
+    app_id: str
+    instance_id: str
+
+
+AT: Where = {"app_id": HOST, "instance_id": "order-17"}
+"""Where the samples' history events and state are kept."""
+
 PARENT = ParentRef(instance_id="parent-1", app_id="orders", seq=4)
 STATE = WorkflowState(
     instance_id="order-17",

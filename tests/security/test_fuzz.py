@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
 import msgpack
 import pytest
@@ -61,7 +61,7 @@ from flowmesh.model import (
 from flowmesh.security import EncryptionCodec, message_problem
 from flowmesh.testing import TestEnvironment
 from flowmesh.transport import Outgoing, QueueKind
-from tests.security.samples import EVENTS, KEY1, MESSAGES, STATE
+from tests.security.samples import AT, EVENTS, HOST, KEY1, MESSAGES, STATE
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 HANDLER_FUZZ = settings(
@@ -74,18 +74,6 @@ SEALER = EncryptionCodec({"k1": KEY1})
 PLAIN = Codec()
 ENC = Codec(payload_codec=SEALER)
 CODECS = {"plain": PLAIN, "encrypted": ENC}
-HOST = "orders"
-"""The app hosting the samples' workflow: messages that do not name it are bound to it."""
-
-
-class Where(TypedDict):
-    app_id: str
-    instance_id: str
-
-
-AT: Where = {"app_id": HOST, "instance_id": "order-17"}
-"""Where the samples' history events and state are kept."""
-
 
 # -- apps served by the handler fuzz --------------------------------------------------------------
 

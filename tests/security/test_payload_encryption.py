@@ -73,8 +73,10 @@ from flowmesh.testing import TestEnvironment
 from flowmesh.transport import Outgoing, QueueKind
 from tests.harness.processes import REPO, Services, WorkerProcesses
 from tests.security.samples import (
+    AT,
     EVENTS,
     FAILURE,
+    HOST,
     KEY1,
     KEY2,
     MESSAGES,
@@ -95,10 +97,6 @@ def b64(key: bytes) -> str:
 
 
 ENC = codec_with({"k1": KEY1})
-HOST = "orders"
-"""The app hosting the samples' workflow: messages that do not name it are bound to it."""
-AT = {"app_id": HOST, "instance_id": "order-17"}
-"""Where the samples' history events and state are kept."""
 HERE = PayloadContext(HOST, "order-17", "RaiseEvent.data")
 """A context for EncryptionCodec tests that are not about contexts."""
 
